@@ -1,0 +1,187 @@
+"""k3s-agentctl: status, check, diff, apply, validate.
+
+Exit codes (stable, scripts depend on them): 0 compliant, 1 drift present,
+2 failures (or a refused policy), 3 daemon not running / status unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional
+
+from k3s_agent import __version__
+from k3s_agent.engine import Engine
+from k3s_agent.host import Host
+from k3s_agent.log import configure
+from k3s_agent.model import Mode
+from k3s_agent.policy.loader import load_policy
+from k3s_agent.policy.model import Policy
+from k3s_agent.policy.schema import PolicyError
+from k3s_agent.policy.loader import PROFILES
+from k3s_agent.report import (
+    EXIT_FAILED,
+    EXIT_UNKNOWN,
+    build_document,
+    exit_code,
+    render_prometheus,
+    render_table,
+    to_json,
+)
+from k3s_agent.statusd import STATUS_NAME, query
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="k3s-agentctl", description="K3s node hardening agent")
+    parser.add_argument("--version", action="version", version=__version__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=os.environ.get("K3S_AGENTD_ROOT", "/"), help="host root (tests)")
+    common.add_argument("--proc", default=os.environ.get("K3S_AGENTD_PROC", "/proc"), help="proc mount")
+    common.add_argument("--json", action="store_true", help="the node-compliance JSON document")
+    common.add_argument("--verbose", "-v", action="store_true", help="show ok items too")
+    with_policy = argparse.ArgumentParser(add_help=False)
+    source = with_policy.add_mutually_exclusive_group()
+    source.add_argument("--policy", help="policy file (default: the installed policy + policy.d)")
+    source.add_argument("--profile", choices=PROFILES, help="a built-in profile, ignoring local policy")
+    with_policy.add_argument("--control", action="append", help="only this control (repeatable)")
+
+    sub = parser.add_subparsers(dest="command", required=True)
+    status = sub.add_parser("status", parents=[common], help="what the daemon sees now")
+    status.add_argument("--prometheus", action="store_true", help="Prometheus text format")
+    sub.add_parser("check", parents=[common, with_policy], help="one read-only check, no daemon needed")
+    sub.add_parser("diff", parents=[common, with_policy], help="what apply would change")
+    apply = sub.add_parser("apply", parents=[common, with_policy], help="one enforcing cycle")
+    apply.add_argument("--all", action="store_true", help="also enforce controls the policy has in audit")
+    validate = sub.add_parser("validate", parents=[common], help="check a policy file, touch nothing")
+    validate.add_argument("file", nargs="?", help="policy file (default: the installed policy + policy.d)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    configure(journal=False, verbose=False)
+    host = Host(root=args.root, proc=args.proc)
+    handler = {"status": cmd_status, "check": cmd_check, "diff": cmd_diff, "apply": cmd_apply}
+    if args.command == "validate":
+        return cmd_validate(args, host)
+    return handler[args.command](args, host)
+
+
+def _policy(args: argparse.Namespace, host: Host) -> Policy:
+    return load_policy(host, path=args.policy, profile=args.profile)
+
+
+def _refused(exc: PolicyError) -> int:
+    print("policy refused:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _emit(args: argparse.Namespace, document: dict[str, Any]) -> int:
+    sys.stdout.write(to_json(document) if args.json else render_table(document, args.verbose))
+    return exit_code(document)
+
+
+def cmd_check(args: argparse.Namespace, host: Host) -> int:
+    try:
+        policy = _policy(args, host)
+    except PolicyError as exc:
+        return _refused(exc)
+    cycle = Engine(policy, host).run_cycle(enforce=False, only=args.control)
+    return _emit(args, build_document(cycle, policy, {"running": None, "note": "one-shot check: nothing changed"}))
+
+
+def cmd_diff(args: argparse.Namespace, host: Host) -> int:
+    try:
+        policy = _policy(args, host)
+    except PolicyError as exc:
+        return _refused(exc)
+    cycle = Engine(policy, host).run_cycle(enforce=False, only=args.control)
+    document = build_document(cycle, policy)
+    if args.json:
+        return _emit(args, document)
+    changes = 0
+    for control in document["controls"]:
+        mode = control["mode"]
+        for f in control["findings"]:
+            if f["status"] not in ("drift", "contested"):
+                continue
+            changes += 1
+            note = "" if mode == Mode.ENFORCE.value else "   (audit mode: apply leaves it)"
+            print(f"{control['name']} {f['key']}{note}")
+            print(f"  - {f['observed']}")
+            print(f"  + {f['desired']}")
+    print(f"{changes} item(s) would change" if changes else "nothing to change")
+    return exit_code(document)
+
+
+def cmd_apply(args: argparse.Namespace, host: Host) -> int:
+    try:
+        policy = _policy(args, host)
+    except PolicyError as exc:
+        return _refused(exc)
+    if args.all:
+        policy = _all_enforcing(policy)
+    cycle = Engine(policy, host).run_cycle(enforce=True, only=args.control)
+    return _emit(args, build_document(cycle, policy, {"running": None, "note": "one-shot apply"}))
+
+
+def _all_enforcing(policy: Policy) -> Policy:
+    import dataclasses
+
+    controls = {n: dataclasses.replace(c, mode=Mode.ENFORCE) for n, c in policy.controls.items()}
+    return dataclasses.replace(policy, controls=controls, mode=Mode.ENFORCE)
+
+
+def cmd_validate(args: argparse.Namespace, host: Host) -> int:
+    try:
+        policy = load_policy(host, path=args.file)
+    except PolicyError as exc:
+        return _refused(exc)
+    items = sum(len(c.items) for c in policy.controls.values() if c.enabled)
+    enabled = [n for n, c in policy.controls.items() if c.enabled]
+    if args.json:
+        print(json.dumps({"valid": True, "profile": policy.profile, "items": items, "sources": list(policy.sources)}))
+    else:
+        print(f"policy ok: profile {policy.profile}, mode {policy.mode}, {items} items in {len(enabled)} controls")
+        for source in policy.sources:
+            print(f"  {source}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, host: Host) -> int:
+    document = query(host.run_dir, "status")
+    if document is None:
+        return _status_offline(args, host)
+    if args.prometheus:
+        sys.stdout.write(render_prometheus(document))
+        return exit_code(document)
+    return _emit(args, document)
+
+
+def _status_offline(args: argparse.Namespace, host: Host) -> int:
+    path = os.path.join(host.run_dir, STATUS_NAME)
+    try:
+        with open(path) as handle:
+            document = json.load(handle)
+    except (OSError, ValueError):
+        message = "k3s-agentd is not running and has recorded no status"
+        if args.json:
+            print(json.dumps({"daemon": {"running": False}, "error": message}))
+        else:
+            print(message)
+        return EXIT_UNKNOWN
+    document.setdefault("daemon", {})["running"] = False
+    document["daemon"]["note"] = f"k3s-agentd is NOT running; last status from {path} ({document.get('generated_at')})"
+    if args.json:
+        print(to_json(document), end="")
+    else:
+        sys.stdout.write(render_table(document, args.verbose))
+    return EXIT_UNKNOWN
+
+
+if __name__ == "__main__":
+    sys.exit(main())

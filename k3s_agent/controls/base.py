@@ -1,0 +1,75 @@
+"""The one contract between the engine and a subsystem: a Control.
+
+Modelled on mgmt's CheckApply + Watch and tuned's verify/apply plugins:
+check() observes and compares with no side effect; apply() heals the drift it
+is given and says what it did per item; the engine then calls check() again
+to verify. A control knows nothing of timers, sockets or systemd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
+
+from k3s_agent.host import Host
+from k3s_agent.model import Finding
+from k3s_agent.policy.schema import Field
+
+if TYPE_CHECKING:
+    from k3s_agent.policy.model import ControlPolicy, Policy
+
+
+@dataclasses.dataclass(frozen=True)
+class Watch:
+    """Something whose change means "check me now".
+
+    kind "path": an inotify watch on a file or directory (host path, not rooted).
+    kind "netlink": a netlink group name (e.g. "nftables", "ipv4_addr").
+    """
+
+    kind: str
+    target: str
+
+
+class Control(Protocol):
+    name: str
+
+    def check(self) -> list[Finding]: ...
+
+    def apply(self, drift: Sequence[Finding]) -> list[Finding]: ...
+
+    def watches(self) -> list[Watch]: ...
+
+    def describe(self) -> dict[str, object]:
+        """Facts for status (e.g. which firewall backend was chosen and why)."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Lint:
+    """A cross-item problem in a merged policy: refused unless the item accepts the risk."""
+
+    key: str  # item key the problem is about ("" = the section)
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlSpec:
+    """How the policy loader validates a control's section, and how to build it.
+
+    options: section-level keys besides the common mode/enabled/disable/items.
+    item_fields: per-item keys besides the common cis/accept_risk/description.
+    item_key: returns why an item key is impossible (e.g. not a dotted sysctl name).
+    lint: problems in the merged section that break a node; each is refused
+      unless the item it names carries `accept_risk = "<reason>"`.
+    """
+
+    name: str
+    build: Callable[[ControlPolicy, Host], Control]
+    options: Mapping[str, Field] = dataclasses.field(default_factory=dict)
+    item_fields: Mapping[str, Field] = dataclasses.field(default_factory=dict)
+    item_key: Optional[Callable[[str], Optional[str]]] = None
+    lint: Optional[Callable[[ControlPolicy, Policy, Host], list[Lint]]] = None
+    verify_only: bool = False
+    doc: str = ""

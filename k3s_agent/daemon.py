@@ -1,0 +1,284 @@
+"""k3s-agentd: the engine on a timer, under systemd.
+
+Wakes on the interval, on SIGHUP (reload the policy; a bad one is refused and
+the old one stays), on a watched file changing, or on `k3s-agentctl` asking.
+SIGTERM finishes the current control and exits 0. Readiness, watchdog and a
+STATUS= line go to systemd through sd_notify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+from k3s_agent import __version__
+from k3s_agent.engine import CycleReport, Engine
+from k3s_agent.host import Host
+from k3s_agent.log import MESSAGE_IDS, configure, finding_fields
+from k3s_agent.model import Finding, Status
+from k3s_agent.policy.loader import load_policy
+from k3s_agent.policy.model import Policy
+from k3s_agent.policy.schema import PolicyError
+from k3s_agent.policy.snapshot import load_last_good, save_last_good
+from k3s_agent.report import build_document, render_prometheus, to_json
+from k3s_agent.statusd import STATUS_NAME, StatusServer
+from k3s_agent.watch import PathWatcher
+
+WAKE_DEBOUNCE = 1.0  # seconds: a burst of file events is one cycle
+
+
+def sd_notify(message: str) -> None:
+    """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError:
+        pass
+
+
+class Daemon:
+    def __init__(self, host: Host, policy_path: Optional[str], log: Any):
+        self.host = host
+        self.policy_path = policy_path
+        self.log = log
+        self.wake_event = threading.Event()
+        self.stopping = False
+        self.reload_requested = False
+        self.heartbeat = time.monotonic()
+        self.counters = {"heals_total": 0, "heal_failures_total": 0, "policy_reload_failures_total": 0}
+        self.policy_error: Optional[str] = None
+        self.policy = self._initial_policy()
+        self.engine = self._engine(self.policy)
+        self.last: Optional[CycleReport] = None
+        self.document: dict[str, Any] = {}
+        self.watcher: Optional[PathWatcher] = None
+
+    # -- policy ---------------------------------------------------------------------
+
+    def _load(self) -> Policy:
+        return load_policy(self.host, path=self.policy_path, dropins=None)
+
+    def _initial_policy(self) -> Policy:
+        try:
+            policy = self._load()
+        except PolicyError as exc:
+            # Start with the last policy that was good, so a bad edit followed by a
+            # reboot does not leave the node unguarded.
+            self._refused(exc)
+            policy = load_last_good(self.host)
+            if policy is None:
+                raise
+            self.log.warning("running the last good policy", sources=",".join(policy.sources))
+            return policy
+        save_last_good(self.host, policy)
+        return policy
+
+    def reload(self) -> None:
+        try:
+            policy = self._load()
+        except PolicyError as exc:
+            self._refused(exc)
+            return
+        save_last_good(self.host, policy)
+        self.policy, self.policy_error = policy, None
+        self.engine = self._engine(policy)
+        self._restart_watcher()
+        self.log.info(
+            "policy reloaded",
+            message_id=MESSAGE_IDS["policy_reloaded"],
+            profile=policy.profile,
+            sources=",".join(policy.sources),
+        )
+
+    def _refused(self, exc: PolicyError) -> None:
+        self.policy_error = str(exc)
+        self.counters["policy_reload_failures_total"] += 1
+        self.log.error(
+            "policy refused, keeping the one in force",
+            message_id=MESSAGE_IDS["policy_refused"],
+            problems=str(exc),
+        )
+
+    def _engine(self, policy: Policy) -> Engine:
+        return Engine(policy, self.host, on_event=self._on_event)
+
+    # -- events --------------------------------------------------------------------
+
+    def _on_event(self, event: str, finding: Finding) -> None:
+        self.heartbeat = time.monotonic()
+        if finding.status is Status.HEALED:
+            self.counters["heals_total"] += 1
+        elif finding.status is Status.FAILED:
+            self.counters["heal_failures_total"] += 1
+        if finding.status in (Status.ABSENT, Status.UNSUPPORTED):
+            return
+        level = "warning" if finding.status in (Status.FAILED, Status.CONTESTED) else "info"
+        getattr(self.log, level)(f"{finding.control} {finding.key}: {event}", **finding_fields(finding))
+
+    def wake(self, why: str = "") -> None:
+        self.wake_event.set()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        server = StatusServer(self.host.run_dir, lambda: self.document, self.wake)
+        server.start()
+        self._install_signals()
+        self._restart_watcher()
+        self._start_watchdog()
+        sd_notify(f"READY=1\nSTATUS=first check cycle\nMAINPID={os.getpid()}")
+        self.log.info(
+            "started",
+            message_id=MESSAGE_IDS["started"],
+            version=__version__,
+            profile=self.policy.profile,
+            interval=self.policy.interval,
+        )
+        try:
+            while not self.stopping:
+                self.heartbeat = time.monotonic()
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
+                self.cycle()
+                self._sleep()
+        finally:
+            sd_notify("STOPPING=1")
+            self.log.info("stopping", message_id=MESSAGE_IDS["stopping"])
+            server.close()
+            if self.watcher:
+                self.watcher.close()
+        return 0
+
+    def cycle(self) -> None:
+        self.last = self.engine.run_cycle(enforce=True)
+        self.heartbeat = time.monotonic()
+        self.document = build_document(self.last, self.policy, self._daemon_facts())
+        self._publish()
+
+    def _sleep(self) -> None:
+        deadline = time.monotonic() + self.policy.interval
+        while not self.stopping and not self.reload_requested:
+            self.heartbeat = time.monotonic()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self.wake_event.wait(min(remaining, 5.0)):
+                self.wake_event.clear()
+                time.sleep(WAKE_DEBOUNCE)  # let a burst of writes settle
+                self.wake_event.clear()
+                return
+
+    def _daemon_facts(self) -> dict[str, Any]:
+        return {
+            "running": True,
+            "pid": os.getpid(),
+            "policy_error": self.policy_error,
+            "watching": self.watcher.watching if self.watcher else [],
+            **self.counters,
+        }
+
+    def _publish(self) -> None:
+        summary = self.document["summary"]
+        counts = summary["by_status"]
+        line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        sd_notify(f"STATUS={summary['verdict']}: {line}")
+        status_path = os.path.join(self.host.run_dir, STATUS_NAME)
+        try:
+            _write_private(status_path, to_json(self.document).encode())
+            if self.policy.metrics_textfile:
+                target = self.policy.metrics_textfile
+                self.host.write_atomic(target, render_prometheus(self.document).encode(), backup=False)
+        except OSError as exc:
+            self.log.warning("cannot publish status", error=str(exc))
+
+    def _install_signals(self) -> None:
+        def on_term(signum: int, _frame: Any) -> None:
+            self.stopping = True
+            self.wake_event.set()
+
+        def on_hup(_signum: int, _frame: Any) -> None:
+            self.reload_requested = True
+            self.wake_event.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def _restart_watcher(self) -> None:
+        if self.watcher:
+            self.watcher.close()
+        paths = [
+            self.host.path(w.target)
+            for control in self.engine.controls.values()
+            for w in _safe_watches(control)
+            if w.kind == "path"
+        ]
+        self.watcher = PathWatcher(paths, lambda _path: self.wake())
+        self.watcher.start()
+
+    def _start_watchdog(self) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        period = usec / 1e6
+
+        def ping() -> None:
+            # Ping only while the main loop makes progress: a hung loop must
+            # let the watchdog fire and systemd restart us.
+            while not self.stopping:
+                if time.monotonic() - self.heartbeat < period:
+                    sd_notify("WATCHDOG=1")
+                time.sleep(period / 3)
+
+        threading.Thread(target=ping, name="watchdog", daemon=True).start()
+
+
+def _safe_watches(control: Any) -> list[Any]:
+    try:
+        return list(control.watches())
+    except Exception:  # noqa: BLE001 - a broken watch list only costs early wake-ups
+        return []
+
+
+def _write_private(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="k3s-agentd", description="K3s node hardening agent")
+    parser.add_argument("--root", default=os.environ.get("K3S_AGENTD_ROOT", "/"))
+    parser.add_argument("--proc", default=os.environ.get("K3S_AGENTD_PROC", "/proc"))
+    parser.add_argument("--policy", help="policy file (default: /etc/k3s-agentd/policy.toml + policy.d)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--version", action="version", version=__version__)
+    args = parser.parse_args(argv)
+    log = configure(verbose=args.verbose)
+    host = Host(root=args.root, proc=args.proc)
+    try:
+        daemon = Daemon(host, args.policy, log)
+    except PolicyError as exc:
+        print(f"k3s-agentd: policy refused and no last good policy to fall back to:\n{exc}", file=sys.stderr)
+        return 78  # EX_CONFIG: systemd shows it, Restart=on-failure will retry
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The reconcile loop: check -> (apply -> verify) -> record.
+
+The engine knows nothing of sysctl or iptables. Each control runs in a worker
+thread with a deadline, so an exception or a hang in one control is recorded
+against that control's items and never stops the others or the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+from k3s_agent.controls import specs
+from k3s_agent.controls.base import Control
+from k3s_agent.host import Host
+from k3s_agent.model import Finding, Mode, Status
+from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy
+
+EventSink = Callable[[str, Finding], None]
+
+
+@dataclasses.dataclass
+class ControlReport:
+    name: str
+    mode: Mode
+    findings: list[Finding]
+    duration: float
+    error: Optional[str] = None
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class CycleReport:
+    number: int
+    started: float
+    duration: float
+    controls: list[ControlReport]
+
+    def findings(self) -> list[Finding]:
+        return [f for c in self.controls for f in c.findings]
+
+
+class ControlTimeout(Exception):
+    pass
+
+
+class _Guard:
+    """Runs one control's calls in a daemon thread with a deadline.
+
+    A call that overruns is abandoned, not killed (Python cannot kill a
+    thread); while it is still stuck the control is skipped, so one hung
+    control costs one thread, never one per cycle.
+    """
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.stuck: Optional[threading.Thread] = None
+        self.stuck_since = 0.0
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.stuck is not None and self.stuck.is_alive():
+            waited = time.monotonic() - self.stuck_since
+            raise ControlTimeout(f"still stuck in an earlier call ({waited:.0f}s)")
+        self.stuck = None
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - reported, never raised in the loop
+                box["error"] = exc
+
+        worker = threading.Thread(target=run, name=f"control-{what}", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            self.stuck, self.stuck_since = worker, time.monotonic()
+            raise ControlTimeout(f"{what} did not finish within {self.timeout:g}s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+
+class ContestTracker:
+    """Notices an item healed again and again: something on the host undoes our work."""
+
+    def __init__(self, settings: ContestSettings, interval: float, clock: Callable[[], float]):
+        self.settings = settings
+        self.interval = interval
+        self.clock = clock
+        self.heals: dict[tuple[str, str], deque[float]] = {}
+        self.backoff_until: dict[tuple[str, str], float] = {}
+        self.strikes: dict[tuple[str, str], int] = {}
+
+    def in_backoff(self, item: tuple[str, str]) -> Optional[float]:
+        until = self.backoff_until.get(item)
+        return until if until is not None and self.clock() < until else None
+
+    def record_heal(self, item: tuple[str, str]) -> bool:
+        """Note a heal; True when the item is now contested (and backs off)."""
+        now = self.clock()
+        times = self.heals.setdefault(item, deque())
+        times.append(now)
+        while times and now - times[0] > self.settings.window:
+            times.popleft()
+        if len(times) < self.settings.threshold:
+            return False
+        strikes = self.strikes.get(item, 0) + 1
+        self.strikes[item] = strikes
+        delay = min(self.interval * (2**strikes), self.settings.backoff_max)
+        self.backoff_until[item] = now + delay
+        times.clear()
+        return True
+
+    def record_ok(self, item: tuple[str, str]) -> None:
+        """An item that stays ok for a whole window is forgiven."""
+        times = self.heals.get(item)
+        if item in self.strikes and not times and self.in_backoff(item) is None:
+            last = self.backoff_until.get(item, 0.0)
+            if self.clock() - last > self.settings.window:
+                self.strikes.pop(item, None)
+                self.backoff_until.pop(item, None)
+
+
+class Engine:
+    def __init__(
+        self,
+        policy: Policy,
+        host: Host,
+        on_event: Optional[EventSink] = None,
+        clock: Callable[[], float] = time.time,
+        today: Callable[[], datetime.date] = datetime.date.today,
+    ):
+        self.policy = policy
+        self.host = host
+        self.on_event = on_event or (lambda event, finding: None)
+        self.clock = clock
+        self.today = today
+        self.cycles = 0
+        self.controls: dict[str, Control] = {}
+        self.build_errors: dict[str, str] = {}
+        self.guards: dict[str, _Guard] = {}
+        self.contest = ContestTracker(policy.contest, policy.interval, clock)
+        self._build()
+
+    def _build(self) -> None:
+        for name, spec in specs().items():
+            section = self.policy.controls[name]
+            if not section.enabled:
+                continue
+            self.guards[name] = _Guard(self.policy.control_timeout)
+            try:
+                self.controls[name] = spec.build(section, self.host)
+            except Exception as exc:  # noqa: BLE001 - a broken control must not stop the others
+                self.build_errors[name] = f"cannot start control: {exc}"
+
+    # -- one cycle -------------------------------------------------------------------
+
+    def run_cycle(self, enforce: bool = True, only: Optional[Sequence[str]] = None) -> CycleReport:
+        self.cycles += 1
+        started = self.clock()
+        t0 = time.monotonic()
+        reports = []
+        for name in self.guards:
+            if only and name not in only:
+                continue
+            reports.append(self._run_control(name, enforce))
+        return CycleReport(self.cycles, started, time.monotonic() - t0, reports)
+
+    def _run_control(self, name: str, enforce: bool) -> ControlReport:
+        section = self.policy.controls[name]
+        t0 = time.monotonic()
+        if name in self.build_errors:
+            findings = self._failed_items(section, self.build_errors[name])
+            return ControlReport(name, section.mode, findings, 0.0, self.build_errors[name])
+        control, guard = self.controls[name], self.guards[name]
+        error = None
+        try:
+            findings = list(guard.call("check", control.check))
+            findings = self._apply_waivers(findings)
+            if enforce and section.mode is Mode.ENFORCE:
+                findings = self._heal(name, control, guard, findings)
+        except Exception as exc:  # noqa: BLE001 - recorded against the control's items
+            error = _describe(exc)
+            findings = self._failed_items(section, error)
+        self._emit(findings)
+        facts = self._facts(control)
+        return ControlReport(name, section.mode, findings, time.monotonic() - t0, error, facts)
+
+    def _heal(
+        self, name: str, control: Control, guard: _Guard, findings: list[Finding]
+    ) -> list[Finding]:
+        drift, held = [], {}
+        for f in findings:
+            if f.status is not Status.DRIFT:
+                if f.status is Status.OK:
+                    self.contest.record_ok((name, f.key))
+                continue
+            until = self.contest.in_backoff((name, f.key))
+            if until is None:
+                drift.append(f)
+            else:
+                held[f.key] = f.with_status(
+                    Status.CONTESTED,
+                    f"{f.message}; something keeps undoing this, next heal after "
+                    + time.strftime("%H:%M:%S", time.localtime(until)),
+                )
+        if not drift:
+            return [held.get(f.key, f) for f in findings]
+        results = {r.key: r for r in guard.call("apply", control.apply, drift)}
+        after = {f.key: f for f in guard.call("check", control.check)}
+        verified = {f.key: self._verify(name, f, results.get(f.key), after.get(f.key)) for f in drift}
+        return [verified.get(f.key) or held.get(f.key) or f for f in findings]
+
+    def _verify(
+        self, name: str, before: Finding, result: Optional[Finding], after: Optional[Finding]
+    ) -> Finding:
+        claimed = result.status if result is not None else Status.HEALED
+        message = result.message if result is not None else ""
+        if claimed is not Status.HEALED:
+            # The control declined (DRIFT), could not (FAILED/UNSUPPORTED) or
+            # waits for an outside action (PENDING): its word stands.
+            return before.with_status(claimed, message or before.message)
+        if after is None or after.status not in (Status.OK, Status.ABSENT):
+            seen = "gone" if after is None else f"{after.status}: {after.message}"
+            return before.with_status(Status.FAILED, f"heal did not stick (re-check: {seen})")
+        healed = dataclasses.replace(after, status=Status.HEALED, message=message or "healed")
+        if self.contest.record_heal((name, before.key)):
+            return healed.with_status(
+                Status.CONTESTED,
+                f"healed {self.policy.contest.threshold} times within "
+                f"{self.policy.contest.window:g}s: something on the host keeps undoing it",
+            )
+        return healed
+
+    def _apply_waivers(self, findings: list[Finding]) -> list[Finding]:
+        today = self.today()
+        out = []
+        for f in findings:
+            waiver = self.policy.waiver_for(f.control, f.key, today)
+            out.append(f.with_status(Status.WAIVED, waiver.describe()) if waiver else f)
+        return out
+
+    def _failed_items(self, section: ControlPolicy, error: str) -> list[Finding]:
+        keys = list(section.items) or ["*"]
+        return [Finding(section.name, key, Status.FAILED, message=error) for key in keys]
+
+    def _facts(self, control: Control) -> dict[str, Any]:
+        try:
+            return dict(control.describe())
+        except Exception as exc:  # noqa: BLE001 - facts are informational
+            return {"error": _describe(exc)}
+
+    def _emit(self, findings: list[Finding]) -> None:
+        for f in findings:
+            if f.status is not Status.OK:
+                self.on_event(f.status.value, f)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ControlTimeout):
+        return f"timeout: {exc}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,1 @@
+"""Policy: built-in profiles, local TOML layers, strict validation (see loader.py)."""

@@ -1,0 +1,71 @@
+"""The validated, merged policy that the engine and the controls read."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fnmatch
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from k3s_agent.model import Mode
+
+
+@dataclasses.dataclass(frozen=True)
+class Waiver:
+    control: str
+    key: str  # exact key or fnmatch pattern
+    reason: str
+    owner: str
+    expires: datetime.date
+    source: str = ""
+
+    def covers(self, control: str, key: str) -> bool:
+        return self.control == control and (self.key == key or fnmatch.fnmatchcase(key, self.key))
+
+    def active(self, today: datetime.date) -> bool:
+        return today <= self.expires
+
+    def describe(self) -> str:
+        return f"waived by {self.owner} until {self.expires.isoformat()}: {self.reason}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlPolicy:
+    """One control's section after merging every layer and dropping disabled items."""
+
+    name: str
+    mode: Mode
+    enabled: bool
+    options: Mapping[str, Any]
+    items: Mapping[str, Mapping[str, Any]]
+    disabled: tuple[str, ...] = ()
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContestSettings:
+    threshold: int = 3  # heals of the same item ...
+    window: float = 600.0  # ... within this many seconds = contested
+    backoff_max: float = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    profile: str
+    mode: Mode
+    interval: float
+    control_timeout: float
+    contest: ContestSettings
+    controls: Mapping[str, ControlPolicy]
+    waivers: tuple[Waiver, ...]
+    sources: tuple[str, ...]
+    metrics_textfile: Optional[str] = None
+
+    def waiver_for(self, control: str, key: str, today: datetime.date) -> Optional[Waiver]:
+        for waiver in self.waivers:
+            if waiver.covers(control, key) and waiver.active(today):
+                return waiver
+        return None

@@ -1,0 +1,157 @@
+"""A small, strict schema language for policy tables.
+
+Each control declares the keys it accepts as Fields; the loader walks every
+policy file against them, so an unknown key, a wrong type or an impossible
+value is refused with the file, the key path and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable, Optional
+
+Checker = Callable[[Any], Optional[str]]  # returns the reason a value is wrong, or None
+
+
+class PolicyError(Exception):
+    """A policy was refused. Carries every problem found, each naming file and key."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    kind: Any  # a type or tuple of types accepted (bool is never accepted as int)
+    check: Optional[Checker] = None
+    required: bool = False
+    doc: str = ""
+
+
+def key_path(*parts: str) -> str:
+    """Render a TOML key path, quoting parts that are not bare keys."""
+    return ".".join(p if _BARE.fullmatch(p) else '"' + p.replace('"', '\\"') + '"' for p in parts)
+
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def type_name(kind: Any) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "an array",
+        dict: "a table",
+        datetime.date: "a date (YYYY-MM-DD)",
+    }
+    return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in kinds)
+
+
+def type_ok(value: Any, kind: Any) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, datetime.datetime):
+        return datetime.datetime in kinds
+    if isinstance(value, int) and float in kinds:
+        return True
+    return isinstance(value, kinds)
+
+
+def check_table(
+    table: Mapping[str, Any], fields: Mapping[str, Field], where: str, path: tuple[str, ...]
+) -> list[str]:
+    """Problems with one table: unknown keys, wrong types, failed checks."""
+    problems = []
+    for key, value in table.items():
+        field = fields.get(key)
+        label = f"{where}: {key_path(*path, key)}"
+        if field is None:
+            known = ", ".join(sorted(fields)) or "none"
+            problems.append(f"{label}: unknown key (known keys: {known})")
+            continue
+        if not type_ok(value, field.kind):
+            problems.append(
+                f"{label}: expected {type_name(field.kind)}, got {type(value).__name__} {value!r}"
+            )
+            continue
+        reason = field.check(value) if field.check else None
+        if reason:
+            problems.append(f"{label}: {reason}")
+    return problems
+
+
+def missing_required(
+    table: Mapping[str, Any], fields: Mapping[str, Field], where: str, path: tuple[str, ...]
+) -> list[str]:
+    return [
+        f"{where}: {key_path(*path, key)}: required key is missing"
+        for key, field in fields.items()
+        if field.required and key not in table
+    ]
+
+
+# -- reusable checkers ---------------------------------------------------------
+
+
+def one_of(*allowed: Any) -> Checker:
+    def check(value: Any) -> Optional[str]:
+        if value not in allowed:
+            return f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+        return None
+
+    return check
+
+
+def at_least(minimum: float, exclusive: bool = False) -> Checker:
+    def check(value: Any) -> Optional[str]:
+        if value < minimum or (exclusive and value == minimum):
+            op = ">" if exclusive else ">="
+            return f"must be {op} {minimum:g}, got {value!r}"
+        return None
+
+    return check
+
+
+def between(low: float, high: float) -> Checker:
+    def check(value: Any) -> Optional[str]:
+        if not low <= value <= high:
+            return f"must be between {low:g} and {high:g}, got {value!r}"
+        return None
+
+    return check
+
+
+def non_empty(value: Any) -> Optional[str]:
+    return "must not be empty" if not str(value).strip() else None
+
+
+def list_of(kind: Any, check: Optional[Checker] = None) -> Checker:
+    def check_list(values: Any) -> Optional[str]:
+        for index, value in enumerate(values):
+            if not type_ok(value, kind):
+                return f"[{index}]: expected {type_name(kind)}, got {value!r}"
+            reason = check(value) if check else None
+            if reason:
+                return f"[{index}]: {reason}"
+        return None
+
+    return check_list
+
+
+def matches(pattern: str, what: str) -> Checker:
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> Optional[str]:
+        if not compiled.fullmatch(str(value)):
+            return f"{value!r} is not {what}"
+        return None
+
+    return check

@@ -1,0 +1,214 @@
+"""The node-compliance document, and its renderings: table, JSON, Prometheus text.
+
+The JSON schema is versioned (SCHEMA, SCHEMA_VERSION) and documented in
+docs/status-schema.md; fields are only ever added within a version.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+from collections import Counter
+from typing import Any, Optional
+
+from k3s_agent import __version__
+from k3s_agent.engine import CycleReport
+from k3s_agent.model import BROKEN, COMPLIANT, Status
+from k3s_agent.policy.model import Policy
+
+SCHEMA = "k3s-agentd/node-compliance"
+SCHEMA_VERSION = 1
+
+EXIT_COMPLIANT, EXIT_DRIFT, EXIT_FAILED, EXIT_UNKNOWN = 0, 1, 2, 3
+
+
+def build_document(
+    cycle: CycleReport, policy: Policy, daemon: Optional[dict[str, Any]] = None
+) -> dict[str, Any]:
+    findings = cycle.findings()
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "agent_version": __version__,
+        "node": socket.gethostname(),
+        "generated_at": _iso(cycle.started + cycle.duration),
+        "policy": {
+            "profile": policy.profile,
+            "mode": policy.mode.value,
+            "interval_seconds": policy.interval,
+            "sources": list(policy.sources),
+        },
+        "cycle": {
+            "number": cycle.number,
+            "started_at": _iso(cycle.started),
+            "duration_seconds": round(cycle.duration, 6),
+        },
+        "summary": summarize(findings),
+        "controls": [
+            {
+                "name": c.name,
+                "mode": c.mode.value,
+                "duration_seconds": round(c.duration, 6),
+                "error": c.error,
+                "facts": c.facts,
+                "summary": summarize(c.findings),
+                "findings": [f.to_dict() for f in c.findings],
+            }
+            for c in cycle.controls
+        ],
+        "daemon": daemon or {},
+    }
+
+
+def summarize(findings: list[Any]) -> dict[str, Any]:
+    counts = Counter(f.status for f in findings)
+    return {
+        "verdict": verdict(counts),
+        "items": len(findings),
+        "by_status": {s.value: counts.get(s, 0) for s in Status},
+    }
+
+
+def verdict(counts: Counter) -> str:
+    if any(counts.get(s) for s in BROKEN):
+        return "failed"
+    if any(n for s, n in counts.items() if s not in COMPLIANT):
+        return "drift"
+    return "compliant"
+
+
+def exit_code(document: dict[str, Any]) -> int:
+    return {"compliant": EXIT_COMPLIANT, "drift": EXIT_DRIFT, "failed": EXIT_FAILED}.get(
+        document.get("summary", {}).get("verdict"), EXIT_UNKNOWN
+    )
+
+
+def to_json(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
+# -- human table -------------------------------------------------------------------
+
+_MARK = {
+    "ok": "ok",
+    "healed": "HEALED",
+    "drift": "DRIFT",
+    "failed": "FAILED",
+    "waived": "waived",
+    "contested": "CONTESTED",
+    "pending": "PENDING",
+    "absent": "absent",
+    "unsupported": "n/a",
+}
+
+
+def render_table(document: dict[str, Any], verbose: bool = False) -> str:
+    """Per control, per item: status, CIS id, desired vs observed. Only problems unless verbose."""
+    out = []
+    summary = document["summary"]
+    head = f"node {document['node']}  profile {document['policy']['profile']}  "
+    head += f"mode {document['policy']['mode']}  verdict {summary['verdict'].upper()}"
+    out.append(head)
+    counts = ", ".join(f"{n} {s}" for s, n in summary["by_status"].items() if n)
+    out.append(f"{summary['items']} items: {counts}")
+    for control in document["controls"]:
+        csum = control["summary"]
+        facts = control.get("facts") or {}
+        fact_text = "  ".join(f"{k}={v}" for k, v in facts.items() if v not in (None, "", []))
+        out.append("")
+        out.append(f"== {control['name']} ({control['mode']}) {csum['verdict']}  {fact_text}".rstrip())
+        if control.get("error"):
+            out.append(f"   error: {control['error']}")
+        rows = [f for f in control["findings"] if verbose or f["status"] != "ok"]
+        if not rows:
+            out.append(f"   all {csum['items']} items ok")
+            continue
+        width = min(max(len(f["key"]) for f in rows), 60)
+        for f in rows:
+            cis = f"[{f['cis']}]" if f.get("cis") else ""
+            line = f"   {_MARK.get(f['status'], f['status']):9} {f['key']:<{width}} {cis:8}"
+            if f["status"] not in ("ok", "absent") or verbose:
+                line += f" want={_short(f['desired'])} have={_short(f['observed'])}"
+            out.append(line.rstrip())
+            if f.get("message") and f["status"] != "ok":
+                out.append(f"             {f['message']}")
+    daemon = document.get("daemon") or {}
+    if daemon.get("note"):
+        out.append("")
+        out.append(daemon["note"])
+    return "\n".join(out) + "\n"
+
+
+def _short(value: Any) -> str:
+    text = "-" if value is None else (value if isinstance(value, str) else json.dumps(value))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# -- Prometheus text format (node_exporter textfile collector) -------------------------
+
+
+def render_prometheus(document: dict[str, Any]) -> str:
+    lines = [
+        "# HELP k3s_agentd_items Policy items on this node by control and status.",
+        "# TYPE k3s_agentd_items gauge",
+    ]
+    for control in document["controls"]:
+        for status, count in control["summary"]["by_status"].items():
+            lines.append(
+                f'k3s_agentd_items{{control="{_esc(control["name"])}",status="{status}"}} {count}'
+            )
+    lines += [
+        "# HELP k3s_agentd_item_compliant 1 when the item is ok/healed/absent/unsupported.",
+        "# TYPE k3s_agentd_item_compliant gauge",
+    ]
+    compliant = {s.value for s in COMPLIANT}
+    for control in document["controls"]:
+        for f in control["findings"]:
+            labels = f'control="{_esc(f["control"])}",item="{_esc(f["key"])}",'
+            labels += f'status="{f["status"]}",cis="{_esc(f.get("cis") or "")}"'
+            lines.append(f"k3s_agentd_item_compliant{{{labels}}} {int(f['status'] in compliant)}")
+    verdict_value = {"compliant": 0, "drift": 1, "failed": 2}.get(document["summary"]["verdict"], 3)
+    lines += [
+        "# HELP k3s_agentd_verdict 0 compliant, 1 drift, 2 failures.",
+        "# TYPE k3s_agentd_verdict gauge",
+        f"k3s_agentd_verdict {verdict_value}",
+        "# HELP k3s_agentd_cycle_duration_seconds Wall time of the last check cycle.",
+        "# TYPE k3s_agentd_cycle_duration_seconds gauge",
+        f"k3s_agentd_cycle_duration_seconds {document['cycle']['duration_seconds']}",
+        "# HELP k3s_agentd_last_cycle_timestamp_seconds When the last cycle finished.",
+        "# TYPE k3s_agentd_last_cycle_timestamp_seconds gauge",
+        f"k3s_agentd_last_cycle_timestamp_seconds {_epoch(document['generated_at'])}",
+    ]
+    daemon = document.get("daemon") or {}
+    for name, help_text in (
+        ("heals_total", "Items healed since the daemon started."),
+        ("heal_failures_total", "Heals that failed since the daemon started."),
+        ("policy_reload_failures_total", "Refused policy reloads since the daemon started."),
+    ):
+        if name in daemon:
+            lines += [
+                f"# HELP k3s_agentd_{name} {help_text}",
+                f"# TYPE k3s_agentd_{name} counter",
+                f"k3s_agentd_{name} {daemon[name]}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(
+        timespec="seconds"
+    )
+
+
+def _epoch(iso: str) -> float:
+    return datetime.datetime.fromisoformat(iso).timestamp()
+
+
+def node_name() -> str:
+    return os.uname().nodename

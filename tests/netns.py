@@ -1,0 +1,60 @@
+"""Run test code inside a fresh network namespace (real kernel, isolated).
+
+`in_netns(fn, *args)` forks, unshares the network namespace in the child
+(CLONE_NEWNET), runs fn there and returns its (pickled) result or re-raises
+its exception. /proc/sys/net in the child is the new namespace's, so real
+net.* sysctls, iptables and nftables can be changed without touching the host.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import subprocess
+import traceback
+from typing import Any, Callable
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def unshare_net() -> None:
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def in_netns(fn: Callable[..., Any], *args: Any, timeout: float = 120) -> Any:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        try:
+            unshare_net()
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
+            payload = ("ok", fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - shipped to the parent
+            payload = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        try:
+            data = pickle.dumps(payload)
+        except Exception as exc:  # noqa: BLE001
+            data = pickle.dumps(("error", f"unpicklable result: {exc}"))
+        with os.fdopen(write_fd, "wb") as out:
+            out.write(data)
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as src:
+        data = src.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError("netns child died without a result")
+    kind, value = pickle.loads(data)
+    if kind == "error":
+        raise AssertionError(f"in netns: {value}")
+    return value
+
+
+def netns_argv(argv: list[str]) -> list[str]:
+    """A command line that runs argv in a fresh network namespace."""
+    return ["unshare", "--net", "--", *argv]
