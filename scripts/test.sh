@@ -5,11 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-lists=(scripts/apt-base.txt scripts/apt-test.txt)
-for extra in scripts/apt-e2e.txt scripts/apt-vagrant.txt; do
-  [ -f "$extra" ] && lists+=("$extra")
-done
-apt_install "${lists[@]}"
+# Every scripts/apt-*.txt: base (runtime), test, and one per heavier suite.
+apt_install scripts/apt-*.txt
 venv_ready
 for hook in scripts/test.d/*.sh; do
   [ -e "$hook" ] && bash "$hook"
