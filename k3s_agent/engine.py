@@ -192,9 +192,7 @@ class Engine:
         facts = self._facts(control)
         return ControlReport(name, section.mode, findings, time.monotonic() - t0, error, facts)
 
-    def _heal(
-        self, name: str, control: Control, guard: _Guard, findings: list[Finding]
-    ) -> list[Finding]:
+    def _heal(self, name: str, control: Control, guard: _Guard, findings: list[Finding]) -> list[Finding]:
         drift, held = [], {}
         for f in findings:
             if f.status is not Status.DRIFT:
