@@ -1,0 +1,583 @@
+"""The end-to-end scenario of issue 6, written once, run on any Node.
+
+Every step talks to the node only through the Node protocol (node.py: run a
+command, copy a file in, reboot), so the nspawn suite (test_scenario.py) and
+the Vagrant suite run exactly this code. Steps run in STEPS order and share a
+Context; a step either returns (passed), raises Skipped(reason) (a control
+that is not in this build yet: reported SKIPPED with the reason, never a
+silent pass) or raises AssertionError.
+
+    from tests.e2e.scenario import run_scenario
+    results = run_scenario(node)          # {"step": "PASS" | "SKIPPED: why" | "FAIL: why"}
+
+Run from a shell against a booted nspawn node: see tests/e2e/README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import subprocess
+import time
+from typing import Any, Callable, Optional
+
+from tests.e2e.node import Node, sh, wait_until
+
+UNIT = "k3s-agentd.service"
+POLICY = "/etc/k3s-agentd/policy.toml"
+UNIT_FILE = "/lib/systemd/system/k3s-agentd.service"
+DROPIN = "/etc/systemd/system/k3s-agentd.service.d/50-e2e.conf"
+INTERVAL = 5  # seconds: the test policy's cycle; "within one interval" is measured against it
+WATCHDOG_SEC = 10
+RESTART_SEC = 1
+ABORT_SEC = 5
+# How late a heal may come beyond one interval: the daemon's 1 s wake-up
+# debounce, one cycle's own duration, and our polling.
+SLACK = 4.0
+# The sandbox must not regress past this systemd-analyze exposure score.
+EXPOSURE_MAX = 3.5
+
+TEST_POLICY = f"""# e2e: enforce, short interval
+version = 1
+extends = "auto"
+mode = "enforce"
+interval = {INTERVAL}
+"""
+BROKEN_POLICY = """# e2e: refused on purpose (interval must be a number >= 1)
+version = 1
+extends = "auto"
+mode = "enforce"
+interval = "soon"
+"""
+UNIT_DROPIN = f"""# e2e: a short watchdog so the hung-daemon step is quick
+[Service]
+WatchdogSec={WATCHDOG_SEC}s
+RestartSec={RESTART_SEC}s
+TimeoutAbortSec={ABORT_SEC}s
+"""
+
+# sysctl drift: a net.* key (writable in a container's own network namespace).
+SYSCTL_KEY = "net.ipv4.conf.all.log_martians"
+SYSCTL_FILE = "/etc/sysctl.d/90-k3s-agentd.conf"
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/01-k3s-agentd.conf"
+NFT_TABLE = ("inet", "k3s_agentd")
+ENCRYPTION_CONFIG = "/var/lib/rancher/k3s/server/cred/encryption-config.json"
+HEALTHY = ("ok", "healed")
+
+
+class Skipped(Exception):
+    """The step cannot run on this build/node; the message says why."""
+
+
+@dataclasses.dataclass
+class Context:
+    node: Node
+    log: Callable[[str], None] = print
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# -- reading the node ------------------------------------------------------------------
+
+
+def unit_props(node: Node, *names: str) -> dict[str, str]:
+    out = node.run(["systemctl", "show", UNIT, "-p", ",".join(names)]).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def status(node: Node) -> dict[str, Any]:
+    """`k3s-agentctl status --json` (exit 0/1/2 are all answers; 3 = daemon down)."""
+    done = node.run(["k3s-agentctl", "status", "--json"], check=False)
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        raise AssertionError(f"status --json exit {done.returncode}: {done.stderr.strip()}") from None
+
+
+def control(doc: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
+    for entry in doc.get("controls", []):
+        if entry["name"] == name:
+            return entry
+    return None
+
+
+def findings(doc: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    entry = control(doc, name)
+    return {f["key"]: f for f in entry["findings"]} if entry else {}
+
+
+def require_control(ctx: Context, name: str) -> dict[str, Any]:
+    """Gate: the control must be in this build and in the status, else SKIPPED."""
+    doc = status(ctx.node)
+    if name not in ctx.notes.get("registry", []):
+        raise Skipped(f"control {name!r} is not in this build (k3s_agent.controls.specs())")
+    entry = control(doc, name)
+    if entry is None:
+        raise AssertionError(f"control {name!r} is built but missing from k3s-agentctl status")
+    return entry
+
+
+def read_sysctl(node: Node, key: str) -> str:
+    return node.run(["sysctl", "-n", key]).stdout.strip()
+
+
+def journal(node: Node, *args: str) -> str:
+    return node.run(["journalctl", "--no-pager", "-o", "cat", *args], check=False).stdout
+
+
+def node_now(node: Node) -> float:
+    return float(node.run(["date", "+%s.%N"]).stdout.strip())
+
+
+def timed(probe: Callable[[], Any], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    wait_until(probe, timeout, what, every=0.25)
+    return time.monotonic() - start
+
+
+# -- steps -----------------------------------------------------------------------------
+
+
+def step_install_state(ctx: Context) -> None:
+    """Enabled, audit-mode policy, and audit mode has changed nothing on the node.
+
+    The package never starts the daemon; the unit is enabled, so it is running
+    only if the node booted since the install (the nspawn node has; a VM
+    provisioned by `apt install` has not). Either way nothing is healed.
+    """
+    node = ctx.node
+    assert node.run(["systemctl", "is-enabled", UNIT], check=False).stdout.strip() == "enabled"
+    policy = node.run(["cat", POLICY]).stdout
+    assert re.search(r'^mode = "audit"', policy, re.M), "the shipped policy must be in audit mode"
+    registry = node.run(
+        [
+            "python3",
+            "-c",
+            "import json; from k3s_agent.controls import specs; print(json.dumps(sorted(specs())))",
+        ]
+    ).stdout
+    ctx.notes["registry"] = json.loads(registry)
+    ctx.log(f"controls in this build: {', '.join(ctx.notes['registry'])}")
+    active = node.run(["systemctl", "is-active", UNIT], check=False).stdout.strip()
+    ctx.log(f"after install (+ boot): k3s-agentd is {active}")
+    if active == "active":
+        doc = wait_until(lambda: control(status(node), "sysctl") and status(node), INTERVAL + SLACK, "status")
+        assert doc["policy"]["mode"] == "audit", doc["policy"]
+        got = findings(doc, "sysctl")
+        assert got[SYSCTL_KEY]["status"] == "drift", got[SYSCTL_KEY]
+    else:
+        assert active == "inactive", f"k3s-agentd is {active} after install"
+    # Audit mode wrote nothing: the persisted file does not exist, the kernel value is untouched.
+    assert (
+        node.run(["test", "-e", SYSCTL_FILE], check=False).returncode != 0
+    ), f"{SYSCTL_FILE} written in audit"
+    assert read_sysctl(node, SYSCTL_KEY) == "0", "audit mode changed a kernel parameter"
+
+
+def step_sandbox_exposure(ctx: Context) -> None:
+    """systemd-analyze security: the shipped unit vs the same unit without its sandbox."""
+    node = ctx.node
+    unit = node.run(["cat", UNIT_FILE]).stdout
+    bare = re.sub(r"# --- sandboxing.*?(?=^\[Install\])", "", unit, flags=re.S | re.M)
+    assert bare != unit, "the unit lost its '# --- sandboxing' section marker"
+    node.copy_in(bare.encode(), "/root/e2e-unsandboxed/k3s-agentd.service")
+    before = _exposure(node, "/root/e2e-unsandboxed/k3s-agentd.service")
+    after = _exposure(node, UNIT_FILE)
+    ctx.notes["exposure"] = (before, after)
+    ctx.log(f"systemd-analyze security exposure: {before} without sandboxing, {after} shipped")
+    assert after < before
+    assert after <= EXPOSURE_MAX, f"exposure {after} is above {EXPOSURE_MAX}: the sandbox regressed"
+
+
+def _exposure(node: Node, path: str) -> float:
+    done = node.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", path], check=False)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", done.stdout)
+    assert match, f"no exposure level in systemd-analyze output: {done.stdout[-300:]}{done.stderr[-300:]}"
+    return float(match.group(1))
+
+
+def step_start(ctx: Context) -> None:
+    """Enforce-mode test policy, a short watchdog; start K3s (fixture) and the agent."""
+    node = ctx.node
+    node.copy_in(TEST_POLICY.encode(), POLICY, 0o644)
+    node.copy_in(UNIT_DROPIN.encode(), DROPIN, 0o644)
+    assert node.run(["k3s-agentctl", "validate"], check=False).returncode == 0
+    node.run(["systemctl", "daemon-reload"])
+    if node.run(["systemctl", "cat", "k3s.service"], check=False).returncode == 0:
+        node.run(["systemctl", "start", "k3s.service"], timeout=60)
+        ctx.notes["k3s"] = True
+    # Type=notify: `systemctl restart` returns only once the daemon sent READY=1.
+    node.run(["systemctl", "restart", UNIT], timeout=90)
+
+
+def step_ready(ctx: Context) -> None:
+    """active/running after READY=1, STATUS= from the first cycle, watchdog armed."""
+    node = ctx.node
+    props = unit_props(node, "Type", "ActiveState", "SubState", "MainPID", "WatchdogUSec", "NRestarts")
+    assert props["Type"] == "notify"
+    assert (props["ActiveState"], props["SubState"]) == ("active", "running"), props
+    assert props["WatchdogUSec"] in (f"{WATCHDOG_SEC}s", str(WATCHDOG_SEC * 1_000_000)), props
+    status_text = wait_until(
+        lambda: re.match(r"(compliant|drift|failed): ", unit_props(node, "StatusText")["StatusText"]),
+        INTERVAL + SLACK,
+        "a STATUS= line from the first cycle",
+    )
+    ctx.log(f"StatusText: {status_text.string}")
+    assert "started" in journal(node, "-u", UNIT, f"_PID={props['MainPID']}")
+
+
+def step_every_control(ctx: Context) -> None:
+    """status shows every control of this build, each with findings and no crash."""
+    doc = status(ctx.node)
+    names = [c["name"] for c in doc["controls"]]
+    missing = sorted(set(ctx.notes["registry"]) - set(names))
+    assert not missing, f"controls missing from status: {missing}"
+    assert doc["daemon"].get("running") is True and doc["policy"]["mode"] == "enforce"
+    for entry in doc["controls"]:
+        assert entry["error"] in (None, ""), f"{entry['name']}: {entry['error']}"
+        assert entry["findings"], f"{entry['name']} reported no findings"
+
+
+def step_first_cycle_enforced(ctx: Context) -> None:
+    """In enforce mode every net.* sysctl is healed (kernel.* are read-only in a container)."""
+    node = ctx.node
+
+    def all_net_ok() -> bool:
+        got = findings(status(node), "sysctl")
+        net = {k: f for k, f in got.items() if k.startswith("net.")}
+        return bool(net) and all(f["status"] in HEALTHY for f in net.values())
+
+    wait_until(all_net_ok, INTERVAL + SLACK, "every net.* sysctl ok/healed")
+    got = findings(status(node), "sysctl")
+    assert got[SYSCTL_KEY]["status"] in HEALTHY
+    assert read_sysctl(node, SYSCTL_KEY) == str(got[SYSCTL_KEY]["desired"])
+    persisted = node.run(["cat", SYSCTL_FILE]).stdout
+    assert re.search(rf"^{re.escape(SYSCTL_KEY)}\s*=\s*1\s*$", persisted, re.M), persisted
+
+
+def step_drift_sysctl(ctx: Context) -> None:
+    """sysctl -w on a net.* key, and a deleted sysctl.d file: both healed within one interval."""
+    node = ctx.node
+    desired = str(findings(status(node), "sysctl")[SYSCTL_KEY]["desired"])
+    wrong = "0" if desired != "0" else "1"
+    heals = status(node)["daemon"].get("heals_total", 0)
+    node.run(["sysctl", "-w", f"{SYSCTL_KEY}={wrong}"])
+    took = timed(lambda: read_sysctl(node, SYSCTL_KEY) == desired, INTERVAL + SLACK, f"{SYSCTL_KEY} healed")
+    ctx.log(f"sysctl {SYSCTL_KEY} healed in {took:.1f}s (interval {INTERVAL}s)")
+    wait_until(lambda: status(node)["daemon"].get("heals_total", 0) > heals, SLACK, "heals_total to grow")
+    node.run(["rm", "-f", SYSCTL_FILE])
+    took = timed(
+        lambda: node.run(["test", "-s", SYSCTL_FILE], check=False).returncode == 0,
+        INTERVAL + SLACK,
+        f"{SYSCTL_FILE} rewritten",
+    )
+    ctx.log(f"{SYSCTL_FILE} rewritten in {took:.1f}s")
+
+
+def step_drift_firewall(ctx: Context) -> None:
+    """A deleted rule of the agent's own table/chain is put back (or reported) within one interval."""
+    require_control(ctx, "firewall")
+    node = ctx.node
+    family, table = NFT_TABLE
+    listing = node.run(["nft", "-a", "list", "table", family, table], check=False)
+    if listing.returncode == 0:
+        _drift_nft(ctx, family, table, listing.stdout)
+    else:
+        _drift_iptables(ctx)
+
+
+def _strip_handles(text: str) -> str:
+    return re.sub(r"\s*# handle \d+", "", text)
+
+
+def _drift_nft(ctx: Context, family: str, table: str, listing: str) -> None:
+    node = ctx.node
+    chain, handle = "", ""
+    for line in listing.splitlines():
+        head = re.match(r"\s*chain (\S+) \{", line)
+        if head:
+            chain = head.group(1)
+        rule = re.search(r"# handle (\d+)$", line)
+        if chain and rule and not line.strip().startswith(("chain", "type", "policy", "set", "table")):
+            handle = rule.group(1)
+            break
+    assert handle, f"no rule in nft table {family} {table}:\n{listing}"
+    before = _strip_handles(listing)
+    node.run(["nft", "delete", "rule", family, table, chain, "handle", handle])
+
+    def back_or_reported() -> bool:
+        now = node.run(["nft", "-a", "list", "table", family, table], check=False).stdout
+        if _strip_handles(now) == before:
+            return True
+        return any(f["status"] not in HEALTHY for f in findings(status(node), "firewall").values())
+
+    took = timed(back_or_reported, INTERVAL + SLACK, f"the deleted rule in chain {chain} healed or reported")
+    ctx.log(f"nft rule (chain {chain}) healed/reported in {took:.1f}s")
+
+
+def _drift_iptables(ctx: Context) -> None:
+    node = ctx.node
+    saved = node.run(["iptables-save", "-t", "filter"]).stdout
+    ours = [line for line in saved.splitlines() if line.startswith("-A K3S-AGENTD-")]
+    assert ours, "firewall control present but neither nft table inet k3s_agentd nor K3S-AGENTD-* chains"
+    rule = ours[0]
+    node.run(["iptables", "-w", "-t", "filter", *shlex.split("-D" + rule[2:])])
+
+    def back_or_reported() -> bool:
+        if rule in node.run(["iptables-save", "-t", "filter"]).stdout.splitlines():
+            return True
+        return any(f["status"] not in HEALTHY for f in findings(status(node), "firewall").values())
+
+    took = timed(back_or_reported, INTERVAL + SLACK, f"iptables rule {rule!r} healed or reported")
+    ctx.log(f"iptables rule healed/reported in {took:.1f}s")
+
+
+def step_drift_sshd(ctx: Context) -> None:
+    """An option edited in the agent's sshd drop-in is put back (or reported) within one interval."""
+    require_control(ctx, "sshd")
+    node = ctx.node
+    if node.run(["test", "-f", SSHD_DROPIN], check=False).returncode != 0:
+        raise AssertionError(f"sshd control present and enforcing, but {SSHD_DROPIN} was not written")
+    original = node.run(["cat", SSHD_DROPIN]).stdout
+    edited, option = _flip_one_option(original)
+    assert option, f"no yes/no or numeric option to edit in {SSHD_DROPIN}:\n{original}"
+    node.copy_in(edited.encode(), SSHD_DROPIN, 0o644)
+
+    def back_or_reported() -> bool:
+        if node.run(["cat", SSHD_DROPIN]).stdout == original:
+            return True
+        got = findings(status(node), "sshd")
+        return any(k.lower() == option.lower() and f["status"] not in HEALTHY for k, f in got.items())
+
+    took = timed(back_or_reported, INTERVAL + SLACK, f"sshd option {option} healed or reported")
+    effective = node.run(["sshd", "-T"], check=False).stdout.lower()
+    ctx.log(f"sshd {option} healed/reported in {took:.1f}s; sshd -T has {option.lower()}: "
+            f"{option.lower() in effective}")  # fmt: skip
+
+
+def _flip_one_option(text: str) -> tuple[str, str]:
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        match = re.match(r"\s*([A-Za-z]+)\s+(\S+)\s*$", line)
+        if not match:
+            continue
+        name, value = match.groups()
+        if value.lower() in ("yes", "no"):
+            new = "no" if value.lower() == "yes" else "yes"
+        elif value.isdigit():
+            new = str(int(value) + 1)
+        else:
+            continue
+        lines[i] = f"{name} {new}\n"
+        return "".join(lines), name
+    return text, ""
+
+
+def step_drift_files(ctx: Context) -> None:
+    """chmod 0644 on a K3s key file: put back to its mode (or reported) within one interval."""
+    entry = require_control(ctx, "files")
+    node = ctx.node
+    keys = [f for f in entry["findings"] if f["key"].endswith(".key") and f["status"] in HEALTHY]
+    if not keys:
+        if not ctx.notes.get("k3s"):
+            raise Skipped("no K3s fixture in this node (tests/k3s_fixture not installed): no key files")
+        raise AssertionError(f"files control reports no ok *.key file: {entry['findings'][:5]}")
+    path = keys[0]["key"]
+    mode = node.run(["stat", "-c", "%a", path]).stdout.strip()
+    node.run(["chmod", "0644", path])
+
+    def back_or_reported() -> bool:
+        if node.run(["stat", "-c", "%a", path]).stdout.strip() == mode:
+            return True
+        got = findings(status(node), "files").get(path)
+        return bool(got) and got["status"] not in HEALTHY
+
+    took = timed(back_or_reported, INTERVAL + SLACK, f"mode of {path} healed or reported")
+    ctx.log(f"{path} mode healed/reported in {took:.1f}s")
+
+
+def step_drift_encryption(ctx: Context) -> None:
+    """An edited encryption config is reported (verify-only) within one interval; then restored."""
+    require_control(ctx, "k3s_encryption")
+    node = ctx.node
+    if node.run(["test", "-f", ENCRYPTION_CONFIG], check=False).returncode != 0:
+        raise Skipped(f"no {ENCRYPTION_CONFIG} in this node (K3s fixture not installed)")
+    original = node.run(["cat", ENCRYPTION_CONFIG]).stdout
+    edited = original.rstrip("\n") + " \n"  # same JSON, other bytes: its hash no longer matches
+    node.copy_in(edited.encode(), ENCRYPTION_CONFIG, 0o600)
+
+    def reported() -> bool:
+        return any(f["status"] not in HEALTHY for f in findings(status(node), "k3s_encryption").values())
+
+    try:
+        took = timed(reported, INTERVAL + SLACK, "the edited encryption config reported")
+        ctx.log(f"encryption config edit reported in {took:.1f}s")
+    finally:
+        node.copy_in(original.encode(), ENCRYPTION_CONFIG, 0o600)
+    wait_until(lambda: not reported(), INTERVAL + SLACK, "encryption findings ok again after the restore")
+
+
+def step_k3s_args(ctx: Context) -> None:
+    """The K3s argument verifier reads the (fixture) K3s and reports without failing."""
+    entry = require_control(ctx, "k3s_args")
+    if not ctx.notes.get("k3s"):
+        raise Skipped("no K3s fixture in this node: nothing for k3s_args to verify")
+    bad = [f for f in entry["findings"] if f["status"] == "failed"]
+    assert not bad, f"k3s_args failed items: {bad[:3]}"
+
+
+def step_reload_broken_policy(ctx: Context) -> None:
+    """systemctl reload with a refused policy: same process, old policy still enforced."""
+    node = ctx.node
+    pid = unit_props(node, "MainPID")["MainPID"]
+    node.copy_in(BROKEN_POLICY.encode(), POLICY, 0o644)
+    try:
+        node.run(["systemctl", "reload", UNIT])
+        doc = wait_until(
+            lambda: (lambda d: d if d["daemon"].get("policy_error") else None)(status(node)),
+            INTERVAL + SLACK,
+            "the daemon to report the refused policy",
+        )
+        assert "interval" in doc["daemon"]["policy_error"], doc["daemon"]["policy_error"]
+        props = unit_props(node, "MainPID", "ActiveState")
+        assert props == {"MainPID": pid, "ActiveState": "active"}, props
+        assert doc["policy"]["mode"] == "enforce" and doc["policy"]["interval_seconds"] == INTERVAL
+        refused = journal(node, "-u", UNIT, f"_PID={pid}", "MESSAGE_ID=7b1c7e2a9f6d4c55a1a0f3c1d2e4b607")
+        assert refused.strip(), "no 'policy refused' journal entry"
+        # The old policy is still the one enforced: drift is still healed.
+        node.run(["sysctl", "-w", f"{SYSCTL_KEY}=0"])
+        took = timed(
+            lambda: read_sysctl(node, SYSCTL_KEY) == "1", INTERVAL + SLACK, "heal under the old policy"
+        )
+        ctx.log(f"refused policy kept the old one; drift healed in {took:.1f}s")
+    finally:
+        node.copy_in(TEST_POLICY.encode(), POLICY, 0o644)
+        node.run(["systemctl", "reload", UNIT])
+    wait_until(
+        lambda: not status(node)["daemon"].get("policy_error"), INTERVAL + SLACK, "policy_error cleared"
+    )
+
+
+def _restarted(node: Node, old_pid: str, restarts: int) -> Optional[dict[str, str]]:
+    props = unit_props(node, "MainPID", "ActiveState", "SubState", "NRestarts")
+    if (
+        props["MainPID"] not in ("0", old_pid)
+        and props["ActiveState"] == "active"
+        and int(props["NRestarts"]) > restarts
+    ):
+        return props
+    return None
+
+
+def _clean_first_cycle(ctx: Context, pid: str) -> None:
+    node = ctx.node
+    doc = wait_until(
+        lambda: (lambda d: d if str(d["daemon"].get("pid")) == pid else None)(status(node)),
+        INTERVAL + SLACK,
+        f"status from the restarted daemon (pid {pid})",
+    )
+    assert doc["summary"]["by_status"].get("failed", 0) == 0, doc["summary"]
+    assert all(c["error"] in (None, "") for c in doc["controls"])
+    logs = journal(node, "-u", UNIT, f"_PID={pid}")
+    assert "Traceback" not in logs, logs[-2000:]
+    assert "started" in logs
+
+
+def step_kill9(ctx: Context) -> None:
+    """kill -9: systemd restarts it (Restart=on-failure) and the first cycle is clean."""
+    node = ctx.node
+    props = unit_props(node, "MainPID", "NRestarts")
+    node.run(["kill", "-9", props["MainPID"]])
+    new = wait_until(
+        lambda: _restarted(node, props["MainPID"], int(props["NRestarts"])),
+        RESTART_SEC + 30,
+        "systemd to restart the killed daemon",
+    )
+    ctx.log(f"killed {props['MainPID']}, restarted as {new['MainPID']} (NRestarts {new['NRestarts']})")
+    _clean_first_cycle(ctx, new["MainPID"])
+
+
+def step_watchdog(ctx: Context) -> None:
+    """A hung daemon (SIGSTOP) stops pinging; WatchdogSec fires and systemd restarts it."""
+    node = ctx.node
+    props = unit_props(node, "MainPID", "NRestarts")
+    since = node_now(node)
+    node.run(["kill", "-STOP", props["MainPID"]])
+    start = time.monotonic()
+    new = wait_until(
+        lambda: _restarted(node, props["MainPID"], int(props["NRestarts"])),
+        WATCHDOG_SEC + ABORT_SEC + RESTART_SEC + 20,
+        "the watchdog to restart the stopped daemon",
+    )
+    took = time.monotonic() - start
+    logs = journal(node, "-u", UNIT, "--since", f"@{since:.0f}")
+    assert "Watchdog timeout" in logs, logs[-2000:]
+    ctx.log(f"watchdog restarted the hung daemon after {took:.1f}s (WatchdogSec={WATCHDOG_SEC}s)")
+    _clean_first_cycle(ctx, new["MainPID"])
+
+
+def step_reboot(ctx: Context) -> None:
+    """After a reboot the enabled unit starts by itself and heals the fresh kernel state."""
+    node = ctx.node
+    node.reboot()
+    wait_until(
+        lambda: node.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active",
+        30,
+        "k3s-agentd active after boot",
+    )
+    wait_until(
+        lambda: read_sysctl(node, SYSCTL_KEY) == "1", INTERVAL + SLACK, f"{SYSCTL_KEY} enforced after boot"
+    )
+    doc = status(node)
+    assert doc["summary"]["by_status"].get("failed", 0) == 0, doc["summary"]
+
+
+STEPS: list[Callable[[Context], None]] = [
+    step_install_state,
+    step_sandbox_exposure,
+    step_start,
+    step_ready,
+    step_every_control,
+    step_first_cycle_enforced,
+    step_drift_sysctl,
+    step_drift_firewall,
+    step_drift_sshd,
+    step_drift_files,
+    step_drift_encryption,
+    step_k3s_args,
+    step_reload_broken_policy,
+    step_kill9,
+    step_watchdog,
+    step_reboot,
+]
+
+
+def run_scenario(node: Node, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Every step in order; a failed step is recorded and the rest still run."""
+    ctx = Context(node, log)
+    results: dict[str, str] = {}
+    for step in STEPS:
+        name = step.__name__[len("step_") :]
+        try:
+            step(ctx)
+            results[name] = "PASS"
+        except Skipped as exc:
+            results[name] = f"SKIPPED: {exc}"
+        except (AssertionError, subprocess.SubprocessError) as exc:
+            results[name] = f"FAIL: {exc}"
+        log(f"{name}: {results[name]}")
+    return results
+
+
+def diagnostics(node: Node) -> str:
+    """What to print when a step fails: the unit, its journal, the status table."""
+    parts = []
+    for argv in (
+        ["systemctl", "status", "--no-pager", UNIT],
+        ["journalctl", "--no-pager", "-n", "60", "-u", UNIT],
+        ["k3s-agentctl", "status"],
+    ):
+        done = sh(node, " ".join(shlex.quote(a) for a in argv) + " 2>&1", check=False)
+        parts.append(f"$ {' '.join(argv)}\n{done.stdout}")
+    return "\n".join(parts)
