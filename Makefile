@@ -54,7 +54,7 @@ $(RPM): $(shell find $(SOURCES) -type f -not -name '*.pyc' 2>/dev/null)
 # packaging/debian/*.lintian-overrides and packaging/rpm/rpmlintrc).
 lint-packages: packages
 	lintian --fail-on error,warning --info $(BUILD)/deb/$(NAME)_$(VERSION)_*.changes
-	rpmlint -r packaging/rpm/rpmlintrc $(RPM)
+	rpmlint -r packaging/rpm/k3s-hardening-agent.rpmlintrc $(RPM)
 
 clean-packages:
 	rm -rf $(BUILD) $(DIST)
