@@ -8,6 +8,8 @@ Preconditions the implementation guarantees before the scenario starts:
   * systemd is PID 1 in the node and has finished booting;
   * the k3s-hardening-agent package is installed (enabled, not started), with
     the distribution's own python3-* dependencies;
+  * optionally the package file in /var/cache/k3s-agentd-e2e/ (the
+    remove/reinstall/purge step is SKIPPED without it);
   * optionally the K3s fixture (tests/k3s_fixture/install.sh) is laid down; the
     scenario gates the steps that need it on the k3s.service unit existing.
 """

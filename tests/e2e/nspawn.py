@@ -160,6 +160,10 @@ def make_node_rootfs(
         # Package lists in the cached base went stale (or were never fetched).
         nspawn_exec(rootfs, ["apt-get", "update", "-q"], log, binds)
         nspawn_exec(rootfs, install, log, binds)
+    # For the scenario's remove/reinstall/purge step (scenario.PACKAGE_DIR).
+    keep = os.path.join(rootfs, "var/cache/k3s-agentd-e2e")
+    os.makedirs(keep, exist_ok=True)
+    shutil.copy(deb, keep)
     if fixture_dir and os.path.isfile(os.path.join(fixture_dir, "install.sh")):
         binds = [f"ro:{os.path.abspath(fixture_dir)}:/mnt/k3s_fixture"]
         nspawn_exec(rootfs, ["/bin/sh", "/mnt/k3s_fixture/install.sh", "/", "server"], log, binds)

@@ -65,6 +65,9 @@ SSHD_DROPIN = "/etc/ssh/sshd_config.d/01-k3s-agentd.conf"
 NFT_TABLE = ("inet", "k3s_agentd")
 ENCRYPTION_CONFIG = "/var/lib/rancher/k3s/server/cred/encryption-config.json"
 HEALTHY = ("ok", "healed")
+PACKAGE = "k3s-hardening-agent"
+# Where a node implementation may leave the package file for the lifecycle step.
+PACKAGE_DIR = "/var/cache/k3s-agentd-e2e"
 
 
 class Skipped(Exception):
@@ -176,22 +179,37 @@ def step_install_state(ctx: Context) -> None:
 
 
 def step_sandbox_exposure(ctx: Context) -> None:
-    """systemd-analyze security: the shipped unit vs the same unit without its sandbox."""
+    """`systemd-analyze security k3s-agentd`: the shipped unit vs the same unit without its sandbox.
+
+    Measured on the loaded unit (the unsandboxed copy is loaded from /run for
+    the measurement, then removed) and offline on the two files.
+    """
     node = ctx.node
     unit = node.run(["cat", UNIT_FILE]).stdout
     bare = re.sub(r"# --- sandboxing.*?(?=^\[Install\])", "", unit, flags=re.S | re.M)
     assert bare != unit, "the unit lost its '# --- sandboxing' section marker"
     node.copy_in(bare.encode(), "/root/e2e-unsandboxed/k3s-agentd.service")
-    before = _exposure(node, "/root/e2e-unsandboxed/k3s-agentd.service")
-    after = _exposure(node, UNIT_FILE)
-    ctx.notes["exposure"] = (before, after)
-    ctx.log(f"systemd-analyze security exposure: {before} without sandboxing, {after} shipped")
-    assert after < before
+    offline = (_exposure(node, "/root/e2e-unsandboxed/k3s-agentd.service"), _exposure(node, UNIT_FILE))
+    runtime_unit = "/run/systemd/system/k3s-agentd.service"  # /run beats /lib: loaded instead
+    node.copy_in(bare.encode(), runtime_unit)
+    try:
+        node.run(["systemctl", "daemon-reload"])
+        before = _exposure(node, UNIT)
+    finally:
+        node.run(["rm", "-f", runtime_unit])
+        node.run(["systemctl", "daemon-reload"])
+    after = _exposure(node, UNIT)
+    ctx.notes["exposure"] = {"loaded": (before, after), "offline": offline}
+    ctx.log(f"systemd-analyze security {UNIT}: {before} without sandboxing, {after} shipped")
+    ctx.log(f"  (offline on the unit files: {offline[0]} -> {offline[1]})")
+    assert after < before and offline[1] < offline[0]
     assert after <= EXPOSURE_MAX, f"exposure {after} is above {EXPOSURE_MAX}: the sandbox regressed"
 
 
-def _exposure(node: Node, path: str) -> float:
-    done = node.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", path], check=False)
+def _exposure(node: Node, unit: str) -> float:
+    argv = ["systemd-analyze", "security", "--no-pager"]
+    argv += ["--offline=yes", unit] if unit.startswith("/") else [unit]
+    done = node.run(argv, check=False)
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", done.stdout)
     assert match, f"no exposure level in systemd-analyze output: {done.stdout[-300:]}{done.stderr[-300:]}"
     return float(match.group(1))
@@ -533,6 +551,35 @@ def step_reboot(ctx: Context) -> None:
     assert doc["summary"]["by_status"].get("failed", 0) == 0, doc["summary"]
 
 
+def step_package_lifecycle(ctx: Context) -> None:
+    """remove keeps conffile and managed files; reinstall does not start; purge-managed only when asked."""
+    node = ctx.node
+    if node.run(["sh", "-c", "command -v dpkg"], check=False).returncode != 0:
+        raise Skipped("not a dpkg node (the rpm lifecycle is not driven here)")
+    found = node.run(["sh", "-c", f"ls {PACKAGE_DIR}/*.deb"], check=False).stdout.split()
+    if not found:
+        raise Skipped(f"no package file in {PACKAGE_DIR} on this node to reinstall from")
+    deb = found[0]
+    k3s_files = ["/var/lib/rancher/k3s", "/etc/rancher/k3s/config.yaml"] if ctx.notes.get("k3s") else []
+    assert node.run(["test", "-s", SYSCTL_FILE], check=False).returncode == 0, "no managed file to test with"
+    node.run(["dpkg", "-r", PACKAGE], timeout=120)
+    assert node.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() != "active"
+    assert node.run(["cat", POLICY]).stdout == TEST_POLICY, "remove must keep the edited conffile"
+    assert node.run(["test", "-s", SYSCTL_FILE], check=False).returncode == 0, "removed without being asked"
+    node.run(["env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "-i", deb], timeout=120)
+    assert node.run(["systemctl", "is-enabled", UNIT], check=False).stdout.strip() == "enabled"
+    active = node.run(["systemctl", "is-active", UNIT], check=False).stdout.strip()
+    assert active == "inactive", f"install must not start the daemon, it is {active}"
+    assert node.run(["cat", POLICY]).stdout == TEST_POLICY, "reinstall must keep the edited conffile"
+    node.run(["env", "K3S_AGENTD_PURGE_MANAGED=yes", "dpkg", "--purge", PACKAGE], timeout=120)
+    for gone in (SYSCTL_FILE, SSHD_DROPIN, "/etc/k3s-agentd", "/var/lib/k3s-agentd"):
+        assert node.run(["test", "-e", gone], check=False).returncode != 0, f"{gone} left after purge"
+    assert node.run(["nft", "list", "table", *NFT_TABLE], check=False).returncode != 0
+    for kept in k3s_files:
+        assert node.run(["test", "-e", kept], check=False).returncode == 0, f"purge removed K3s's {kept}"
+    ctx.log("remove/reinstall/purge: conffile kept, not started on install, managed files purged on request")
+
+
 STEPS: list[Callable[[Context], None]] = [
     step_install_state,
     step_sandbox_exposure,
@@ -550,6 +597,7 @@ STEPS: list[Callable[[Context], None]] = [
     step_kill9,
     step_watchdog,
     step_reboot,
+    step_package_lifecycle,
 ]
 
 
