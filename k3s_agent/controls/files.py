@@ -387,13 +387,9 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     return problems
 
 
-def _build(policy: ControlPolicy, host: Host) -> FilesControl:
-    return FilesControl(policy, host)
-
-
 SPEC = ControlSpec(
     name=NAME,
-    build=_build,
+    build=FilesControl,
     item_fields={
         "mode": Field(str, _mode_check, doc='exact mode, octal string: "0600"'),
         "max_mode": Field(str, _mode_check, doc='"0644" = 0644 or stricter; heal clears the extra bits'),

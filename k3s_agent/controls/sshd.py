@@ -23,6 +23,7 @@ import fnmatch
 import grp
 import os
 import pwd
+import shlex
 import signal
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -36,9 +37,9 @@ from k3s_agent.controls.sshd_config import (
     Directive,
     desired_value,
     effective_value,
+    global_lines,
     parse_effective,
     render,
-    split_line,
     winners,
 )
 from k3s_agent.host import Host, HostError
@@ -172,16 +173,10 @@ class SshdControl:
 
     def _include_lines(self, reader: ConfigReader) -> list[tuple[int, list[str]]]:
         """(line number, targets) of every global Include line in sshd_config."""
-        found, in_match = [], False
-        for number, line in enumerate((self._main_text() or "").splitlines(), 1):
-            parsed = split_line(line)
-            if parsed is None:
-                continue
-            keyword, value = parsed
-            if keyword == "match":
-                in_match = value.strip().lower() != "all"
-            elif keyword == "include" and not in_match:
-                targets = [t for p in value.split() for t in reader.include_targets(p.strip('"'))]
+        found = []
+        for number, keyword, value in global_lines(self._main_text() or ""):
+            if keyword == "include":
+                targets = [t for p in shlex.split(value) for t in reader.include_targets(p)]
                 found.append((number, targets))
         return found
 
@@ -504,13 +499,9 @@ def _has_authorized_key(user: pwd.struct_passwd, settings: Mapping[str, str], ho
     return False
 
 
-def _build(policy: ControlPolicy, host: Host) -> SshdControl:
-    return SshdControl(policy, host)
-
-
 SPEC = ControlSpec(
     name=NAME,
-    build=_build,
+    build=SshdControl,
     options={
         "allow_lockout": Field(bool, doc="accept settings that would leave no way to log in"),
     },

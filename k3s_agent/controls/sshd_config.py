@@ -22,7 +22,7 @@ import fnmatch
 import glob
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Optional
 
 from k3s_agent.host import Host, HostError
@@ -136,22 +136,27 @@ class ConfigReader:
         if text is None or depth > MAX_INCLUDE_DEPTH:
             return
         self.files.append(path)
-        in_match = False
-        for number, line in enumerate(text.splitlines(), 1):
-            parsed = split_line(line)
-            if parsed is None:
-                continue
-            keyword, value = parsed
-            if keyword == "match":
-                in_match = value.strip().lower() != "all"
-            elif in_match:
-                continue
-            elif keyword == "include":
+        for number, keyword, value in global_lines(text):
+            if keyword == "include":
                 for pattern in shlex.split(value):
                     for target in self.include_targets(pattern):
                         self._read_file(target, out, depth + 1)
             else:
                 out.append(Directive(keyword, value, path, number))
+
+
+def global_lines(text: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, keyword, value) of the lines outside Match blocks."""
+    in_match = False
+    for number, line in enumerate(text.splitlines(), 1):
+        parsed = split_line(line)
+        if parsed is None:
+            continue
+        keyword, value = parsed
+        if keyword == "match":
+            in_match = value.strip().lower() != "all"
+        elif not in_match:
+            yield number, keyword, value
 
 
 def winners(directives: list[Directive]) -> dict[str, list[Directive]]:
