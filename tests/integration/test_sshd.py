@@ -282,3 +282,39 @@ def test_sighup_without_systemd_refuses_a_pid_that_is_not_sshd(ssh_root: Path) -
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_apply_reloads_a_running_sshd_with_sighup_not_a_restart(ssh_root: Path) -> None:
+    """No systemd here: the heal HUPs the real sshd (in its own network namespace); same pid after."""
+    log = ssh_root / "sshd.log"
+    (ssh_root / "run").mkdir(exist_ok=True)
+    main = str(ssh_root / MAIN.lstrip("/"))
+    with open(log, "w") as out:
+        daemon = subprocess.Popen(
+            ["unshare", "--net", "--", SSHD, "-D", "-e", "-f", main, "-p", "2222"], stderr=out
+        )
+    try:
+        pidfile = ssh_root / "run/sshd.pid"
+        for _ in range(100):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            daemon.poll()
+            assert daemon.returncode is None, log.read_text()
+            subprocess.run(["sleep", "0.05"], check=True)
+        assert int(pidfile.read_text()) == daemon.pid  # unshare execs sshd: same pid
+        host = Host(root=str(ssh_root))
+        policy = ControlPolicy("sshd", Mode.ENFORCE, True, {}, {"X11Forwarding": {"value": "no"}})
+        ctl = SshdControl(policy, host, sshd=SSHD, reload=Reloader(host, booted=False))
+        result = heal(ctl)["X11Forwarding"]
+        assert result.status is Status.HEALED
+        assert f"sent SIGHUP to sshd (pid {daemon.pid})" in result.message
+        for _ in range(100):
+            if "Received SIGHUP" in log.read_text():
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+        assert "Received SIGHUP; restarting." in log.read_text()
+        subprocess.run(["sleep", "0.3"], check=True)
+        assert daemon.poll() is None  # re-executed in place, still serving
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
