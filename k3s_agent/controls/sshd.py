@@ -431,6 +431,11 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
         for key, item in control.items.items()
         if key.lower() in ALGORITHM_LISTS and render(key, item["value"])[:1] in "+-^"
     ]
+    seen: dict[str, str] = {}
+    for key in control.items:
+        if key.lower() in seen:
+            problems.append(Lint("", f"items.{key} and items.{seen[key.lower()]} are the same keyword"))
+        seen.setdefault(key.lower(), key)
     if control.option("allow_lockout", False):
         return problems
     return problems + [

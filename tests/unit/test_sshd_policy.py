@@ -166,3 +166,7 @@ def test_default_profile_validates_here(root: Path) -> None:
     policy = compose(Host(root=str(root)), [Layer("x", {"extends": "k3s-cis-agent"})])
     items = policy.controls["sshd"].items
     assert items["PermitRootLogin"]["value"] == "no" and "AllowUsers" not in items
+
+
+def test_the_same_keyword_twice_in_another_case_is_refused(root: Path) -> None:
+    assert "are the same keyword" in refused(root, {"PermitRootLogin": "no", "permitrootlogin": "yes"})
