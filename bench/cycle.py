@@ -15,12 +15,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import converged_root, median, percentile  # noqa: E402
+from common import converged_root, median, percentile
 
-from k3s_agent.engine import Engine  # noqa: E402
-from k3s_agent.host import Host  # noqa: E402
-from k3s_agent.model import Status  # noqa: E402
-from k3s_agent.policy.loader import load_policy  # noqa: E402
+from k3s_agent.engine import Engine
+from k3s_agent.host import Host
+from k3s_agent.model import Status
+from k3s_agent.policy.loader import load_policy
 
 
 def main() -> None:

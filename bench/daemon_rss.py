@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import converged_root  # noqa: E402
+from common import converged_root
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import converged_root, median  # noqa: E402
+from common import converged_root, median
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "net.ipv4.conf.all.send_redirects"
@@ -40,7 +40,8 @@ def wait_until(probe, timeout: float = 30.0) -> float:  # type: ignore[no-untype
 def main() -> None:
     root, proc = converged_root("k3s-cis-server")
     (root / "etc/k3s-agentd/policy.toml").write_text(
-        f'extends = "none"\ninterval = 5\n[contest]\nthreshold = 100\n[controls.sysctl.items."{KEY}"]\nvalue = 0\n'
+        f'extends = "none"\ninterval = 5\n[contest]\nthreshold = 100\n'
+        f'[controls.sysctl.items."{KEY}"]\nvalue = 0\n'
     )
     argv = ["unshare", "--net", "--", sys.executable, "-m", "k3s_agent.daemon", "--root", str(root)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -57,12 +58,8 @@ def main() -> None:
             files.append(wait_until(lambda: persisted.read_text().startswith("# Managed by k3s-agentd")))
             time.sleep(2.5)  # let the wake-up our own rewrite causes pass, so runtime timing is honest
         status = json.loads((root / "run/k3s-agentd/status.json").read_text())
-        print(
-            f"runtime sysctl drift -> heal (interval 5 s): median {median(runtime):.2f} s, max {max(runtime):.2f} s"
-        )
-        print(
-            f"sysctl.d file edit   -> heal (inotify):      median {median(files):.2f} s, max {max(files):.2f} s"
-        )
+        for label, values in (("runtime sysctl (interval 5 s)", runtime), ("sysctl.d edit (inotify)", files)):
+            print(f"{label:30} drift -> heal: median {median(values):.2f} s, max {max(values):.2f} s")
         print(f"heals counted by the daemon: {status['daemon']['heals_total']}")
     finally:
         daemon.send_signal(signal.SIGTERM)
