@@ -29,9 +29,12 @@ from k3s_agent.policy.schema import PolicyError
 from k3s_agent.policy.snapshot import load_last_good, save_last_good
 from k3s_agent.report import build_document, render_prometheus, to_json
 from k3s_agent.statusd import STATUS_NAME, StatusServer
-from k3s_agent.watch import PathWatcher
+from k3s_agent.watch import NetlinkWatcher, PathWatcher
 
-WAKE_DEBOUNCE = 1.0  # seconds: a burst of file events is one cycle
+WAKE_DEBOUNCE = 1.0  # seconds: a burst of events is one cycle
+# kube-proxy and the network-policy controller rewrite rules all the time; event
+# wake-ups are capped to one cycle per this many seconds so they cannot keep us busy.
+MIN_EVENT_GAP = 5.0
 
 
 def sd_notify(message: str) -> None:
@@ -64,7 +67,8 @@ class Daemon:
         self.engine = self._engine(self.policy)
         self.last: Optional[CycleReport] = None
         self.document: dict[str, Any] = {}
-        self.watcher: Optional[PathWatcher] = None
+        self.watchers: list[Any] = []
+        self.last_cycle = 0.0
 
     # -- policy ---------------------------------------------------------------------
 
@@ -159,11 +163,12 @@ class Daemon:
             sd_notify("STOPPING=1")
             self.log.info("stopping", message_id=MESSAGE_IDS["stopping"])
             server.close()
-            if self.watcher:
-                self.watcher.close()
+            for watcher in self.watchers:
+                watcher.close()
         return 0
 
     def cycle(self) -> None:
+        self.last_cycle = time.monotonic()
         self.last = self.engine.run_cycle(enforce=True)
         self.heartbeat = time.monotonic()
         self.document = build_document(self.last, self.policy, self._daemon_facts())
@@ -177,17 +182,27 @@ class Daemon:
             if remaining <= 0:
                 return
             if self.wake_event.wait(min(remaining, 5.0)):
-                self.wake_event.clear()
-                time.sleep(WAKE_DEBOUNCE)  # let a burst of writes settle
+                if self.stopping or self.reload_requested:
+                    return
+                self._nap(WAKE_DEBOUNCE)  # let a burst of writes settle
+                gap = self.last_cycle + MIN_EVENT_GAP - time.monotonic()
+                self._nap(min(gap, deadline - time.monotonic()))
                 self.wake_event.clear()
                 return
+
+    def _nap(self, seconds: float) -> None:
+        """Sleep that a stop or reload request cuts short."""
+        end = time.monotonic() + seconds
+        while not self.stopping and not self.reload_requested and time.monotonic() < end:
+            self.heartbeat = time.monotonic()
+            time.sleep(min(0.2, max(end - time.monotonic(), 0)))
 
     def _daemon_facts(self) -> dict[str, Any]:
         return {
             "running": True,
             "pid": os.getpid(),
             "policy_error": self.policy_error,
-            "watching": self.watcher.watching if self.watcher else [],
+            "watching": [w for watcher in self.watchers for w in watcher.watching],
             **self.counters,
         }
 
@@ -219,16 +234,17 @@ class Daemon:
         signal.signal(signal.SIGHUP, on_hup)
 
     def _restart_watcher(self) -> None:
-        if self.watcher:
-            self.watcher.close()
-        paths = [
-            self.host.path(w.target)
-            for control in self.engine.controls.values()
-            for w in _safe_watches(control)
-            if w.kind == "path"
+        for watcher in self.watchers:
+            watcher.close()
+        watches = [w for control in self.engine.controls.values() for w in _safe_watches(control)]
+        paths = [self.host.path(w.target) for w in watches if w.kind == "path"]
+        netlink = [w.target for w in watches if w.kind == "netlink"]
+        self.watchers = [
+            PathWatcher(paths, lambda _path: self.wake()),
+            NetlinkWatcher(netlink, lambda _kind: self.wake()),
         ]
-        self.watcher = PathWatcher(paths, lambda _path: self.wake())
-        self.watcher.start()
+        for watcher in self.watchers:
+            watcher.start()
 
     def _start_watchdog(self) -> None:
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
