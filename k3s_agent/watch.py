@@ -43,6 +43,7 @@ class PathWatcher:
         self.fd: Optional[int] = None
         self.wds: dict[int, str] = {}
         self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
         libc_name = ctypes.util.find_library("c") or "libc.so.6"
         self.libc = ctypes.CDLL(libc_name, use_errno=True)
         fd = self.libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
@@ -67,7 +68,8 @@ class PathWatcher:
 
     def start(self) -> None:
         if self.fd is not None:
-            threading.Thread(target=self._run, name="inotify", daemon=True).start()
+            self._thread = threading.Thread(target=self._run, name="inotify", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -91,7 +93,11 @@ class PathWatcher:
                 self.wake(self.wds.get(wd, "?"))
 
     def close(self) -> None:
+        # The reader thread owns the fd while it runs: closing it under a select()
+        # could let the number be reused by another open and read by mistake.
         self.stop()
+        if self._thread is not None:
+            self._thread.join(2.0)
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
