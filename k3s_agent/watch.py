@@ -153,6 +153,7 @@ class NetlinkWatcher:
         self.nft_tables: Optional[set[str]] = None
         self.sockets: list[tuple[socket.socket, str]] = []
         self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
         route_groups = set()
         nft = any_table = False
         for target in targets:
@@ -189,7 +190,8 @@ class NetlinkWatcher:
 
     def start(self) -> None:
         if self.sockets:
-            threading.Thread(target=self._run, name="netlink", daemon=True).start()
+            self._thread = threading.Thread(target=self._run, name="netlink", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         by_fd = {sock.fileno(): (sock, kind) for sock, kind in self.sockets}
@@ -211,6 +213,8 @@ class NetlinkWatcher:
 
     def close(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
         for sock, _ in self.sockets:
             sock.close()
         self.sockets = []
