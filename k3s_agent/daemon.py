@@ -63,6 +63,7 @@ class Daemon:
         self.heartbeat = time.monotonic()
         self.counters = {"heals_total": 0, "heal_failures_total": 0, "policy_reload_failures_total": 0}
         self.policy_error: Optional[str] = None
+        self.last_logged: dict[tuple[str, str], Status] = {}
         self.policy = self._initial_policy()
         self.engine = self._engine(self.policy)
         self.last: Optional[CycleReport] = None
@@ -129,6 +130,12 @@ class Daemon:
             self.counters["heal_failures_total"] += 1
         if finding.status in (Status.ABSENT, Status.UNSUPPORTED):
             return
+        # Every heal is an event; other states are logged when they change, so an
+        # audit-mode node does not repeat the same drift every interval.
+        item = (finding.control, finding.key)
+        if finding.status is not Status.HEALED and self.last_logged.get(item) == finding.status:
+            return
+        self.last_logged[item] = finding.status
         level = "warning" if finding.status in (Status.FAILED, Status.CONTESTED) else "info"
         getattr(self.log, level)(f"{finding.control} {finding.key}: {event}", **finding_fields(finding))
 
