@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from k3s_agent import __version__
 from k3s_agent.engine import CycleReport, Engine
-from k3s_agent.host import Host
+from k3s_agent.host import Host, HostError
 from k3s_agent.log import MESSAGE_IDS, configure, finding_fields
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.loader import load_policy
@@ -31,6 +31,7 @@ from k3s_agent.report import build_document, render_prometheus, to_json
 from k3s_agent.statusd import STATUS_NAME, StatusServer
 from k3s_agent.watch import NetlinkWatcher, PathWatcher
 
+METRICS_NAME = "metrics.prom"
 WAKE_DEBOUNCE = 1.0  # seconds: a burst of events is one cycle
 # kube-proxy and the network-policy controller rewrite rules all the time; event
 # wake-ups are capped to one cycle per this many seconds so they cannot keep us busy.
@@ -218,13 +219,13 @@ class Daemon:
         counts = summary["by_status"]
         line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         sd_notify(f"STATUS={summary['verdict']}: {line}")
-        status_path = os.path.join(self.host.run_dir, STATUS_NAME)
+        metrics = render_prometheus(self.document).encode()
         try:
-            _write_private(status_path, to_json(self.document).encode())
+            _write_private(os.path.join(self.host.run_dir, STATUS_NAME), to_json(self.document).encode())
+            _write_private(os.path.join(self.host.run_dir, METRICS_NAME), metrics)
             if self.policy.metrics_textfile:
-                target = self.policy.metrics_textfile
-                self.host.write_atomic(target, render_prometheus(self.document).encode(), backup=False)
-        except OSError as exc:
+                self.host.write_atomic(self.policy.metrics_textfile, metrics, mode=0o644, backup=False)
+        except (OSError, HostError) as exc:
             self.log.warning("cannot publish status", error=str(exc))
 
     def _install_signals(self) -> None:

@@ -112,6 +112,9 @@ def test_daemon_heals_reloads_and_stops(
     doc = wait_for("heal counted", lambda: (d := status(root)).get("daemon", {}).get("heals_total") and d, 10)
     assert doc["schema"] == "k3s-agentd/node-compliance"
     assert doc["daemon"]["heals_total"] >= 3  # first cycle: two keys + the persisted file
+    metrics = (root / "run/k3s-agentd/metrics.prom").read_text()
+    assert "k3s_agentd_heals_total" in metrics
+    assert f'k3s_agentd_item_compliant{{control="sysctl",item="{KEY}"' in metrics
 
     # a broken policy on SIGHUP is refused, the old one stays in force
     (root / "etc/k3s-agentd/policy.toml").write_text("bogus_key = 1\n" + GOOD_POLICY)
