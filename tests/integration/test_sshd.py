@@ -318,3 +318,21 @@ def test_apply_reloads_a_running_sshd_with_sighup_not_a_restart(ssh_root: Path) 
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)
+
+
+def test_engine_cycle_heals_and_verifies_through_sshd_T(ssh_root: Path) -> None:
+    from k3s_agent.engine import Engine
+    from k3s_agent.policy.loader import Layer, compose
+
+    items = {"PermitRootLogin": {"value": "no"}, "X11Forwarding": {"value": False}}
+    layer = Layer("p.toml", {"extends": "none", "controls": {"sshd": {"items": items}}})
+    host = Host(root=str(ssh_root))
+    engine = Engine(compose(host, [layer]), host)
+    ctl = engine.controls["sshd"]
+    assert isinstance(ctl, SshdControl)
+    ctl.reload = Reloader(host, booted=False)  # never the CI machine's own sshd
+    first = by_key(engine.run_cycle(enforce=True, only=["sshd"]).findings())
+    assert {f.status for f in first.values()} == {Status.HEALED}
+    assert "sshd is not running (no pid file)" in first["X11Forwarding"].message  # no systemd, no daemon here
+    second = engine.run_cycle(enforce=True, only=["sshd"]).findings()
+    assert {f.status for f in second} == {Status.OK}
