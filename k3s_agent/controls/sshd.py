@@ -91,18 +91,21 @@ class SshdControl:
     # -- observe ----------------------------------------------------------------
 
     def installed(self) -> bool:
-        return bool(self.sshd) and os.path.exists(str(self.sshd)) and self._main_text() is not None
+        return bool(self.sshd) and os.path.exists(str(self.sshd)) and os.path.lexists(self.host.path(MAIN))
+
+    def _all(self, status: Status, message: str) -> list[Finding]:
+        return [Finding(NAME, key, status, desired=w, message=message) for key, w in self.want.items()]
 
     def check(self) -> list[Finding]:
         if not self.installed():
-            why = "sshd is not installed" if not self.sshd else f"no {MAIN}"
-            return [Finding(NAME, key, Status.ABSENT, desired=w, message=why) for key, w in self.want.items()]
+            return self._all(Status.ABSENT, "sshd is not installed" if not self.sshd else f"no {MAIN}")
+        try:
+            self.host.read_text(MAIN)
+        except HostError as exc:  # a symlink or a non-file where sshd_config should be
+            return self._all(Status.FAILED, f"{exc}; not managed")
         proc = self._sshd(["-T", "-f", self.host.path(MAIN)])
         if proc.returncode != 0:
-            error = f"sshd -T failed: {_first_lines(proc.stderr)}"
-            return [
-                Finding(NAME, key, Status.FAILED, desired=w, message=error) for key, w in self.want.items()
-            ]
+            return self._all(Status.FAILED, f"sshd -T failed: {_first_lines(proc.stderr)}")
         effective = parse_effective(proc.stdout)
         decided = winners(ConfigReader(self.host).read(MAIN))
         plan = self.plan()
@@ -184,7 +187,7 @@ class SshdControl:
 
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
         if not self.installed():
-            return [f.with_status(Status.ABSENT, "sshd is not installed") for f in drift]
+            return [f.with_status(Status.ABSENT, f"sshd is not installed or has no {MAIN}") for f in drift]
         declined = {f.key: f for f in drift if self._only_foreign_extras(f)}
         todo = [f for f in drift if f.key not in declined]
         results = [

@@ -336,3 +336,14 @@ def test_engine_cycle_heals_and_verifies_through_sshd_T(ssh_root: Path) -> None:
     assert "sshd is not running (no pid file)" in first["X11Forwarding"].message  # no systemd, no daemon here
     second = engine.run_cycle(enforce=True, only=["sshd"]).findings()
     assert {f.status for f in second} == {Status.OK}
+
+
+def test_sshd_config_that_is_a_symlink_is_failed_not_followed(ssh_root: Path, systemctl_log: Path) -> None:
+    main = ssh_root / MAIN.lstrip("/")
+    real = ssh_root / "etc/ssh/sshd_config.real"
+    main.rename(real)
+    main.symlink_to(real)
+    ctl = control(ssh_root, systemctl_log, {"X11Forwarding": "no"})
+    found = ctl.check()
+    assert found[0].status is Status.FAILED and "symlink" in found[0].message
+    assert "X11Forwarding yes" in real.read_text()
