@@ -26,7 +26,7 @@ import pwd
 import shlex
 import signal
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from k3s_agent.controls.base import ControlSpec, Lint, Watch
@@ -267,8 +267,8 @@ class SshdControl:
     # -- plumbing ---------------------------------------------------------------------
 
     def _sshd(self, args: list[str]) -> Any:
-        ensure_privsep_dir()
-        return self.host.run([str(self.sshd), *args], timeout=20)
+        with privsep_dir():
+            return self.host.run([str(self.sshd), *args], timeout=20)
 
     def _main_text(self) -> Optional[str]:
         try:
@@ -309,11 +309,27 @@ def strip_block(text: str) -> str:
     return "".join(lines[: span[0] - 1] + lines[span[1] :])
 
 
-def ensure_privsep_dir() -> None:
-    if os.geteuid() != 0:
-        return
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(PRIVSEP_DIR, 0o755)
+@contextlib.contextmanager
+def privsep_dir() -> Iterator[None]:
+    """/run/sshd for the length of one sshd -t/-T call, removed again if we made it.
+
+    sshd refuses -t/-T without it; the ssh unit creates it when sshd starts, so
+    a node where it is missing runs no sshd, and a read-only check must leave
+    the host as it found it.
+    """
+    created = False
+    if os.geteuid() == 0:
+        try:
+            os.mkdir(PRIVSEP_DIR, 0o755)
+            created = True
+        except FileExistsError:
+            pass
+    try:
+        yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(PRIVSEP_DIR)
 
 
 def _write_private(path: str, text: str) -> None:
