@@ -121,9 +121,11 @@ def render_table(document: dict[str, Any], verbose: bool = False) -> str:
         out.append(f"== {control['name']} ({control['mode']}) {csum['verdict']}  {fact_text}".rstrip())
         if control.get("error"):
             out.append(f"   error: {control['error']}")
-        rows = [f for f in control["findings"] if verbose or f["status"] != "ok"]
+        # ok and absent items only with -v: a node should read as its problems
+        rows = [f for f in control["findings"] if verbose or f["status"] not in ("ok", "absent")]
         if not rows:
-            out.append(f"   all {csum['items']} items ok")
+            absent = csum["by_status"].get("absent", 0)
+            out.append(f"   all {csum['items'] - absent} items ok" + (f", {absent} absent" if absent else ""))
             continue
         width = min(max(len(f["key"]) for f in rows), 60)
         for f in rows:
