@@ -230,8 +230,11 @@ class NspawnNode:
         return 0
 
     def _booted(self) -> str:
+        # --wait returns once start-up is over: running, degraded (a failed
+        # unit), or something worse; "offline"/"unknown"/"" = asked too early.
         done = self.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=BOOT_TIMEOUT)
-        return done.stdout.strip() if done.stdout.strip() not in ("", "starting", "initializing") else ""
+        state = done.stdout.strip()
+        return "" if state in ("", "offline", "unknown", "starting", "initializing") else state
 
     def shutdown(self, timeout: float = 60) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -461,8 +461,9 @@ def step_reload_broken_policy(ctx: Context) -> None:
         props = unit_props(node, "MainPID", "ActiveState")
         assert props == {"MainPID": pid, "ActiveState": "active"}, props
         assert doc["policy"]["mode"] == "enforce" and doc["policy"]["interval_seconds"] == INTERVAL
-        refused = journal(node, "-u", UNIT, f"_PID={pid}", "MESSAGE_ID=7b1c7e2a9f6d4c55a1a0f3c1d2e4b607")
-        assert refused.strip(), "no 'policy refused' journal entry"
+        assert "policy refused" in journal(
+            node, "-u", UNIT, f"_PID={pid}"
+        ), "no 'policy refused' in the journal"
         # The old policy is still the one enforced: drift is still healed.
         node.run(["sysctl", "-w", f"{SYSCTL_KEY}=0"])
         took = timed(
