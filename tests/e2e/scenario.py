@@ -393,15 +393,19 @@ def _flip_one_option(text: str) -> tuple[str, str]:
 
 
 def step_drift_files(ctx: Context) -> None:
-    """chmod 0644 on a K3s key file: put back to its mode (or reported) within one interval."""
+    """chmod 0644 on a key file: put back to its mode (or reported) within one interval.
+
+    A K3s *.key from the fixture when there is one; otherwise another file the
+    control keeps at 0600 (sshd_config), so the step never depends on K3s.
+    """
     entry = require_control(ctx, "files")
     node = ctx.node
-    keys = [f for f in entry["findings"] if f["key"].endswith(".key") and f["status"] in HEALTHY]
-    if not keys:
-        if not ctx.notes.get("k3s"):
-            raise Skipped("no K3s fixture in this node (tests/k3s_fixture not installed): no key files")
-        raise AssertionError(f"files control reports no ok *.key file: {entry['findings'][:5]}")
-    path = keys[0]["key"]
+    healthy = [f for f in entry["findings"] if f["status"] in HEALTHY and not f["key"].endswith("/*")]
+    keys = [f["key"] for f in healthy if f["key"].endswith(".key")]
+    tight = [f["key"] for f in healthy if "0600" in str(f["desired"]) and _is_file(node, f["key"])]
+    if not keys and not tight:
+        raise AssertionError(f"files control reports no ok file kept at 0600: {healthy}")
+    path = (keys or tight)[0]
     mode = node.run(["stat", "-c", "%a", path]).stdout.strip()
     node.run(["chmod", "0644", path])
 
@@ -412,7 +416,11 @@ def step_drift_files(ctx: Context) -> None:
         return bool(got) and got["status"] not in HEALTHY
 
     took = timed(back_or_reported, INTERVAL + SLACK, f"mode of {path} healed or reported")
-    ctx.log(f"{path} mode healed/reported in {took:.1f}s")
+    ctx.log(f"chmod 0644 {path}: back to {mode} (or reported) in {took:.1f}s")
+
+
+def _is_file(node: Node, path: str) -> bool:
+    return node.run(["sh", "-c", '[ -f "$1" ] && [ ! -L "$1" ]', "sh", path], check=False).returncode == 0
 
 
 def step_drift_encryption(ctx: Context) -> None:
