@@ -112,3 +112,21 @@ def test_purge_managed_removes_ours_only(tmp_path: Path) -> None:
     for rel in kept:
         assert (tmp_path / rel).exists(), rel
     assert "left /etc/rancher/k3s/config.yaml.d/90-k3s-agentd.yaml" in done.stdout
+
+
+def test_rpm_payload_runs(built: None, tmp_path: Path) -> None:
+    """The rpm's launchers and package work from its own tree (EL9 paths, any python3 >= 3.9)."""
+    cpio = subprocess.run(["rpm2cpio", str(RPM)], check=True, capture_output=True).stdout
+    subprocess.run(["cpio", "-idm", "--quiet"], input=cpio, cwd=tmp_path, check=True)
+    launcher = (tmp_path / "usr/bin/k3s-agentctl").read_text()
+    assert launcher.startswith("#!/usr/bin/python3 -s\n"), launcher
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "usr/lib/python3.9/site-packages")}
+    done = subprocess.run(
+        ["/usr/bin/python3", str(tmp_path / "usr/bin/k3s-agentctl"), "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == __version__, done.stdout + done.stderr
+    unit = (tmp_path / "usr/lib/systemd/system/k3s-agentd.service").read_text()
+    assert (REPO / "systemd/k3s-agentd.service").read_text() == unit
