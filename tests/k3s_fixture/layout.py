@@ -94,7 +94,7 @@ MAIN_SH = """\
 # prints what k3s would log at start, then idles like the real daemon.
 printf '%s\\n' "$K3S_FIXTURE_LOG"
 unset K3S_FIXTURE_LOG
-trap 'exit 0' TERM INT
+trap 'kill $! 2>/dev/null; exit 0' TERM INT
 while :; do sleep 3600 & wait $!; done
 """
 
