@@ -314,15 +314,32 @@ def parse_flags(words: Sequence[str]) -> dict[str, list[str]]:
     return flags
 
 
-def configured(host: Host, exec_start: Sequence[str], env: Mapping[str, str]) -> Configured:
-    """Everything K3s will start with: ExecStart + config files + env-bound flags."""
+def configured(
+    host: Host,
+    exec_start: Sequence[str],
+    env: Mapping[str, str],
+    files: Optional[Sequence[str]] = None,
+    overrides: Optional[Mapping[str, str]] = None,
+) -> Configured:
+    """Everything K3s will start with: ExecStart + config files + env-bound flags.
+
+    files/overrides answer "what if": another set of config files (default: the
+    ones K3s would read), some of them with the given text instead of their own.
+    """
     argv = list(exec_start)
     role = next((w for w in argv[1:] if w in SUBCOMMANDS), None)
     # A missing config file, even one named explicitly, is not an error for K3s
     # (configfilearg Parse returns the args unchanged on IsNotExist).
     path, _explicit = config_path(argv, env)
-    files = config_files(host, path) if role else []
-    merged = insert_config(argv, merge_files(read_config(host, files)))
+    if files is None:
+        files = config_files(host, path) if role else []
+    contents = []
+    for name in files:
+        if overrides and name in overrides:
+            contents.append((name, load_pairs(overrides[name], name)))
+        else:
+            contents += read_config(host, [name])
+    merged = insert_config(argv, merge_files(contents))
     start = merged.index(role) + 1 if role else len(merged)
     flags = parse_flags(merged[start:])
     for variable, flag in ENV_FLAGS.items():
