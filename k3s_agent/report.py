@@ -156,9 +156,7 @@ def render_prometheus(document: dict[str, Any]) -> str:
     ]
     for control in document["controls"]:
         for status, count in control["summary"]["by_status"].items():
-            lines.append(
-                f'k3s_agentd_items{{control="{_esc(control["name"])}",status="{status}"}} {count}'
-            )
+            lines.append(f'k3s_agentd_items{{control="{_esc(control["name"])}",status="{status}"}} {count}')
     lines += [
         "# HELP k3s_agentd_item_compliant 1 when the item is ok/healed/absent/unsupported.",
         "# TYPE k3s_agentd_item_compliant gauge",
@@ -201,9 +199,7 @@ def _esc(value: str) -> str:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(
-        timespec="seconds"
-    )
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _epoch(iso: str) -> float:
