@@ -101,24 +101,23 @@ class RunningArgsReader:
             cursor = progress.cursor if progress else None
             if cursor:
                 reader.seek_cursor(cursor)
-                entry = reader.get_next()
-                if entry and not reader.test_cursor(cursor):
-                    self._take(entry, components)  # cursor gone (rotated): this is already new
+                # Past the cursor's own entry, unless it was rotated away (then this one is new).
+                if reader._next() and not reader.test_cursor(cursor):
+                    self._take(_message(reader), components)
             elif started_at and not invocation_id:
                 reader.seek_realtime(datetime.datetime.fromtimestamp(started_at, tz=datetime.timezone.utc))
             last = cursor
-            for entry in reader:
-                self._take(entry, components)
-                last = entry.get("__CURSOR", last)
+            # The low-level calls read MESSAGE alone: converting every field of every
+            # entry (Reader.get_next) is ~10x slower on a chatty K3s run.
+            while reader._next():
+                self._take(_message(reader), components)
+                last = reader._get_cursor()
             return _Progress(key, last, components)
         finally:
             reader.close()
 
     @staticmethod
-    def _take(entry: dict[str, Any], components: dict[str, Args]) -> None:
-        message = entry.get("MESSAGE")
-        if isinstance(message, bytes):
-            message = message.decode("utf-8", errors="replace")
+    def _take(message: Optional[str], components: dict[str, Args]) -> None:
         if not message or "Running " not in message:
             return
         parsed = parse_running_line(message)
@@ -150,6 +149,14 @@ class RunningArgsReader:
         # A cache, not a record: when it cannot be written the next cycle reads the journal again.
         with contextlib.suppress(HostError, OSError):
             self.host.write_atomic(CACHE_FILE, json.dumps(data).encode(), mode=0o600, backup=False)
+
+
+def _message(reader: Any) -> Optional[str]:
+    try:
+        raw = reader._get("MESSAGE")
+    except KeyError:  # an entry without MESSAGE (binary-only or a stray field set)
+        return None
+    return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
 def _iso(timestamp: Optional[float]) -> str:
