@@ -24,6 +24,7 @@ from k3s_agent.host import STATE_DIR, Host, HostError
 from k3s_agent.k3s.args import Args, parse_running_line
 
 CACHE_FILE = f"{STATE_DIR}/k3s-running-args.json"
+JOURNAL_DIR = "/var/log/journal"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,10 @@ class _Progress:
 class RunningArgsReader:
     def __init__(self, host: Host, source: Optional[JournalSource] = None, persist: bool = True):
         self.host = host
-        self.source = source or JournalSource()
+        # The system journal; under another root (a copied tree, a test) that root's journal dir.
+        self.source = source or (
+            JournalSource() if host.root == "/" else JournalSource(path=host.path(JOURNAL_DIR))
+        )
         self.persist = persist
         self._progress: Optional[_Progress] = None
 
