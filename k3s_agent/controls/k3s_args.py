@@ -147,9 +147,8 @@ class K3sArgsControl:
                 findings.append(
                     Finding(NAME, JOURNAL_KEY, Status.DRIFT, message=why + ": running arguments unverified")
                 )
-        without_own = self._configured_without_own(node)
         for key, item in self.items.items():
-            findings.append(self._check_item(node, key, item, without_own))
+            findings.append(self._check_item(node, key, item))
         if service.role == "server":
             findings += [
                 self._check_file(kind, path, content) for kind, (path, content) in self.files.items()
@@ -195,9 +194,7 @@ class K3sArgsControl:
     def _finding(self, key: str, status: Status, **kw: Any) -> Finding:
         return Finding(NAME, key, status, cis=self.items.get(key, {}).get("cis"), **kw)
 
-    def _check_item(
-        self, node: K3sNode, key: str, item: dict[str, Any], without_own: Optional[Configured]
-    ) -> Finding:
+    def _check_item(self, node: K3sNode, key: str, item: dict[str, Any]) -> Finding:
         component, flag = split_key(key)
         desired = _describe_item(item)
         if component in k3sargs.SERVER_COMPONENTS and node.service.role != "server":
@@ -230,19 +227,10 @@ class K3sArgsControl:
                 observed=observed,
                 message=f"running but not configured (configured {conf.why}): lost at the next restart",
             )
-        where = "" if without_own is None else self._blame(node, component, flag, item, without_own)
+        where = _blame(node)
         return self._finding(
             key, Status.DRIFT, desired=desired, observed=observed, message=f"{conf.why}{where}"
         )
-
-    def _blame(
-        self, node: K3sNode, component: str, flag: str, item: dict[str, Any], without: Configured
-    ) -> str:
-        """When our own drop-in would be enough but something else overrides it, say so."""
-        own_path = own_dropin(node.configured)
-        if own_path not in node.configured.files:
-            return ""
-        return f" (despite {own_path}: a later drop-in or an ExecStart flag overrides it)"
 
     @staticmethod
     def _configured_values(conf: Configured, component: str, flag: str) -> Optional[list[str]]:
@@ -408,6 +396,13 @@ class K3sArgsControl:
 
 
 # -- remediation content ---------------------------------------------------------------------
+
+
+def _blame(node: K3sNode) -> str:
+    """Our own drop-in is in place and the item still fails: something later wins."""
+    if node.configured is None or own_dropin(node.configured) not in node.configured.files:
+        return ""
+    return f" (despite {own_dropin(node.configured)}: a later drop-in or an ExecStart flag overrides it)"
 
 
 def own_dropin(conf: Configured) -> str:

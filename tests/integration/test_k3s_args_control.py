@@ -289,3 +289,15 @@ def test_item_keys_are_validated(tmp_path: Path):
         PolicyError, match=r"local.toml: controls.k3s_args.items.\"kubelet:x\".value: expected"
     ):
         compose(Host(root=str(tmp_path)), [layer])
+
+
+def test_later_dropin_beats_ours_and_is_named(make):
+    h = make(config=VANILLA, options={"remediate": "config"})
+    h.start()
+    item = h.check()["kube-apiserver:request-timeout"]
+    assert h.control.apply([item])[0].status is Status.PENDING
+    h.node.write_config("kube-apiserver-arg+:\n  - request-timeout=10s\n", name="99-user.yaml")
+    again = h.check()["kube-apiserver:request-timeout"]
+    assert again.status is Status.DRIFT
+    assert "despite /etc/rancher/k3s/config.yaml.d/90-k3s-agentd.yaml" in again.message
+    assert "cannot be fixed" in h.control.apply([again])[0].message
