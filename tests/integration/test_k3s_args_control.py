@@ -301,3 +301,22 @@ def test_later_dropin_beats_ours_and_is_named(make):
     assert again.status is Status.DRIFT
     assert "despite /etc/rancher/k3s/config.yaml.d/90-k3s-agentd.yaml" in again.message
     assert "cannot be fixed" in h.control.apply([again])[0].message
+
+
+def test_broken_config_is_reported(make):
+    h = make()
+    h.start()
+    h.node.write_config("kube-apiserver-arg: [unclosed\n", name="50-broken.yaml")
+    found = h.check()
+    assert found["k3s:config"].status is Status.DRIFT
+    assert "50-broken.yaml: not valid YAML" in found["k3s:config"].message
+    assert found["kube-apiserver:anonymous-auth"].message == "configured arguments unknown"
+
+
+def test_process_outside_the_unit(make):
+    h = make()
+    h.start()
+    h.show = lambda host, unit: {"ActiveState": "inactive", "MainPID": "0"} if unit == h.node.unit else {}
+    h.control = h.build()
+    found = h.check()["k3s:service"]
+    assert found.status is Status.DRIFT and "outside k3s.service" in found.message
