@@ -13,15 +13,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from k3s_fixture import layout
 
-import layout  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 DATA_DIR = layout.DATA_DIR
 HASH = layout.HASH
