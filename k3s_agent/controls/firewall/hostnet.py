@@ -1,0 +1,102 @@
+"""Facts about this host's network that the ruleset depends on.
+
+- the TCP ports sshd really listens on: `sshd -T` (the effective config,
+  sshd(8) -T) and the listening sockets owned by an sshd process (psutil);
+  the union, because either can miss one (a socket-activated sshd has no
+  listening sshd process; `sshd -T` cannot see a port given with -p).
+- the subnets this node is attached to, as the default for "cluster nodes"
+  when the policy gives no node_cidrs: nodes of one cluster usually share a
+  subnet, and the CNI's own interfaces are left out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import psutil
+
+from k3s_agent.controls.firewall.model import Network, collapse
+from k3s_agent.host import Host, HostError
+
+SSHD_CONFIG = "/etc/ssh/sshd_config"
+# Interfaces created by K3s/flannel/CNI/containers: their subnets are not "nodes".
+_CNI_IFACES = re.compile(r"^(lo|cni\d*|flannel.*|veth.*|cali.*|docker.*|kube-.*|tunl.*|vxlan.*|wg.*|br-.*)$")
+
+
+def sshd_config_ports(host: Host) -> list[int]:
+    """Ports from `sshd -T` (empty when sshd is missing or its config does not parse)."""
+    sshd = host.which("sshd")
+    if sshd is None:
+        return []
+    argv = [sshd, "-T"]
+    if host.root != "/":
+        argv += ["-f", host.path(SSHD_CONFIG)]
+    try:
+        result = host.run(argv, timeout=10)
+    except HostError:
+        return []
+    if result.returncode != 0:
+        return []
+    ports = set()
+    for line in result.stdout.splitlines():
+        word, _, value = line.partition(" ")
+        if word == "port" and value.strip().isdigit():
+            ports.add(int(value))
+        elif word == "listenaddress":
+            match = re.search(r":(\d+)$", value.strip())
+            if match:
+                ports.add(int(match.group(1)))
+    return sorted(ports)
+
+
+def sshd_listening_ports() -> list[int]:
+    """TCP ports an sshd process listens on in this network namespace."""
+    ports = set()
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return []
+    for conn in connections:
+        if conn.status != psutil.CONN_LISTEN or not conn.pid:
+            continue
+        try:
+            name = psutil.Process(conn.pid).name()
+        except psutil.Error:
+            continue
+        if name == "sshd" or name.startswith("sshd:"):
+            ports.add(conn.laddr.port)
+    return sorted(ports)
+
+
+def ssh_ports(host: Host, configured: list[int]) -> tuple[list[int], str]:
+    """(ports, how they were found): configured + sshd -T + listening; 22 if nothing."""
+    from_config = sshd_config_ports(host)
+    listening = sshd_listening_ports()
+    ports = sorted(set(configured) | set(from_config) | set(listening))
+    how = f"policy {configured}, sshd -T {from_config}, listening {listening}"
+    if not ports:
+        return [22], how + ": nothing found, assuming 22"
+    return ports, how
+
+
+def local_subnets() -> tuple[Network, ...]:
+    """Subnets of this node's own (non-CNI) interfaces, link-local excluded."""
+    networks = []
+    for iface, addrs in psutil.net_if_addrs().items():
+        if _CNI_IFACES.match(iface):
+            continue
+        for addr in addrs:
+            if not addr.netmask or addr.family.name not in ("AF_INET", "AF_INET6"):
+                continue
+            address = addr.address.split("%")[0]
+            try:
+                # psutil gives IPv6 masks as ffff:ffff:...: count the bits.
+                bits = bin(int(ipaddress.ip_address(addr.netmask))).count("1")
+                network = ipaddress.ip_network(f"{address}/{bits}", strict=False)
+            except ValueError:
+                continue
+            if network.is_link_local or network.is_loopback:
+                continue
+            networks.append(network)
+    return collapse(networks)
