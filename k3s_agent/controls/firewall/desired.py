@@ -1,8 +1,9 @@
 """Build the desired Ruleset from the policy section, K3s's config and host facts.
 
 Order in our chain: established/related, loopback, the localnet guard,
-ICMP, SSH, then the policy's items sorted by (order, name), then the logging
-rule, then (iptables only) the final drop. The fixed head is what the lock-out
+ICMP, then the policy's items sorted by (order, name) -- the profiles' `ssh`
+item (ports "@ssh", sources "@management") comes first among them -- then the
+logging rule, then (iptables only) the final drop. The fixed head is what the lock-out
 guard needs and what a packet of an open connection should hit first (fast path).
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from k3s_agent.controls.firewall.k3s import K3sFacts
 from k3s_agent.controls.firewall.model import (
+    SSH_PORTS,
     Network,
     Rule,
     Ruleset,
@@ -58,11 +60,11 @@ def symbols(policy: ControlPolicy, inputs: Inputs) -> dict[str, tuple[Network, .
 def build(policy: ControlPolicy, inputs: Inputs) -> Ruleset:
     named = symbols(policy, inputs)
     default_input = policy.option("default_input", "drop")
-    rules = head_rules(inputs.ssh_ports, named["@management"])
+    rules = head_rules()
     held = inputs.k3s.conditions()
     ordered = sorted(policy.items.items(), key=lambda kv: (kv[1].get("order", DEFAULT_ORDER), kv[0]))
     for name, item in ordered:
-        rules.append(item_rule(name, item, named, held))
+        rules.append(item_rule(name, item, named, held, inputs.ssh_ports))
     if policy.option("log_dropped", False) and default_input == "drop":
         rate = int(policy.option("log_rate", 5))
         rules.append(Rule("log-dropped", action="log", log_rate=rate, comment="log what is dropped"))
@@ -73,25 +75,21 @@ def build(policy: ControlPolicy, inputs: Inputs) -> Ruleset:
     )
 
 
-def head_rules(ssh_ports: tuple[int, ...], management: tuple[Network, ...]) -> list[Rule]:
-    ssh_sources = () if _is_any(management) else management
+def head_rules() -> list[Rule]:
     return [
         Rule("established", states=("established", "related"), comment="replies and open connections"),
         Rule("loopback", interface="lo", comment="local traffic"),
         Rule("localnet-martian", action="drop", dests=LOCALNET, comment="127/8 from outside lo"),
         Rule("icmp", proto="icmp", comment="ICMP/ICMPv6 (IPv6 neighbour discovery needs it)"),
-        Rule(
-            "ssh",
-            proto="tcp",
-            ports=merge_ranges([(p, p) for p in ssh_ports]),
-            sources=ssh_sources,
-            comment="sshd, from the management sources",
-        ),
     ]
 
 
 def item_rule(
-    name: str, item: Mapping[str, Any], named: Mapping[str, tuple[Network, ...]], held: set[str]
+    name: str,
+    item: Mapping[str, Any],
+    named: Mapping[str, tuple[Network, ...]],
+    held: set[str],
+    ssh_ports: tuple[int, ...],
 ) -> Rule:
     wanted = list(item.get("when", []))
     missing = [c for c in wanted if c not in held]
@@ -105,12 +103,22 @@ def item_rule(
         name=name,
         action=item.get("action", "accept"),
         proto=item.get("proto", "any"),
-        ports=merge_ranges([parse_range(p) for p in item.get("ports", [])]),
+        ports=_ports(item.get("ports", []), ssh_ports),
         sources=sources,
         interface=item.get("interface", ""),
         comment=item.get("comment", item.get("description", "")),
         inactive=inactive,
     )
+
+
+def _ports(raw: list[Any], ssh_ports: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    ranges = []
+    for value in raw:
+        if value == SSH_PORTS:
+            ranges += [(p, p) for p in ssh_ports]
+        else:
+            ranges.append(parse_range(value))
+    return merge_ranges(ranges)
 
 
 def _resolve_sources(

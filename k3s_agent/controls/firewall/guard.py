@@ -87,10 +87,13 @@ def verdict(ruleset: Ruleset, probe: Probe) -> str:
     return ruleset.default_input
 
 
+_PAST = {"drop": "dropped", "reject": "rejected"}
+
+
 def lockout_problems(ruleset: Ruleset, ssh_ports: Sequence[int], management: Sequence[Network]) -> list[str]:
     """What the ruleset would cut off; empty when it is safe."""
     return [
-        f"{p.what} would be {v}ed"
+        f"{p.what} would be {_PAST[v]}"
         for p in probes(ssh_ports, management)
         for v in [verdict(ruleset, p)]
         if v != "accept"

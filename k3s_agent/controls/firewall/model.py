@@ -25,7 +25,8 @@ LOG_PREFIX = "k3s-agentd drop: "
 ACTIONS = ("accept", "drop", "reject")
 PROTOS = ("any", "tcp", "udp", "icmp")
 # Names of the rules we always build ourselves; an item may not reuse them.
-BUILTIN = ("established", "loopback", "localnet-martian", "icmp", "ssh", "log-dropped", "default-drop")
+BUILTIN = ("established", "loopback", "localnet-martian", "icmp", "log-dropped", "default-drop")
+SSH_PORTS = "@ssh"  # in an item's ports: the ports sshd really listens on
 SYMBOLS = ("@nodes", "@pods", "@services", "@management")
 CONDITIONS = ("etcd", "vxlan", "wireguard", "registry", "ipv6")
 
@@ -129,6 +130,8 @@ def parse_range(value: Union[int, str]) -> PortRange:
 
 
 def check_port(value: Any) -> Optional[str]:
+    if value == SSH_PORTS:
+        return None
     try:
         parse_range(value)
     except ValueError as exc:
