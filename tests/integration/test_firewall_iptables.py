@@ -295,3 +295,24 @@ def test_traffic_allowed_blocked_and_established_survives(root: Path) -> None:
         finally:
             for echo in servers:
                 echo.close()
+
+
+def test_foreign_change_in_our_commit_is_failed_loudly(root: Path) -> None:
+    with fresh_netns() as ns:
+        for argv in FOREIGN:
+            ipt(ns, *argv)
+        control = make_control(root, "iptables")
+        backend = run_in(ns, control._backend)
+        original = backend._rewrite
+
+        def rewrite_and_break(table, family, ruleset) -> None:  # a buggy backend
+            original(table, family, ruleset)
+            if family == 4:
+                chain = backend.iptc.Chain(table, "KUBE-NODEPORTS")
+                chain.delete_rule(chain.rules[0])
+
+        backend._rewrite = rewrite_and_break
+        results, _ = run_in(ns, heal, control)
+        assert results and all(r.status is Status.FAILED for r in results)
+        assert "FOREIGN FIREWALL STATE CHANGED" in results[0].message
+        assert "iptables: chain KUBE-NODEPORTS changed (1 rule(s) lost)" in results[0].message
