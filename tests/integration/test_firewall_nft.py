@@ -287,3 +287,23 @@ def test_lockout_guard_refuses_ruleset_without_ssh(root: Path) -> None:
         results, after = run_in(ns, heal, control)
         assert all(r.status is Status.HEALED for r in results)
         assert_clean(after)
+
+
+@pytest.mark.parametrize("first,then", [("iptables", "nftables"), ("nftables", "iptables")])
+def test_switching_backend_removes_our_old_ruleset(root: Path, first: str, then: str) -> None:
+    with fresh_netns() as ns:
+        sh("iptables-legacy", "-w", "-N", "KUBE-FIREWALL", ns=ns)  # foreign: must stay
+        run_in(ns, heal, make_control(root, first))
+        control = make_control(root, then)
+        leftovers = drift(run_in(ns, control.check))["leftovers"]
+        assert leftovers.observed == first and "still filters" in leftovers.message
+        results, after = run_in(ns, heal, control)
+        assert all(r.status is Status.HEALED for r in results)
+        assert_clean(after)
+        legacy = sh("iptables-legacy-save", "-t", "filter", ns=ns).stdout
+        nft_tables = sh("nft", "list", "tables", ns=ns).stdout
+        assert ":KUBE-FIREWALL" in legacy
+        if then == "nftables":
+            assert "K3S-AGENTD" not in legacy + sh("ip6tables-legacy-save", ns=ns).stdout
+        else:
+            assert "k3s_agentd" not in nft_tables

@@ -9,7 +9,7 @@ from k3s_agent.controls.base import Watch
 from k3s_agent.controls.firewall import desired, guard, hostnet, k3s
 from k3s_agent.controls.firewall.compare import NAME, findings
 from k3s_agent.controls.firewall.detect import Choice, choose
-from k3s_agent.controls.firewall.ipt import IptablesBackend, IptError
+from k3s_agent.controls.firewall.ipt import IptablesBackend, IptError, legacy_filter_loaded
 from k3s_agent.controls.firewall.model import Rule, Ruleset
 from k3s_agent.controls.firewall.nft import NftBackend, NftError
 from k3s_agent.host import Host
@@ -70,6 +70,24 @@ class FirewallControl:
             ruleset = Ruleset((*ruleset.rules, final), ruleset.default_input, ruleset.jump_position)
         return ruleset
 
+    def leftover(self) -> Optional[Backend]:
+        """The other backend, when a ruleset of ours is still loaded there.
+
+        Switching backends (policy change, or auto seeing K3s switch) must not
+        leave our old table/chain filtering behind, e.g. an nft table with
+        policy drop next to fresh iptables rules.
+        """
+        other: Optional[Backend] = None
+        try:
+            if isinstance(self.backend, NftBackend):
+                if legacy_filter_loaded(self.host.proc):
+                    other = IptablesBackend()
+            else:
+                other = NftBackend(self.host)  # present() is False where nft cannot answer
+            return other if other is not None and other.present() else None
+        except Exception:  # noqa: BLE001 - the other backend may not work here at all: then nothing is left
+            return None
+
     def guard_problems(self, ruleset: Ruleset) -> list[str]:
         if self.policy.option("allow_lockout", False):
             return []
@@ -98,6 +116,19 @@ class FirewallControl:
         except (NftError, IptError, OSError) as exc:
             return [Finding(NAME, "backend", Status.FAILED, backend.name, None, f"cannot read rules: {exc}")]
         result = findings(ruleset, backend.render(ruleset), observed)
+        other = self.leftover()
+        result.append(
+            Finding(NAME, "leftovers", Status.OK, "none", None)
+            if other is None
+            else Finding(
+                NAME,
+                "leftovers",
+                Status.DRIFT,
+                "none",
+                other.name,
+                f"our {other.name} ruleset from an earlier backend is still loaded and still filters",
+            )
+        )
         problems = guard.refusal(self.guard_problems(ruleset))
         if problems:
             # Still report drift, but say up front that apply will refuse.
@@ -113,6 +144,9 @@ class FirewallControl:
         if refusal:
             return [f.with_status(Status.FAILED, refusal) for f in drift]
         try:
+            other = self.leftover()
+            if other is not None:
+                other.remove()
             foreign_changes = backend.commit(ruleset)
         except (NftError, IptError, OSError) as exc:
             return [f.with_status(Status.FAILED, f"{backend.name} commit failed: {exc}") for f in drift]

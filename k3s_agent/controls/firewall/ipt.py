@@ -50,6 +50,21 @@ class IptError(Exception):
     pass
 
 
+def legacy_filter_loaded(proc: str = "/proc") -> bool:
+    """Whether the legacy filter table exists in this thread's network namespace.
+
+    Reading /proc/.../ip_tables_names does not load modules (iptables -L would).
+    """
+    for name in ("ip_tables_names", "ip6_tables_names"):
+        try:
+            with open(f"{proc}/thread-self/net/{name}") as handle:
+                if "filter" in handle.read().split():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def _iptc() -> Any:
     import iptc  # Debian: python3-iptables
     import iptc.easy
@@ -282,6 +297,32 @@ class IptablesBackend:
         input_chain.insert_rule(jump, position=min(ruleset.jump_position - 1, count))
         if ruleset.default_input == "accept" and input_chain.get_policy().name != "ACCEPT":
             input_chain.set_policy(iptc.Policy.ACCEPT)
+
+    def present(self) -> bool:
+        """Whether our chain exists in any family (when it is left over from this backend)."""
+        for family in self.families:
+            table = self._table(family)
+            table.refresh()
+            if table.is_chain(IPT_CHAIN):
+                return True
+        return False
+
+    def remove(self) -> None:
+        """Our jump and our chain, nothing else; one commit per table, under the lock."""
+        with xtables_lock():
+            for family in self.families:
+                table = self._table(family)
+                table.refresh()
+                if not table.is_chain(IPT_CHAIN):
+                    continue
+                input_chain = self.iptc.Chain(table, "INPUT")
+                for rule in list(input_chain.rules):
+                    if self._decode(rule, family).get("target") == IPT_CHAIN:
+                        input_chain.delete_rule(rule)
+                chain = self.iptc.Chain(table, IPT_CHAIN)
+                chain.flush()
+                chain.delete()
+                table.commit()
 
     def _foreign(self, table: Any, family: int) -> dict[str, list[bytes]]:
         """Every chain but ours, rule by rule as raw entries (counters zeroed), our jump left out.

@@ -292,6 +292,17 @@ class NftBackend:
         self.runner.run(commands)
         return diff_snapshots(before, self.foreign_snapshot())
 
+    def present(self) -> bool:
+        """Whether our table exists (used when it is left over from this backend)."""
+        try:
+            self.runner.list("table", FAMILY, TABLE)
+        except NftError:
+            return False
+        return True
+
+    def remove(self) -> None:
+        self.runner.run([{"delete": {"table": _table()}}])
+
     def foreign_snapshot(self) -> dict[str, str]:
         """Every table but ours, as `nft -s` prints it: table header -> its text."""
         return {
