@@ -50,7 +50,8 @@ def findings(ruleset: Ruleset, desired: Sequence[Entry], observed: Observed) -> 
         want = [e.canon for e in desired if e.name == rule.name]
         have = [e for e in observed.entries if e.name == rule.name]
         seen = [e.text for e in have] or None
-        base = Finding(NAME, rule.name, Status.OK, rule.describe(), seen, rule.inactive)
+        wanted = f"(not rendered) {rule.inactive}" if rule.inactive else rule.describe()
+        base = Finding(NAME, rule.name, Status.OK, wanted, seen, rule.inactive)
         if [e.canon for e in have] != want:
             what = "missing" if not have else ("present but not wanted" if not want else "changed")
             result.append(base.with_status(Status.DRIFT, f"rule {what}"))
