@@ -65,6 +65,27 @@ def fresh_netns(prefix: str = "k3sfw") -> Iterator[str]:
         sh("ip", "netns", "delete", name, check=False)
 
 
+def _legacy_missing() -> str:
+    """Why legacy iptables cannot be used on this kernel ("" when it can)."""
+    if os.geteuid() != 0:
+        return ""  # the root marker skips these tests anyway
+    probe = subprocess.run(
+        ["unshare", "--net", "--", "iptables-legacy", "-t", "filter", "-L", "INPUT"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return (
+            "this kernel has no legacy iptables (ip_tables + iptable_filter; "
+            f"CONFIG_IP_NF_IPTABLES_LEGACY on recent kernels): {probe.stderr.strip()}"
+        )
+    return ""
+
+
+LEGACY_MISSING = _legacy_missing()
+
+
 SERVER_IP = "10.99.0.1"
 CLIENT_IP = "10.99.0.2"
 

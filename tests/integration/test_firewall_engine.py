@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from fwnet import LEGACY_MISSING
 from netns import in_netns
 
 from k3s_agent.engine import Engine
@@ -15,7 +16,13 @@ from k3s_agent.policy.loader import load_policy
 pytestmark = pytest.mark.root
 
 
-@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "nftables",
+        pytest.param("iptables", marks=pytest.mark.skipif(bool(LEGACY_MISSING), reason=LEGACY_MISSING)),
+    ],
+)
 def test_engine_heals_then_reports_compliant(root: Path, backend: str) -> None:
     policy_file = root / "etc/k3s-agentd/policy.toml"
     policy_file.write_text(

@@ -13,35 +13,25 @@ from pathlib import Path
 
 import pytest
 from fwcontrol import SSH_PORT, drift, heal, make_control
-from fwnet import CLIENT_IP, SERVER_IP, EchoServer, can_connect, connect, fresh_netns, run_in, sh, veth_pair
+from fwnet import (
+    CLIENT_IP,
+    LEGACY_MISSING,
+    SERVER_IP,
+    EchoServer,
+    can_connect,
+    connect,
+    fresh_netns,
+    run_in,
+    sh,
+    veth_pair,
+)
 
 from k3s_agent.model import Finding, Status
 
-pytestmark = pytest.mark.root
 CHAIN = "K3S-AGENTD-INPUT"
 
 
-def _legacy_support() -> str:
-    probe = subprocess.run(
-        ["unshare", "--net", "--", "iptables-legacy", "-t", "filter", "-L", "INPUT"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        return (
-            "this kernel has no legacy iptables (ip_tables/iptable_filter, "
-            f"CONFIG_IP_NF_IPTABLES_LEGACY): {probe.stderr.strip()}"
-        )
-    return ""
-
-
-_MISSING = (
-    _legacy_support()
-    if subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() == "0"
-    else ""
-)
-pytestmark = [pytest.mark.root, pytest.mark.skipif(bool(_MISSING), reason=_MISSING)]
+pytestmark = [pytest.mark.root, pytest.mark.skipif(bool(LEGACY_MISSING), reason=LEGACY_MISSING)]
 
 
 def save(ns: str, v6: bool = False) -> str:
