@@ -88,6 +88,8 @@ LEGACY_MISSING = _legacy_missing()
 
 SERVER_IP = "10.99.0.1"
 CLIENT_IP = "10.99.0.2"
+SERVER_IP6 = "fd99::1"
+CLIENT_IP6 = "fd99::2"
 
 
 @contextlib.contextmanager
@@ -98,18 +100,21 @@ def veth_pair() -> Iterator[tuple[str, str]]:
         sh("ip", "link", "add", left, "netns", server, "type", "veth", "peer", "name", right, "netns", client)
         sh("ip", "addr", "add", f"{SERVER_IP}/24", "dev", left, ns=server)
         sh("ip", "addr", "add", f"{CLIENT_IP}/24", "dev", right, ns=client)
+        sh("ip", "addr", "add", f"{SERVER_IP6}/64", "dev", left, "nodad", ns=server)
+        sh("ip", "addr", "add", f"{CLIENT_IP6}/64", "dev", right, "nodad", ns=client)
         sh("ip", "link", "set", left, "up", ns=server)
         sh("ip", "link", "set", right, "up", ns=client)
         yield server, client
 
 
 class EchoServer:
-    """A TCP listener (created inside a namespace) that echoes what it gets."""
+    """A TCP listener (created inside a namespace, IPv4 and IPv6) that echoes what it gets."""
 
     def __init__(self, port: int):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", port))
+        self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.sock.bind(("::", port))
         self.sock.listen(8)
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()

@@ -10,8 +10,10 @@ import pytest
 from fwcontrol import SSH_PORT, drift, heal, make_control
 from fwnet import (
     CLIENT_IP,
+    CLIENT_IP6,
     LEGACY_MISSING,
     SERVER_IP,
+    SERVER_IP6,
     EchoServer,
     can_connect,
     connect,
@@ -240,7 +242,7 @@ def test_foreign_change_during_heal_is_failed_loudly(root: Path) -> None:
 
 
 def test_traffic_allowed_blocked_and_established_survives(root: Path) -> None:
-    extra = {"web": {"proto": "tcp", "ports": [8080], "sources": [f"{CLIENT_IP}/32"]}}
+    extra = {"web": {"proto": "tcp", "ports": [8080], "sources": [f"{CLIENT_IP}/32", f"{CLIENT_IP6}/128"]}}
     with veth_pair() as (server, client):
         servers = run_in(server, lambda: [EchoServer(p) for p in (SSH_PORT, 8080, 9090)])
         try:
@@ -254,6 +256,10 @@ def test_traffic_allowed_blocked_and_established_survives(root: Path) -> None:
             assert run_in(client, can_connect, SERVER_IP, 8080)
             assert run_in(client, can_connect, SERVER_IP, SSH_PORT)
             assert not run_in(client, can_connect, SERVER_IP, 9090, 0.5)
+            # IPv6 the same (ICMPv6 neighbour discovery must still pass for this to work)
+            assert run_in(client, can_connect, SERVER_IP6, 8080)
+            assert run_in(client, can_connect, SERVER_IP6, SSH_PORT)
+            assert not run_in(client, can_connect, SERVER_IP6, 9090, 0.5)
             # ... still works after the apply and after a re-apply (table replaced).
             session.sendall(b"still here")
             assert session.recv(64) == b"still here"
