@@ -8,6 +8,7 @@ wants (net.* sysctls in a network namespace) while files live under a tmpdir.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -198,7 +199,5 @@ def _write_new(dfd: int, name: str, data: bytes, mode: int, uid: int, gid: int) 
 
 
 def _unlink_quietly(name: str, dfd: Optional[int] = None) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=dfd)
-    except FileNotFoundError:
-        pass
