@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from fwcontrol import facts
 
 from k3s_agent.controls.firewall import desired, guard, k3s
+from k3s_agent.controls.firewall.control import FirewallControl
 from k3s_agent.controls.firewall.model import (
     Rule,
     Ruleset,
@@ -19,7 +21,7 @@ from k3s_agent.controls.firewall.model import (
     parse_range,
 )
 from k3s_agent.host import Host
-from k3s_agent.policy.loader import load_policy
+from k3s_agent.policy.loader import Layer, compose, load_policy
 from k3s_agent.policy.schema import PolicyError
 
 N = ipaddress.ip_network
@@ -160,3 +162,19 @@ def test_bad_values_name_file_and_key(root: Path) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(Host(root=str(root)), path=str(path))
     assert 'controls.firewall.items.web: ports need proto = "tcp" or "udp"' in str(info.value)
+
+
+def test_no_firewall_section_enforces_and_touches_nothing(root: Path) -> None:
+    policy = compose(Host(root=str(root)), [Layer("x.toml", {"extends": "none"})])
+    section = policy.controls["firewall"]
+    assert not desired.configured(section)
+    control = FirewallControl(section, Host(root=str(root)))
+    found = control.check()
+    assert [(f.key, f.status.value) for f in found] == [("firewall", "absent")]
+    assert control.backend is None and control.choice is None  # not even detection ran
+    assert control.describe() == {"configured": False}
+    # a section that sets items but not default_input accepts what it does not name
+    section = load_policy(Host(root=str(root)), profile="k3s-cis-agent").controls["firewall"]
+    options = {k: v for k, v in section.options.items() if k != "default_input"}
+    ruleset = desired.build(dataclasses.replace(section, options=options), desired.Inputs(facts(), (22,), ()))
+    assert ruleset.default_input == "accept"

@@ -40,6 +40,8 @@ def _port_number(value: object) -> Optional[str]:
 
 def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     """Refuse what would break the node or lock the operator out (checked at load)."""
+    if not desired.configured(control):
+        return []
     problems = []
     for name, item in control.items.items():
         if item.get("ports") and item.get("proto", "any") not in ("tcp", "udp"):

@@ -17,6 +17,7 @@ from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy
 
 Backend = Union[NftBackend, IptablesBackend]
+NOT_CONFIGURED = "no firewall policy (no default_input, no items): nothing enforced, nothing touched"
 
 
 class FirewallControl:
@@ -98,6 +99,8 @@ class FirewallControl:
     # -- the contract ---------------------------------------------------------------------
 
     def check(self) -> list[Finding]:
+        if not desired.configured(self.policy):
+            return [Finding(NAME, "firewall", Status.ABSENT, None, None, NOT_CONFIGURED)]
         backend = self._backend()
         if backend is None:
             return [
@@ -136,6 +139,8 @@ class FirewallControl:
         return result
 
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
+        if not desired.configured(self.policy):
+            return [f.with_status(Status.ABSENT, NOT_CONFIGURED) for f in drift]
         backend = self._backend()
         if backend is None:
             return [f.with_status(Status.UNSUPPORTED, self.unavailable) for f in drift]
@@ -174,6 +179,8 @@ class FirewallControl:
         ]
 
     def describe(self) -> dict[str, Any]:
+        if not desired.configured(self.policy):
+            return {"configured": False}
         self._backend()
         facts: dict[str, Any] = {
             "backend": self.backend.name if self.backend else None,

@@ -45,6 +45,15 @@ class Inputs:
     local_subnets: tuple[Network, ...]
 
 
+def configured(policy: ControlPolicy) -> bool:
+    """A firewall section enforces something only when it sets default_input or has items.
+
+    `extends = "none"` with no firewall section must not put a firewall on a
+    host (nor touch its nft/iptables at all).
+    """
+    return bool(policy.items) or "default_input" in policy.options
+
+
 def symbols(policy: ControlPolicy, inputs: Inputs) -> dict[str, tuple[Network, ...]]:
     nodes = _networks(policy.option("node_cidrs")) or inputs.local_subnets
     pods = _networks(policy.option("cluster_cidrs")) or inputs.k3s.cluster_cidrs
@@ -59,7 +68,8 @@ def symbols(policy: ControlPolicy, inputs: Inputs) -> dict[str, tuple[Network, .
 
 def build(policy: ControlPolicy, inputs: Inputs) -> Ruleset:
     named = symbols(policy, inputs)
-    default_input = policy.option("default_input", "drop")
+    # No implicit drop: only a policy that says "drop" (the built-in profiles do) drops.
+    default_input = policy.option("default_input", "accept")
     rules = head_rules()
     held = inputs.k3s.conditions()
     ordered = sorted(policy.items.items(), key=lambda kv: (kv[1].get("order", DEFAULT_ORDER), kv[0]))
