@@ -93,10 +93,10 @@ CLIENT_IP6 = "fd99::2"
 
 
 @contextlib.contextmanager
-def veth_pair() -> Iterator[tuple[str, str]]:
+def veth_pair(server_if: str = "") -> Iterator[tuple[str, str]]:
     """(server, client) namespaces, SERVER_IP and CLIENT_IP on a veth between them."""
     with fresh_netns("k3sfw-srv") as server, fresh_netns("k3sfw-cli") as client:
-        left, right = f"v{server[-8:]}", f"v{client[-8:]}"
+        left, right = server_if or f"v{server[-8:]}", f"v{client[-8:]}"
         sh("ip", "link", "add", left, "netns", server, "type", "veth", "peer", "name", right, "netns", client)
         sh("ip", "addr", "add", f"{SERVER_IP}/24", "dev", left, ns=server)
         sh("ip", "addr", "add", f"{CLIENT_IP}/24", "dev", right, ns=client)

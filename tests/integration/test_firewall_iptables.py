@@ -311,3 +311,47 @@ def test_foreign_change_in_our_commit_is_failed_loudly(root: Path) -> None:
         assert results and all(r.status is Status.FAILED for r in results)
         assert "FOREIGN FIREWALL STATE CHANGED" in results[0].message
         assert "iptables: chain KUBE-NODEPORTS changed (1 rule(s) lost)" in results[0].message
+
+
+def test_ipv6_loopback_rule_matches_lo_only(root: Path) -> None:
+    # "bcd0" has the low bits of "lo\0": with python-iptables' 0x01 IPv6 interface
+    # mask our `-i lo` accept matched it (found by the traffic test, flakily,
+    # with random veth names). Our encoder writes the 0xff mask ip6tables writes.
+    with veth_pair(server_if="bcd0") as (server, client):
+        servers = run_in(server, lambda: [EchoServer(9090)])
+        try:
+            control = make_control(root, "iptables")
+            results, after = run_in(server, heal, control)
+            assert all(r.status is Status.HEALED for r in results)
+            assert_clean(after)
+            assert not run_in(client, can_connect, SERVER_IP6, 9090, 0.5)
+            assert not run_in(client, can_connect, SERVER_IP, 9090, 0.5)
+            assert "-A K3S-AGENTD-INPUT -i lo " in save(server, v6=True)
+        finally:
+            for echo in servers:
+                echo.close()
+
+
+def test_weak_ipv6_interface_mask_is_drift(root: Path) -> None:
+    with fresh_netns() as ns:
+        control = make_control(root, "iptables")
+        run_in(ns, heal, control)
+
+        def weaken() -> None:  # what python-iptables' own encoder writes
+            import iptc
+            import iptc.easy
+
+            table = iptc.Table6(iptc.Table6.FILTER)
+            table.autocommit = False
+            table.refresh()
+            chain = iptc.Chain(table, CHAIN)
+            spec = {"in-interface": "lo", "comment": {"comment": "k3s-agentd:loopback"}, "target": "ACCEPT"}
+            chain.replace_rule(iptc.easy.encode_iptc_rule(spec, ipv6=True), 1)
+            table.commit()
+
+        run_in(ns, weaken)
+        seen = drift(run_in(ns, control.check))
+        assert seen["loopback"].message == "rule changed"
+        results, after = run_in(ns, heal, control)
+        assert all(r.status is Status.HEALED for r in results)
+        assert_clean(after)

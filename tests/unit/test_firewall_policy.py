@@ -178,3 +178,19 @@ def test_no_firewall_section_enforces_and_touches_nothing(root: Path) -> None:
     options = {k: v for k, v in section.options.items() if k != "default_input"}
     ruleset = desired.build(dataclasses.replace(section, options=options), desired.Inputs(facts(), (22,), ()))
     assert ruleset.default_input == "accept"
+
+
+def test_rooted_run_in_the_host_netns_never_changes_the_firewall(root: Path) -> None:
+    # This test process runs in the host's network namespace: a Host(root=tmp)
+    # firewall apply must refuse, before any backend is even chosen.
+    from fwcontrol import make_control
+
+    from k3s_agent.controls.firewall.control import in_initial_netns
+    from k3s_agent.model import Finding, Status
+
+    if not in_initial_netns():
+        pytest.skip("the suite itself runs inside a network namespace")
+    control = make_control(root, "nftables")
+    results = control.apply([Finding("firewall", "ssh", Status.DRIFT)])
+    assert results[0].status is Status.UNSUPPORTED and "real host" in results[0].message
+    assert control.backend is None

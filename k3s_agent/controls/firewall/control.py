@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -17,6 +18,10 @@ from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy
 
 Backend = Union[NftBackend, IptablesBackend]
+ROOTED_IN_HOST_NETNS = (
+    "refusing to change the firewall: this run has a --root other than / but shares the "
+    "host's network namespace, so it would rewrite the real host's netfilter rules"
+)
 NOT_CONFIGURED = "no firewall policy (no default_input, no items): nothing enforced, nothing touched"
 
 
@@ -141,6 +146,8 @@ class FirewallControl:
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
         if not desired.configured(self.policy):
             return [f.with_status(Status.ABSENT, NOT_CONFIGURED) for f in drift]
+        if self.host.root != "/" and in_initial_netns(self.host.proc):
+            return [f.with_status(Status.UNSUPPORTED, ROOTED_IN_HOST_NETNS) for f in drift]
         backend = self._backend()
         if backend is None:
             return [f.with_status(Status.UNSUPPORTED, self.unavailable) for f in drift]
@@ -196,3 +203,26 @@ class FirewallControl:
             facts["k3s_conditions"] = sorted(self.inputs.k3s.conditions())
             facts["nodes"] = [str(n) for n in desired.symbols(self.policy, self.inputs)["@nodes"]]
         return facts
+
+
+# PROC_NET_INIT_INO (include/linux/proc_ns.h): the initial network namespace's
+# fixed inode on current kernels; older ones number it dynamically, then only
+# PID 1's link tells (not readable everywhere, e.g. in some sandboxes).
+INIT_NET_INO = 0xEFFFFFF9
+
+
+def in_initial_netns(proc: str = "/proc") -> bool:
+    """Whether this thread is in the host's network namespace (True when it cannot tell).
+
+    netfilter has no root prefix: a Host(root=tmpdir) run -- tests, benches,
+    a dry run -- would change the real host's rules unless it runs in a
+    network namespace of its own.
+    """
+    try:
+        mine = os.stat(f"{proc}/thread-self/ns/net").st_ino
+    except OSError:
+        return True
+    try:
+        return mine == os.stat(f"{proc}/1/ns/net").st_ino
+    except OSError:
+        return mine == INIT_NET_INO

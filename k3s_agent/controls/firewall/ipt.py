@@ -197,6 +197,12 @@ class IptablesBackend:
     def render(self, ruleset: Ruleset) -> list[Entry]:
         return render(ruleset, self.families)
 
+    def _encode(self, spec: dict[str, Any], family: int) -> Any:
+        rule = self.iptc.easy.encode_iptc_rule(spec, ipv6=family == 6)
+        if family == 6 and "in-interface" in spec:
+            _fix_ip6_iface_mask(rule, spec["in-interface"])
+        return rule
+
     def observe(self, ruleset: Ruleset) -> Observed:
         entries: list[Entry] = []
         chain_state, jump_state, policy_state = [], [], []
@@ -209,9 +215,10 @@ class IptablesBackend:
             else:
                 for rule in self.iptc.Chain(table, IPT_CHAIN).rules:
                     decoded = self._decode(rule, family)
-                    entries.append(
-                        Entry(name_of(decoded), f"{family} {canon(decoded)}", f"{label} {canon(decoded)}")
-                    )
+                    text = canon(decoded)
+                    if family == 6 and "in-interface" in decoded and _weak_ip6_mask(rule):
+                        text += " (interface mask not 0xff: matches other interfaces too)"
+                    entries.append(Entry(name_of(decoded), f"{family} {text}", f"{label} {text}"))
             jump_state.append(self._jump_state(table, family, label))
             policy_state.append(f"{label}: {self.iptc.Chain(table, 'INPUT').get_policy().name}")
         structure = (
@@ -287,7 +294,7 @@ class IptablesBackend:
             chain = table.create_chain(IPT_CHAIN)
         for rule in ruleset.active():
             for spec in rule_specs(rule, family):
-                chain.append_rule(iptc.easy.encode_iptc_rule(spec, ipv6=family == 6))
+                chain.append_rule(self._encode(spec, family))
         input_chain = iptc.Chain(table, "INPUT")
         for rule in list(input_chain.rules):
             if self._decode(rule, family).get("target") == IPT_CHAIN:
@@ -341,6 +348,22 @@ class IptablesBackend:
                 rules.insert(0, b"policy " + chain.get_policy().name.encode())
             snapshot[chain.name] = rules
         return snapshot
+
+
+def _fix_ip6_iface_mask(rule: Any, name: str) -> None:
+    """python-iptables (1.0.1, ip6tc.py set_in_interface) sets the IPv6 interface
+    mask bytes to 0x01 instead of 0xff, and the kernel compares names under the
+    mask, so `-i lo` would also match e.g. an interface "bcd0" (same low bits).
+    Write the mask the way ip6tables does: 0xff over the name and its NUL, or
+    over the prefix for a trailing "+" wildcard.
+    """
+    length = len(name) - 1 if name.endswith("+") else len(name) + 1
+    rule.entry.ipv6.iniface_mask = b"\xff" * length + b"\x00" * (16 - length)
+
+
+def _weak_ip6_mask(rule: Any) -> bool:
+    mask = bytes(rule.entry.ipv6.iniface_mask)
+    return any(byte not in (0, 0xFF) for byte in mask)
 
 
 STANDARD_TARGETS = (b"", b"ACCEPT", b"DROP", b"RETURN", b"QUEUE")
