@@ -325,3 +325,43 @@ def test_switching_backend_removes_our_old_ruleset(root: Path, first: str, then:
             assert "K3S-AGENTD" not in legacy + sh("ip6tables-legacy-save", ns=ns).stdout
         else:
             assert "k3s_agentd" not in nft_tables
+
+
+def test_nft_binary_fallback_without_python_module(root: Path) -> None:
+    from k3s_agent.controls.firewall.detect import Choice
+    from k3s_agent.controls.firewall.nft import NftBackend, NftRunner
+
+    with fresh_netns() as ns:
+        control = make_control(root, "nftables")
+        control.backend = NftBackend(control.host, NftRunner(control.host, use_module=False))
+        control.choice = Choice("nftables", "set in the policy")
+        assert control.describe()["nftables_via"] == "nft -j"
+        results, after = run_in(ns, heal, control)
+        assert results and all(r.status is Status.HEALED for r in results)
+        assert_clean(after)
+        sh("nft", "delete", "rule", "inet", "k3s_agentd", "input", "handle", str(handle_of(ns, "ssh")), ns=ns)
+        assert drift(run_in(ns, control.check))["ssh"].message == "rule missing"
+        results, after = run_in(ns, heal, control)
+        assert all(r.status is Status.HEALED for r in results)
+        assert_clean(after)
+
+
+def test_watch_wakes_on_our_table_only(root: Path) -> None:
+    import threading
+
+    from k3s_agent.watch import NetlinkWatcher
+
+    with fresh_netns() as ns:
+        control = make_control(root, "nftables", node_cidrs=["10.99.0.0/24"])
+        targets = [w.target for w in control.watches() if w.kind == "netlink"]
+        assert targets == ["nftables:k3s_agentd"]
+        woke = threading.Event()
+        watcher = run_in(ns, lambda: NetlinkWatcher(targets, lambda kind: woke.set()))
+        watcher.start()
+        try:
+            sh("nft", "add", "table", "ip", "kube-proxy-sim", ns=ns)
+            assert not woke.wait(0.5)  # someone else's table: not our business
+            sh("nft", "add", "table", "inet", "k3s_agentd", ns=ns)
+            assert woke.wait(2)
+        finally:
+            watcher.close()

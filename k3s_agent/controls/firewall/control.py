@@ -11,7 +11,7 @@ from k3s_agent.controls.firewall import desired, guard, hostnet, k3s
 from k3s_agent.controls.firewall.compare import NAME, findings
 from k3s_agent.controls.firewall.detect import Choice, choose
 from k3s_agent.controls.firewall.ipt import IptablesBackend, IptError, legacy_filter_loaded
-from k3s_agent.controls.firewall.model import Rule, Ruleset
+from k3s_agent.controls.firewall.model import TABLE, Rule, Ruleset
 from k3s_agent.controls.firewall.nft import NftBackend, NftError
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Status
@@ -178,8 +178,16 @@ class FirewallControl:
         ]
 
     def watches(self) -> list[Watch]:
+        if not desired.configured(self.policy):
+            return []
+        # Only our own nft table: kube-proxy/flannel rewriting theirs must not
+        # wake us (legacy iptables sends no notifications: the timer covers it).
+        found = [Watch("netlink", f"nftables:{TABLE}")]
+        if not self.policy.option("node_cidrs"):
+            # @nodes comes from this node's own subnets: an address change matters.
+            found += [Watch("netlink", "ipv4_addr"), Watch("netlink", "ipv6_addr")]
         return [
-            Watch("netlink", "nftables"),
+            *found,
             Watch("path", k3s.CONFIG),
             Watch("path", k3s.CONFIG_DIR),
             Watch("path", hostnet.SSHD_CONFIG),
