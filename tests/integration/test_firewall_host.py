@@ -12,6 +12,7 @@ from fwnet import LEGACY_MISSING, fresh_netns, run_in, sh
 from netns import in_netns
 
 from k3s_agent.controls.firewall import detect, hostnet
+from k3s_agent.controls.sshd import privsep_dir
 from k3s_agent.host import Host
 
 pytestmark = pytest.mark.root
@@ -31,13 +32,16 @@ def sshd_config(root: Path, ports: list[int]) -> Path:
 
 @pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server is not installed")
 def test_ssh_ports_from_sshd_T_and_from_listening_sockets(root: Path) -> None:
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privsep dir (the package makes it)
     config = sshd_config(root, [2200, 2201])
     host = Host(root=str(root))
     assert hostnet.sshd_config_ports(host) == [2200, 2201]
 
     def listening() -> list[int]:
         # -p adds a port sshd -T of the file cannot know about: only the socket shows it.
+        with privsep_dir():
+            return _listen_and_look()
+
+    def _listen_and_look() -> list[int]:
         proc = subprocess.Popen([SSHD, "-D", "-f", str(config), "-p", "2300"])
         try:
             for _ in range(100):

@@ -17,6 +17,8 @@ import re
 import psutil
 
 from k3s_agent.controls.firewall.model import Network, collapse
+from k3s_agent.controls.sshd import privsep_dir
+from k3s_agent.controls.sshd_config import parse_effective
 from k3s_agent.host import Host, HostError
 
 SSHD_CONFIG = "/etc/ssh/sshd_config"
@@ -25,7 +27,11 @@ _CNI_IFACES = re.compile(r"^(lo|cni\d*|flannel.*|veth.*|cali.*|docker.*|kube-.*|
 
 
 def sshd_config_ports(host: Host) -> list[int]:
-    """Ports from `sshd -T` (empty when sshd is missing or its config does not parse)."""
+    """Ports from `sshd -T` (empty when sshd is missing or its config does not parse).
+
+    The sshd control's own helpers run it (with /run/sshd present for the
+    call) and parse its output.
+    """
     sshd = host.which("sshd")
     if sshd is None:
         return []
@@ -33,20 +39,18 @@ def sshd_config_ports(host: Host) -> list[int]:
     if host.root != "/":
         argv += ["-f", host.path(SSHD_CONFIG)]
     try:
-        result = host.run(argv, timeout=10)
+        with privsep_dir():
+            result = host.run(argv, timeout=10)
     except HostError:
         return []
     if result.returncode != 0:
         return []
-    ports = set()
-    for line in result.stdout.splitlines():
-        word, _, value = line.partition(" ")
-        if word == "port" and value.strip().isdigit():
-            ports.add(int(value))
-        elif word == "listenaddress":
-            match = re.search(r":(\d+)$", value.strip())
-            if match:
-                ports.add(int(match.group(1)))
+    effective = parse_effective(result.stdout)
+    ports = {int(p) for p in effective.get("port", []) if p.isdigit()}
+    for address in effective.get("listenaddress", []):
+        match = re.search(r":(\d+)$", address)
+        if match:
+            ports.add(int(match.group(1)))
     return sorted(ports)
 
 
