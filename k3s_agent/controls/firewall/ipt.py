@@ -144,6 +144,27 @@ def _target(rule: Rule, family: int) -> dict[str, Any]:
     return {"target": rule.action.upper()}
 
 
+def save_text(decoded: dict[str, Any]) -> str:
+    """Roughly what iptables-save prints, for findings (the canon is what is compared)."""
+    words = []
+    flags = {"src": "-s", "dst": "-d", "in-interface": "-i", "out-interface": "-o", "protocol": "-p"}
+    for key, value in decoded.items():
+        if key in ("counters", "target"):
+            continue
+        if key in flags:
+            words.append(f"{flags[key]} {value}")
+        elif isinstance(value, dict):
+            options = " ".join(f"--{k} {v}" for k, v in value.items())
+            words.append(f"-m {key} {options}".rstrip())
+        else:
+            words.append(f"-m {key}")
+    target = decoded.get("target", "")
+    if isinstance(target, dict):
+        name, options = next(iter(target.items()))
+        target = f"{name} " + " ".join(f"--{k} {v}" for k, v in (options or {}).items())
+    return " ".join([*words, f"-j {target}".rstrip()])
+
+
 def canon(decoded: dict[str, Any]) -> str:
     cleaned = {k: v for k, v in decoded.items() if k not in ("counters", "comment")}
     return json.dumps(cleaned, sort_keys=True, separators=(",", ":"))
@@ -157,7 +178,7 @@ def name_of(decoded: dict[str, Any]) -> Optional[str]:
 
 def render(ruleset: Ruleset, families: tuple[int, ...] = (4, 6)) -> list[Entry]:
     return [
-        Entry(rule.name, f"{family} {canon(spec)}", f"ip{'6' if family == 6 else ''}tables {canon(spec)}")
+        Entry(rule.name, f"{family} {canon(spec)}", f"ip{'6' if family == 6 else ''}tables {save_text(spec)}")
         for family in families
         for rule in ruleset.active()
         for spec in rule_specs(rule, family)
@@ -215,10 +236,11 @@ class IptablesBackend:
             else:
                 for rule in self.iptc.Chain(table, IPT_CHAIN).rules:
                     decoded = self._decode(rule, family)
-                    text = canon(decoded)
+                    text, shown = canon(decoded), f"{label} {save_text(decoded)}"
                     if family == 6 and "in-interface" in decoded and _weak_ip6_mask(rule):
-                        text += " (interface mask not 0xff: matches other interfaces too)"
-                    entries.append(Entry(name_of(decoded), f"{family} {text}", f"{label} {text}"))
+                        weak = " (interface mask not 0xff: matches other interfaces too)"
+                        text, shown = text + weak, shown + weak
+                    entries.append(Entry(name_of(decoded), f"{family} {text}", shown))
             jump_state.append(self._jump_state(table, family, label))
             policy_state.append(f"{label}: {self.iptc.Chain(table, 'INPUT').get_policy().name}")
         structure = (

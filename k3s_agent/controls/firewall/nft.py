@@ -193,7 +193,47 @@ def render(ruleset: Ruleset) -> list[Entry]:
 
 
 def _text(exprs: Sequence[dict[str, Any]]) -> str:
-    return canon(exprs)
+    """Roughly what `nft list` prints, for findings (the JSON canon is what is compared)."""
+    return " ".join(_word(e) for e in exprs)
+
+
+def _word(expr: dict[str, Any]) -> str:
+    kind, body = next(iter(expr.items()))
+    if kind == "match":
+        op = "" if body["op"] in ("==", "in") else body["op"] + " "
+        return f"{_left(body['left'])} {op}{_right(body['right'])}"
+    if kind == "limit":
+        return f"limit rate {body.get('rate')}/{body.get('per')} burst {body.get('burst')}"
+    if kind == "log":
+        return f'log prefix "{body.get("prefix", "")}"'
+    if kind == "reject":
+        return "reject"
+    if body is None or kind == "counter":
+        return kind
+    return json.dumps(expr, sort_keys=True)
+
+
+def _left(left: dict[str, Any]) -> str:
+    if "payload" in left:
+        return f"{left['payload']['protocol']} {left['payload']['field']}"
+    if "meta" in left:
+        key = left["meta"]["key"]
+        return key if key in ("iifname", "oifname") else f"meta {key}"
+    if "ct" in left:
+        return f"ct {left['ct']['key']}"
+    return json.dumps(left, sort_keys=True)
+
+
+def _right(right: Any) -> str:
+    if isinstance(right, dict) and "prefix" in right:
+        return f"{right['prefix']['addr']}/{right['prefix']['len']}"
+    if isinstance(right, dict) and "range" in right:
+        return f"{right['range'][0]}-{right['range'][1]}"
+    if isinstance(right, dict) and "set" in right:
+        return "{ " + ", ".join(_right(v) for v in right["set"]) + " }"
+    if isinstance(right, list):
+        return ",".join(_right(v) for v in right)
+    return str(right)
 
 
 # -- the backend ------------------------------------------------------------------------
@@ -229,7 +269,8 @@ class NftBackend:
         try:
             objects = self.runner.list("table", FAMILY, TABLE)
         except NftError as exc:
-            missing = Structure("table", want_chain, "missing", False, f"table missing ({exc})")
+            reason = str(exc).splitlines()[0] if str(exc) else "not found"
+            missing = Structure("table", want_chain, "missing", False, f"table missing ({reason})")
             policy = Structure("policy", ruleset.default_input, "none", False, "no chain")
             return Observed((missing, policy), ())
         chains = [o["chain"] for o in objects if "chain" in o]
