@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     configure(journal=False, verbose=False)
-    host = Host(root=args.root, proc=args.proc)
+    read_only = args.command in ("check", "diff", "validate", "status")
+    host = Host(root=args.root, proc=args.proc, read_only=read_only)
     handler = {"status": cmd_status, "check": cmd_check, "diff": cmd_diff, "apply": cmd_apply}
     if args.command == "validate":
         return cmd_validate(args, host)
