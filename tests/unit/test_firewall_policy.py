@@ -194,3 +194,28 @@ def test_rooted_run_in_the_host_netns_never_changes_the_firewall(root: Path) -> 
     results = control.apply([Finding("firewall", "ssh", Status.DRIFT)])
     assert results[0].status is Status.UNSUPPORTED and "real host" in results[0].message
     assert control.backend is None
+
+
+def test_k3s_facts_include_unit_flags(root: Path) -> None:
+    write(
+        root,
+        "/etc/systemd/system/k3s.service",
+        "[Service]\nExecStart=/usr/local/bin/k3s server --flannel-backend=wireguard-native \\\n"
+        "    --cluster-cidr 10.70.0.0/16 --datastore-endpoint=postgres://db\n",
+    )
+    write(root, k3s.CONFIG, "cluster-init: true\nembedded-registry: true\n")
+    found = k3s.read_facts(Host(root=str(root)))
+    assert found.cluster_cidrs == (N("10.70.0.0/16"),)
+    assert found.conditions() == {"wireguard", "registry"}  # external datastore: no etcd
+    assert found.sources == ("/etc/systemd/system/k3s.service", k3s.CONFIG)
+
+
+def test_read_only_host_never_applies(root: Path) -> None:
+    from fwcontrol import make_control
+
+    from k3s_agent.model import Finding, Status
+
+    control = make_control(root, "nftables")
+    control.host = Host(root=str(root), read_only=True)
+    results = control.apply([Finding("firewall", "ssh", Status.DRIFT, message="rule missing")])
+    assert results[0].status is Status.DRIFT and "read-only run" in results[0].message

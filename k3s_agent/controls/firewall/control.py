@@ -146,6 +146,8 @@ class FirewallControl:
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
         if not desired.configured(self.policy):
             return [f.with_status(Status.ABSENT, NOT_CONFIGURED) for f in drift]
+        if getattr(self.host, "read_only", False):
+            return [f.with_status(Status.DRIFT, f"{f.message}; not changed: read-only run") for f in drift]
         if self.host.root != "/" and in_initial_netns(self.host.proc):
             return [f.with_status(Status.UNSUPPORTED, ROOTED_IN_HOST_NETNS) for f in drift]
         backend = self._backend()

@@ -1,27 +1,26 @@
-"""What the firewall needs to know about K3s, read from K3s's own config files.
+"""What the firewall needs to know about K3s: its configured flags.
 
-K3s reads /etc/rancher/k3s/config.yaml, then config.yaml.d/*.yaml|*.yml in
-lexical order; a later file overrides a key, `key+:` appends to a list
-(docs.k3s.io, installation/configuration#configuration-file). Flags given on
-the k3s command line are not read here (the k3s_args control owns those);
-policy options cluster_cidrs/node_cidrs override whatever is found.
+Resolved the way K3s resolves them (k3s_agent.k3s.config: the unit's
+ExecStart and environment, $K3S_CONFIG_FILE / --config, config.yaml and
+config.yaml.d/*.yaml in order, `key+:` appends, env-bound flags). With no K3s
+unit on the node the config files alone are read, as for `k3s server`.
+Policy options cluster_cidrs/node_cidrs override whatever is found.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import ipaddress
 import os
-from typing import Any
-
-import yaml
 
 from k3s_agent.controls.firewall.model import Network, collapse
 from k3s_agent.host import Host, HostError
+from k3s_agent.k3s.config import DEFAULT_CONFIG, ConfigError, Configured, configured
+from k3s_agent.k3s.discovery import UNITS
+from k3s_agent.k3s.unit import load_unit
 
-CONFIG = "/etc/rancher/k3s/config.yaml"
-CONFIG_DIR = "/etc/rancher/k3s/config.yaml.d"
+CONFIG = DEFAULT_CONFIG
+CONFIG_DIR = DEFAULT_CONFIG + ".d"
 ETCD_DIR = "/var/lib/rancher/k3s/server/db/etcd"
 # K3s defaults (docs.k3s.io, cli/server: --cluster-cidr, --service-cidr, --flannel-backend).
 DEFAULT_CLUSTER_CIDR = "10.42.0.0/16"
@@ -36,8 +35,8 @@ class K3sFacts:
     flannel_backend: str  # vxlan | wireguard-native | host-gw | none | ...
     etcd: bool  # embedded etcd (cluster-init, or an etcd data dir, and no external datastore)
     registry: bool  # embedded registry mirror (Spegel)
-    sources: tuple[str, ...]  # config files read
-    problems: tuple[str, ...] = ()  # files that could not be parsed
+    sources: tuple[str, ...]  # what was read: the unit and config files
+    problems: tuple[str, ...] = ()  # what could not be read
 
     def conditions(self) -> set[str]:
         """The `when` conditions that hold on this node."""
@@ -55,69 +54,44 @@ class K3sFacts:
         return held
 
 
-def config_files(host: Host) -> list[str]:
-    found = [CONFIG] if os.path.lexists(host.path(CONFIG)) else []
-    names = set()
-    for pattern in ("*.yaml", "*.yml"):
-        names.update(
-            os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(host.path(CONFIG_DIR)), pattern))
-        )
-    return found + [f"{CONFIG_DIR}/{name}" for name in sorted(names)]
-
-
-def merged_config(host: Host) -> tuple[dict[str, Any], list[str], list[str]]:
-    merged: dict[str, Any] = {}
-    read, problems = [], []
-    for path in config_files(host):
-        try:
-            data = yaml.safe_load(host.read_text(path) or "") or {}
-        except (HostError, yaml.YAMLError) as exc:
-            problems.append(f"{path}: {exc}")
-            continue
-        if not isinstance(data, dict):
-            problems.append(f"{path}: not a YAML mapping")
-            continue
-        read.append(path)
-        for key, value in data.items():
-            key = str(key)
-            if key.endswith("+"):
-                base = key[:-1]
-                merged[base] = _as_list(merged.get(base)) + _as_list(value)
-            else:
-                merged[key] = value
-    return merged, read, problems
+def k3s_configuration(host: Host) -> tuple[Configured, list[str]]:
+    """K3s's configured flags, and the unit file they came from (if any)."""
+    for name in UNITS.values():
+        unit = load_unit(host, name)
+        if unit is not None and unit.role:
+            return configured(host, unit.exec_start, unit.environment), [unit.fragment]
+    return configured(host, ["k3s", "server"], {}), []
 
 
 def read_facts(host: Host) -> K3sFacts:
-    config, read, problems = merged_config(host)
-    cluster = _cidrs(config.get("cluster-cidr"), DEFAULT_CLUSTER_CIDR, problems)
-    service = _cidrs(config.get("service-cidr"), DEFAULT_SERVICE_CIDR, problems)
-    external_db = bool(config.get("datastore-endpoint"))
-    etcd = not external_db and (_truthy(config.get("cluster-init")) or os.path.isdir(host.path(ETCD_DIR)))
+    problems: list[str] = []
+    try:
+        conf, sources = k3s_configuration(host)
+    except (ConfigError, HostError, OSError) as exc:
+        problems.append(f"K3s config: {exc}")
+        conf, sources = Configured(None, (), {}, (), CONFIG), []
+    cluster = _cidrs(conf.values("cluster-cidr"), DEFAULT_CLUSTER_CIDR, problems)
+    service = _cidrs(conf.values("service-cidr"), DEFAULT_SERVICE_CIDR, problems)
+    external_db = bool(conf.value("datastore-endpoint"))
+    etcd = not external_db and (_true(conf.value("cluster-init")) or os.path.isdir(host.path(ETCD_DIR)))
     return K3sFacts(
         cluster_cidrs=cluster,
         service_cidrs=service,
-        flannel_backend=str(config.get("flannel-backend") or DEFAULT_FLANNEL),
+        flannel_backend=conf.value("flannel-backend") or DEFAULT_FLANNEL,
         etcd=etcd,
-        registry=_truthy(config.get("embedded-registry")),
-        sources=tuple(read),
+        registry=_true(conf.value("embedded-registry")),
+        sources=(*sources, *conf.files),
         problems=tuple(problems),
     )
 
 
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list) else [value]
+def _true(value: object) -> bool:
+    return str(value).lower() in ("true", "1", "t")  # Go's strconv.ParseBool spellings we meet
 
 
-def _truthy(value: Any) -> bool:
-    return value is True or str(value).lower() in ("true", "1", "yes")
-
-
-def _cidrs(value: Any, default: str, problems: list[str]) -> tuple[Network, ...]:
-    # K3s takes a comma-separated list (dual-stack: "10.42.0.0/16,2001:cafe:42::/56").
-    texts = [t.strip() for item in _as_list(value) for t in str(item).split(",") if t.strip()]
+def _cidrs(values: tuple[str, ...], default: str, problems: list[str]) -> tuple[Network, ...]:
+    # K3s takes comma-separated lists too (dual-stack: "10.42.0.0/16,2001:cafe:42::/56").
+    texts = [t.strip() for value in values for t in value.split(",") if t.strip()]
     networks = []
     for text in texts or [default]:
         try:
