@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 
 import psutil
@@ -54,29 +55,33 @@ def sshd_config_ports(host: Host) -> list[int]:
     return sorted(ports)
 
 
-def sshd_listening_ports() -> list[int]:
-    """TCP ports an sshd process listens on in this network namespace."""
+def sshd_listening_ports(proc: str = "/proc") -> list[int]:
+    """TCP ports an sshd process listens on (in the network namespace of that sshd).
+
+    Only sshd processes' own sockets are mapped: psutil.net_connections()
+    resolves every descriptor of every process, which grows with the
+    containers on a node; reading each process's comm grows only with their count.
+    """
     ports = set()
-    try:
-        connections = psutil.net_connections(kind="tcp")
-    except (psutil.Error, OSError):
-        return []
-    for conn in connections:
-        if conn.status != psutil.CONN_LISTEN or not conn.pid:
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
             continue
         try:
-            name = psutil.Process(conn.pid).name()
-        except psutil.Error:
-            continue
-        if name == "sshd" or name.startswith("sshd:"):
-            ports.add(conn.laddr.port)
+            with open(f"{proc}/{pid}/comm") as handle:
+                name = handle.read().strip()
+            if name != "sshd" and not name.startswith("sshd:"):
+                continue
+            connections = psutil.Process(int(pid)).connections(kind="tcp")
+        except (OSError, psutil.Error):
+            continue  # gone meanwhile, or not ours to read
+        ports.update(c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN)
     return sorted(ports)
 
 
 def ssh_ports(host: Host, configured: list[int]) -> tuple[list[int], str]:
     """(ports, how they were found): configured + sshd -T + listening; 22 if nothing."""
     from_config = sshd_config_ports(host)
-    listening = sshd_listening_ports()
+    listening = sshd_listening_ports(host.proc)
     ports = sorted(set(configured) | set(from_config) | set(listening))
     how = f"policy {configured}, sshd -T {from_config}, listening {listening}"
     if not ports:
