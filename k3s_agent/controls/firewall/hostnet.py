@@ -18,9 +18,9 @@ import re
 import psutil
 
 from k3s_agent.controls.firewall.model import Network, collapse
-from k3s_agent.controls.sshd import privsep_dir
+from k3s_agent.controls.sshd import sshd_answer
 from k3s_agent.controls.sshd_config import parse_effective
-from k3s_agent.host import Host, HostError
+from k3s_agent.host import Host
 
 SSHD_CONFIG = "/etc/ssh/sshd_config"
 # Interfaces created by K3s/flannel/CNI/containers: their subnets are not "nodes".
@@ -28,23 +28,13 @@ _CNI_IFACES = re.compile(r"^(lo|cni\d*|flannel.*|veth.*|cali.*|docker.*|kube-.*|
 
 
 def sshd_config_ports(host: Host) -> list[int]:
-    """Ports from `sshd -T` (empty when sshd is missing or its config does not parse).
-
-    The sshd control's own helpers run it (with /run/sshd present for the
-    call) and parse its output.
-    """
+    """Ports from `sshd -T` (empty when sshd is missing or its config does not parse)."""
     sshd = host.which("sshd")
     if sshd is None:
         return []
-    argv = [sshd, "-T"]
-    if host.root != "/":
-        argv += ["-f", host.path(SSHD_CONFIG)]
-    try:
-        with privsep_dir():
-            result = host.run(argv, timeout=10)
-    except HostError:
-        return []
-    if result.returncode != 0:
+    argv = ["-T"] + (["-f", host.path(SSHD_CONFIG)] if host.root != "/" else [])
+    result = sshd_answer(host, sshd, argv)
+    if result is None or result.returncode != 0:
         return []
     effective = parse_effective(result.stdout)
     ports = {int(p) for p in effective.get("port", []) if p.isdigit()}
