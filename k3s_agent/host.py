@@ -33,6 +33,9 @@ class HostError(Exception):
 class Host:
     root: str = "/"
     proc: str = "/proc"
+    # A read-only host refuses every write through this layer: `k3s-agentctl
+    # check`/`diff` run on one, so a control that caches state cannot change the host.
+    read_only: bool = False
 
     def path(self, absolute: str) -> str:
         """Map an absolute host path into this host's root."""
@@ -93,6 +96,8 @@ class Host:
         returned. A symlink at the target is refused, never followed or replaced:
         a planted link is something an operator must look at.
         """
+        if self.read_only:
+            raise HostError(f"{absolute}: not written, this is a read-only run")
         target = self.path(absolute)
         parent, name = os.path.split(target)
         os.makedirs(parent, mode=0o755, exist_ok=True)

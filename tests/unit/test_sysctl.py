@@ -123,3 +123,13 @@ def test_dual_stack_is_read_from_k3s_config(tmp_path: Path) -> None:
     assert [p.key for p in problems] == ["net.ipv6.conf.all.disable_ipv6"]
     os.unlink(config)
     assert lint(policy.controls["sysctl"], policy, Host(root=str(tmp_path))) == []
+
+
+def test_read_only_host_refuses_every_write(root: Path) -> None:
+    import pytest
+
+    from k3s_agent.host import HostError
+
+    with pytest.raises(HostError, match="read-only run"):
+        Host(root=str(root), read_only=True).write_atomic("/etc/x.conf", b"x")
+    assert not (root / "etc/x.conf").exists()
