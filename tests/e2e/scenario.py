@@ -586,7 +586,8 @@ def step_reboot(ctx: Context) -> None:
 
 
 def step_package_lifecycle(ctx: Context) -> None:
-    """remove keeps conffile and managed files; reinstall does not start; purge-managed only when asked."""
+    """remove keeps conffile and managed files; install does not start, upgrade restarts a running
+    daemon; managed files are purged only when asked, K3s's never."""
     node = ctx.node
     if node.run(["sh", "-c", "command -v dpkg"], check=False).returncode != 0:
         raise Skipped("not a dpkg node (the rpm lifecycle is not driven here)")
@@ -605,13 +606,22 @@ def step_package_lifecycle(ctx: Context) -> None:
     active = node.run(["systemctl", "is-active", UNIT], check=False).stdout.strip()
     assert active == "inactive", f"install must not start the daemon, it is {active}"
     assert node.run(["cat", POLICY]).stdout == TEST_POLICY, "reinstall must keep the edited conffile"
+    # Upgrade (here: the same version again) of a running daemon restarts it on the new files.
+    node.run(["systemctl", "start", UNIT], timeout=90)
+    pid = unit_props(node, "MainPID")["MainPID"]
+    node.run(["env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "-i", deb], timeout=120)
+    props = unit_props(node, "MainPID", "ActiveState")
+    assert props["ActiveState"] == "active" and props["MainPID"] not in ("0", pid), props
     node.run(["env", "K3S_AGENTD_PURGE_MANAGED=yes", "dpkg", "--purge", PACKAGE], timeout=120)
     for gone in (SYSCTL_FILE, SSHD_DROPIN, "/etc/k3s-agentd", "/var/lib/k3s-agentd"):
         assert node.run(["test", "-e", gone], check=False).returncode != 0, f"{gone} left after purge"
     assert node.run(["nft", "list", "table", *NFT_TABLE], check=False).returncode != 0
     for kept in k3s_files:
         assert node.run(["test", "-e", kept], check=False).returncode == 0, f"purge removed K3s's {kept}"
-    ctx.log("remove/reinstall/purge: conffile kept, not started on install, managed files purged on request")
+    ctx.log(
+        "remove/install/upgrade/purge: conffile kept, not started on install, restarted on upgrade,"
+        " managed files purged on request"
+    )
 
 
 STEPS: list[Callable[[Context], None]] = [

@@ -48,6 +48,11 @@ def test_deb_version_conffile_and_no_start(built: None) -> None:
     assert "deb-systemd-helper enable 'k3s-agentd.service'" in postinst
     # Never started at install: only a try-restart of an already running daemon on upgrade.
     assert not re.search(r"deb-systemd-invoke (start|restart)", postinst), postinst
+    # No stop in preinst on upgrade (dh_installsystemd --no-start alone adds one): postinst try-restarts.
+    info = _out("dpkg-deb", "-I", str(DEB))
+    if " preinst " in info:
+        assert "stop" not in _out("dpkg-deb", "-I", str(DEB), "preinst")
+    assert "try-restart k3s-agentd.service" in postinst
     listing = _out("dpkg-deb", "-c", str(DEB))
     for path in ("./lib/systemd/system/k3s-agentd.service", "./usr/bin/k3s-agentd", "./usr/bin/k3s-agentctl"):
         assert path in listing
