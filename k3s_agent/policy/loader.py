@@ -92,6 +92,7 @@ ITEM_FIELDS = {
 class Layer:
     source: str  # file path or "profile:<name>"
     data: dict[str, Any]
+    raw: bytes = b""  # the file's bytes as validated (what policy.snapshot saves)
 
 
 # -- entry points ----------------------------------------------------------------
@@ -183,7 +184,7 @@ def read_layer(path: str) -> Layer:
         raise PolicyError([f"{path}: not UTF-8 text ({exc.reason})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError([f"{path}: not valid TOML: {exc}"]) from None
-    return Layer(path, data)
+    return Layer(path, data, raw)
 
 
 def _refuse_untrusted(path: str, st: os.stat_result, want_dir: bool) -> None:

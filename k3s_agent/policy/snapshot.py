@@ -3,14 +3,23 @@
 After every successful load the local policy files are copied (0600, root)
 to /var/lib/k3s-agentd/last-good/; when the daemon starts and the policy on
 disk is refused, it runs these copies instead and says so.
+
+The copy is made whole or not at all: the files are re-read with the
+loader's own checks (no symlinks, root-owned, not group/other-writable) and
+must still compose to the policy in force, else the previous snapshot stays
+(a drop-in that vanished, or a file edited since it was loaded, would
+otherwise leave a snapshot of a policy that never ran). The new copy is built
+in a side folder and renamed into place; a crash between the two renames
+leaves the previous one under last-good.old, which load_last_good reads.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Optional
 
-from k3s_agent.host import Host
+from k3s_agent.host import Host, HostError
 from k3s_agent.policy.loader import compose, read_layer
 from k3s_agent.policy.model import Policy
 from k3s_agent.policy.schema import PolicyError
@@ -18,36 +27,51 @@ from k3s_agent.policy.schema import PolicyError
 FOLDER = "last-good"
 
 
-def _folder(host: Host) -> str:
-    return os.path.join(host.state_dir, FOLDER)
+def _folder(host: Host, suffix: str = "") -> str:
+    return os.path.join(host.state_dir, FOLDER + suffix)
 
 
-def save_last_good(host: Host, policy: Policy) -> None:
+def save_last_good(host: Host, policy: Policy) -> bool:
+    """Snapshot the policy's local files; False (old snapshot kept) when they no longer give it."""
     files = [s for s in policy.sources if not s.startswith("profile:")]
-    folder = _folder(host)
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        for stale in os.listdir(folder):
-            os.unlink(os.path.join(folder, stale))
-        for index, source in enumerate(files):
-            with open(source, "rb") as handle:
-                data = handle.read()
+        layers = [read_layer(source) for source in files]
+        if compose(host, layers) != policy:
+            return False  # edited since it was loaded: not the policy in force
+        fresh, current, old = _folder(host, ".new"), _folder(host), _folder(host, ".old")
+        _remove(fresh)
+        os.makedirs(fresh, mode=0o700)
+        for index, (source, layer) in enumerate(zip(files, layers)):
             name = f"{index:03d}-{os.path.basename(source)}"
-            relative = os.path.join(host.state_dir, FOLDER, name)
-            host.write_atomic(_unrooted(host, relative), data, mode=0o600, backup=False)
-    except OSError:
-        pass  # a missing snapshot only matters on the next refused start
+            host.write_atomic(_unrooted(host, os.path.join(fresh, name)), layer.raw, mode=0o600, backup=False)
+        if os.path.lexists(current):
+            _remove(old)
+            os.rename(current, old)
+        os.rename(fresh, current)
+        _remove(old)
+    except (OSError, HostError, PolicyError):
+        return False  # a missing snapshot only matters on the next refused start
+    return True
 
 
 def load_last_good(host: Host) -> Optional[Policy]:
-    folder = _folder(host)
-    if not os.path.isdir(folder):
+    for folder in (_folder(host), _folder(host, ".old")):
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            break
+    else:
         return None
     names = sorted(n for n in os.listdir(folder) if n.endswith(".toml"))
     try:
         return compose(host, [read_layer(os.path.join(folder, n)) for n in names])
     except PolicyError:
         return None
+
+
+def _remove(path: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
 
 
 def _unrooted(host: Host, path: str) -> str:
