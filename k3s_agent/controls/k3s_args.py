@@ -461,14 +461,36 @@ def load_content(host: Host, name: str) -> Optional[str]:
     name of a YAML file shipped with the built-in profiles."""
     if name.startswith("/"):
         try:
-            return host.read_text(name)
-        except HostError:
+            return read_trusted(host, name)
+        except (OSError, HostError):
             return None
     for folder in (resources.files("k3s_agent.policy") / "profiles").iterdir():
         candidate = folder / name
         if candidate.is_file():
             return candidate.read_text(encoding="utf-8")
     return None
+
+
+def read_trusted(host: Host, absolute: str) -> Optional[str]:
+    """A content file's text, refused unless root owns it and only root can write it.
+
+    Its content becomes K3s's audit policy or admission config, written as root:
+    a file another user can edit must not decide that (same rule as the policy files).
+    """
+    try:
+        fd = os.open(host.path(absolute), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise HostError(f"{absolute}: not a regular file")
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise HostError(
+                f"{absolute}: mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}; "
+                "content must be owned by root and not group/other-writable"
+            )
+        return handle.read().decode("utf-8", errors="replace")
 
 
 def _describe_item(item: dict[str, Any]) -> str:
@@ -518,6 +540,11 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
         content = control.option(f"{kind}_content")
         if content and not content.startswith("/") and load_content(host, content) is None:
             problems.append(Lint("", f"{kind}_content: no built-in file named {content!r}"))
+        elif content and content.startswith("/"):
+            try:
+                read_trusted(host, content)
+            except (OSError, HostError) as exc:
+                problems.append(Lint("", f"{kind}_content: {exc}"))
     return problems
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -320,3 +321,28 @@ def test_process_outside_the_unit(make):
     h.control = h.build()
     found = h.check()["k3s:service"]
     assert found.status is Status.DRIFT and "outside k3s.service" in found.message
+
+
+def test_content_file_writable_by_others_is_refused(tmp_path: Path):
+    """Content written as root into K3s's admission config must not come from a file others can edit."""
+    content = tmp_path / "etc/k3s-agentd/admission.yaml"
+    content.parent.mkdir(parents=True)
+    content.write_text("apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\n")
+    host = Host(root=str(tmp_path))
+    layer = Layer(
+        "local.toml",
+        {
+            "extends": "k3s-cis-server",
+            "controls": {"k3s_args": {"admission_config_content": "/etc/k3s-agentd/admission.yaml"}},
+        },
+    )
+    os.chmod(content, 0o644)
+    assert "AdmissionConfiguration" in k3s_args.load_content(host, "/etc/k3s-agentd/admission.yaml")
+    compose(host, [layer])
+    os.chmod(content, 0o666)
+    assert k3s_args.load_content(host, "/etc/k3s-agentd/admission.yaml") is None
+    with pytest.raises(PolicyError, match="admission_config_content: .*not group/other-writable"):
+        compose(host, [layer])
+    os.chmod(content, 0o644)
+    os.chown(content, 65534, 65534)
+    assert k3s_args.load_content(host, "/etc/k3s-agentd/admission.yaml") is None
