@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
@@ -81,6 +82,11 @@ def check_table(
             problems.append(
                 f"{label}: expected {type_name(field.kind)}, got {type(value).__name__} {value!r}"
             )
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has nan and inf; "nan < 1" is False, so a range check alone lets
+            # them through (interval = nan would stop the timer, inf timeouts fail every control).
+            problems.append(f"{label}: must be a finite number, got {value!r}")
             continue
         reason = field.check(value) if field.check else None
         if reason:
