@@ -60,8 +60,13 @@ class Host:
 
     def read_bytes(self, absolute: str) -> Optional[bytes]:
         """Content of a regular file, None when missing. Never follows a final symlink."""
+        # O_NONBLOCK: open(2) of a FIFO for reading blocks until a writer comes, so
+        # a FIFO planted where we read (e.g. a user's ~/.ssh/authorized_keys) would
+        # hang the agent; with it the open returns and the S_ISREG check refuses it.
+        # O_NOCTTY: a tty must never become our controlling terminal.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
         try:
-            fd = os.open(self.path(absolute), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.path(absolute), flags)
         except FileNotFoundError:
             return None
         except OSError as exc:
