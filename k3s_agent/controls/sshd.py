@@ -465,7 +465,12 @@ class Reloader:
 
 def _value_check(value: Any) -> Optional[str]:
     values = value if isinstance(value, list) else [value]
+    if not values:
+        return "must not be empty"
     for part in values:
+        if isinstance(part, (list, dict)):
+            # render() would write Python's repr ("[1]") into sshd_config.
+            return f"{part!r}: a list holds plain words, not lists or tables"
         text = str(part)
         if not text.strip():
             return "must not be empty"

@@ -170,3 +170,14 @@ def test_default_profile_validates_here(root: Path) -> None:
 
 def test_the_same_keyword_twice_in_another_case_is_refused(root: Path) -> None:
     assert "are the same keyword" in refused(root, {"PermitRootLogin": "no", "permitrootlogin": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [([], "must not be empty"), ([["no"]], "not lists or tables"), ([{"a": "b"}], "not lists or tables")],
+)
+def test_empty_or_nested_list_values_are_refused(root: Path, value: Any, reason: str) -> None:
+    # Before: accepted, then rendered as "PasswordAuthentication " or "... ['no']" at apply time.
+    text = refused(root, {"PasswordAuthentication": value})
+    assert "controls.sshd.items.PasswordAuthentication.value" in text
+    assert reason in text
