@@ -156,6 +156,12 @@ def _local_layers(host: Host, path: Optional[str], dropins: Optional[bool]) -> l
     installed = path is None
     main = path if path is not None else host.path(POLICY_FILE)
     layers = []
+    if installed:
+        # Whoever can write /etc/k3s-agentd can delete policy.toml or rename policy.d
+        # away (dropping every drop-in) without touching a root-owned file.
+        etc = host.path(os.path.dirname(POLICY_FILE))
+        if os.path.lexists(etc):
+            _refuse_untrusted(etc, os.lstat(etc), want_dir=True)
     if not installed or os.path.lexists(main):
         layers.append(read_layer(main))
     if dropins if dropins is not None else installed:

@@ -168,6 +168,15 @@ def test_world_writable_dropin_dir_is_refused(root: Path) -> None:
         load_policy(Host(root=str(root)))
 
 
+def test_writable_policy_dir_is_refused(root: Path) -> None:
+    """A writer of /etc/k3s-agentd could rename policy.d away or delete policy.toml."""
+    write(root / "etc/k3s-agentd/policy.d/10-mode.toml", "mode = 'audit'\n")
+    assert load_policy(Host(root=str(root))).mode is Mode.AUDIT
+    os.chmod(root / "etc/k3s-agentd", 0o775)
+    with pytest.raises(PolicyError, match=r"etc/k3s-agentd: mode 0775 is group/other-writable"):
+        load_policy(Host(root=str(root)))
+
+
 def test_profile_server_extends_agent(tmp_path: Path) -> None:
     policy = load_policy(Host(root=str(tmp_path)), profile="k3s-cis-server")
     assert policy.profile == "k3s-cis-server"
