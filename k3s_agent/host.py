@@ -22,6 +22,7 @@ from typing import Optional
 STATE_DIR = "/var/lib/k3s-agentd"
 RUN_DIR = "/run/k3s-agentd"
 BACKUPS_KEPT = 5
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -103,10 +104,8 @@ class Host:
         """
         if self.read_only:
             raise HostError(f"{absolute}: not written, this is a read-only run")
-        target = self.path(absolute)
-        parent, name = os.path.split(target)
-        os.makedirs(parent, mode=0o755, exist_ok=True)
-        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        parent, name = os.path.split(absolute)
+        dfd = self._open_parent(parent)
         try:
             old = _lstat_at(name, dfd)
             if old is not None and not stat.S_ISREG(old.st_mode):
@@ -123,6 +122,48 @@ class Host:
             return saved
         finally:
             os.close(dfd)
+
+    def _open_parent(self, absolute: str) -> int:
+        """An fd for a host directory, made (0755) where missing, walked one component at a time.
+
+        A symlink on the way is followed only when only root could have put it
+        there: root owns it and its directory is root-owned and not group/other-
+        writable, or sticky (/tmp). Elsewhere (e.g. a node_exporter textfile folder
+        owned by another user) a link swapped in for a directory would send a root
+        write anywhere, so it is refused. Absolute link targets resolve under the
+        host root, as Host.path does.
+        """
+        fd = os.open(self.root, _DIR_FLAGS)
+        parts = [p for p in absolute.split("/") if p]
+        hops = 0
+        try:
+            while parts:
+                part = parts.pop(0)
+                try:
+                    child = _open_child(fd, part)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                    if not stat.S_ISLNK(st.st_mode):
+                        raise HostError(f"{absolute}: {part} is not a directory") from None
+                    hops += 1
+                    if hops > 40 or st.st_uid != 0 or not _only_root_writes(os.fstat(fd)):
+                        raise HostError(
+                            f"{absolute}: {part} is a symlink in a directory others can write; not followed"
+                        ) from None
+                    target = os.readlink(part, dir_fd=fd)
+                    parts = [p for p in target.split("/") if p] + parts
+                    if target.startswith("/"):
+                        os.close(fd)
+                        fd = os.open(self.root, _DIR_FLAGS)
+                    continue
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _backup(self, absolute: str, dfd: int, name: str) -> str:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
@@ -171,6 +212,21 @@ class Host:
             raise HostError(f"{argv[0]}: not installed") from exc
         except subprocess.TimeoutExpired as exc:
             raise HostError(f"{' '.join(argv)}: no answer within {timeout:g}s") from exc
+
+
+def _open_child(fd: int, part: str) -> int:
+    """Open (creating it when missing) one child directory of fd, never through a link."""
+    try:
+        return os.open(part, _DIR_FLAGS, dir_fd=fd)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(part, 0o755, dir_fd=fd)
+        return os.open(part, _DIR_FLAGS, dir_fd=fd)
+
+
+def _only_root_writes(st: os.stat_result) -> bool:
+    """Only root can add, remove or replace entries of this directory."""
+    return st.st_uid == 0 and (not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX))
 
 
 def _read_all(fd: int) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -66,3 +67,46 @@ def test_write_refuses_a_symlink_target(tmp_path: Path) -> None:
     with pytest.raises(HostError, match="not a regular file"):
         Host(root=str(tmp_path)).write_atomic("/etc/conf", b"new\n")
     assert victim.read_text() == "keep\n"
+
+
+NOBODY = pwd.getpwnam("nobody").pw_uid
+
+
+@pytest.mark.root
+def test_write_refuses_a_link_in_a_folder_another_user_owns(tmp_path: Path) -> None:
+    """e.g. a metrics textfile under a node_exporter folder: its owner must not redirect root's write."""
+    (tmp_path / "etc").mkdir()
+    theirs = tmp_path / "var/lib/prom"
+    theirs.mkdir(parents=True)
+    os.chown(theirs, NOBODY, NOBODY)
+    (theirs / "sub").symlink_to("../../../etc")  # planted: var/lib/prom/sub -> etc
+    with pytest.raises(HostError, match="symlink in a directory others can write"):
+        Host(root=str(tmp_path)).write_atomic("/var/lib/prom/sub/cron.d/k3s.prom", b"x 1\n", backup=False)
+    assert not (tmp_path / "etc/cron.d").exists()
+
+
+@pytest.mark.root
+def test_write_refuses_another_users_link_in_a_sticky_folder(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    (tmp_path / "etc").mkdir()
+    link = shared / "out"
+    link.symlink_to("../etc")
+    os.lchown(link, NOBODY, NOBODY)
+    with pytest.raises(HostError, match="not followed"):
+        Host(root=str(tmp_path)).write_atomic("/shared/out/cron.d/x.conf", b"x\n", backup=False)
+    assert not (tmp_path / "etc/cron.d").exists()
+
+
+def test_write_follows_roots_own_links_and_makes_missing_folders(tmp_path: Path) -> None:
+    (tmp_path / "srv/conf").mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/alt").symlink_to("../srv/conf")  # made by root in a root-only folder
+    host = Host(root=str(tmp_path))
+    host.write_atomic("/etc/alt/new/x.conf", b"one\n", backup=False)
+    assert (tmp_path / "srv/conf/new/x.conf").read_text() == "one\n"
+    assert stat.S_IMODE(os.stat(tmp_path / "srv/conf/new").st_mode) == 0o755
+    (tmp_path / "etc/abs").symlink_to("/srv/conf")  # absolute: resolved under the host root
+    host.write_atomic("/etc/abs/y.conf", b"two\n", backup=False)
+    assert (tmp_path / "srv/conf/y.conf").read_text() == "two\n"
