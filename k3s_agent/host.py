@@ -104,6 +104,8 @@ class Host:
         """
         if self.read_only:
             raise HostError(f"{absolute}: not written, this is a read-only run")
+        if not absolute.startswith("/"):
+            raise ValueError(f"host paths are absolute, got {absolute!r}")
         parent, name = os.path.split(absolute)
         dfd = self._open_parent(parent)
         try:
