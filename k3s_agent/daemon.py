@@ -46,10 +46,9 @@ def sd_notify(message: str) -> None:
     if address.startswith("@"):
         address = "\0" + address[1:]
     # Non-blocking: a notify socket nobody drains must never stall the loop.
-    with (
-        contextlib.suppress(OSError),
-        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock,
-    ):
+    # (Two with statements: parenthesized context managers are Python 3.10 grammar.)
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, kind) as sock:
         sock.sendto(message.encode(), address)
 
 
