@@ -169,7 +169,15 @@ def _local_layers(host: Host, path: Optional[str], dropins: Optional[bool]) -> l
         if os.path.lexists(folder):
             _refuse_untrusted(folder, os.lstat(folder), want_dir=True)
             for name in sorted(glob.glob(os.path.join(glob.escape(folder), "*.toml"))):
-                layers.append(read_layer(name))
+                try:
+                    layers.append(read_layer(name))
+                except PolicyError:
+                    if os.path.lexists(name):
+                        raise
+                    # Removed between the listing and the open (a package or config
+                    # tool at work): the folder no longer holds it, so neither does
+                    # the policy; refusing would leave the old one in force until
+                    # the next SIGHUP, or start on the last good one.
     return layers
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import glob
 import os
 import textwrap
 from pathlib import Path
@@ -174,6 +175,23 @@ def test_writable_policy_dir_is_refused(root: Path) -> None:
     assert load_policy(Host(root=str(root))).mode is Mode.AUDIT
     os.chmod(root / "etc/k3s-agentd", 0o775)
     with pytest.raises(PolicyError, match=r"etc/k3s-agentd: mode 0775 is group/other-writable"):
+        load_policy(Host(root=str(root)))
+
+
+def test_dropin_removed_while_loading_is_skipped(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(root / "etc/k3s-agentd/policy.d/10-mode.toml", "mode = 'audit'\n")
+    gone = str(root / "etc/k3s-agentd/policy.d/20-gone.toml")
+    listed = glob.glob
+    # The listing saw 20-gone.toml, which was removed before it was opened.
+    monkeypatch.setattr(glob, "glob", lambda pattern: [*listed(pattern), gone])
+    policy = load_policy(Host(root=str(root)))
+    assert policy.mode is Mode.AUDIT
+    assert gone not in policy.sources
+
+
+def test_dropin_symlink_is_still_refused(root: Path) -> None:
+    (root / "etc/k3s-agentd/policy.d/30-link.toml").symlink_to("/nonexistent.toml")
+    with pytest.raises(PolicyError, match="30-link.toml: cannot open"):
         load_policy(Host(root=str(root)))
 
 
