@@ -319,6 +319,8 @@ class FilesControl:
                 notes.append(f"{entry.path}: {self._fix(rule, entry.path)}")
             except fsafe.Refused as exc:
                 refused.append(str(exc))
+            except FileNotFoundError:
+                continue  # removed since the walk (K3s rotates temporary certs): nothing to fix
         if refused:
             return finding.with_status(Status.DRIFT, "; ".join(refused + notes)[:2000])
         shown = "; ".join(notes[:_SHOWN_PER_FINDING])

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from k3stree import DATA, populate
 
+from k3s_agent.controls import fsafe
 from k3s_agent.controls.files import FilesControl
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
@@ -264,3 +265,24 @@ def test_default_server_profile_heals_a_populated_data_dir(root: Path) -> None:
     assert os.path.islink(data / "server/node-token")
     again = engine.run_cycle(enforce=False, only=["files"])
     assert [f.key for f in again.findings() if f.status not in (Status.OK, Status.ABSENT)] == []
+
+
+def test_recursive_heal_goes_on_past_an_entry_removed_meanwhile(root: Path, monkeypatch) -> None:
+    data = populate(root)
+    first = put(data / "server/tls/aaa-gone.key", 0o644, uid=NOBODY)
+    last = put(data / "server/tls/zzz-kept.key", 0o644, uid=NOBODY)
+    ctl = control(root, {TLS: {"owner": "root", "recursive": True}})
+    found = ctl.check()[0]
+    assert found.status is Status.DRIFT
+    real_change = fsafe.change
+
+    def racing_change(host, path, *args, **kw):
+        if path.endswith("aaa-gone.key") and first.exists():
+            first.unlink()  # K3s removed it after our walk listed it
+        return real_change(host, path, *args, **kw)
+
+    monkeypatch.setattr(fsafe, "change", racing_change)
+    result = ctl.apply([found])[0]
+    # Before: FileNotFoundError ended the heal as FAILED with zzz-kept.key untouched.
+    assert result.status is Status.HEALED, result.message
+    assert os.stat(last).st_uid == 0
