@@ -106,6 +106,9 @@ class Host:
             raise HostError(f"{absolute}: not written, this is a read-only run")
         if not absolute.startswith("/"):
             raise ValueError(f"host paths are absolute, got {absolute!r}")
+        if any(part in (".", "..") for part in absolute.split("/")):
+            # ".." would climb out of a --root tree, and mkdir the folders before it.
+            raise HostError(f"{absolute}: not a normalised path (. or .. in it), not written")
         parent, name = os.path.split(absolute)
         dfd = self._open_parent(parent)
         try:

@@ -67,7 +67,11 @@ CONTEST_FIELDS = {
     "window": Field(float, at_least(1)),
     "backoff_max": Field(float, at_least(1)),
 }
-METRICS_FIELDS = {"textfile": Field(str, matches(r"(/[^/\0]+)+\.prom|", "an absolute *.prom path"))}
+METRICS_FIELDS = {
+    "textfile": Field(
+        str, matches(r"(/(?!\.\.?/)[^/\0]+)+\.prom|", "an absolute *.prom path without . or .. in it")
+    )
+}
 WAIVER_FIELDS = {
     "control": Field(str, non_empty, required=True),
     "key": Field(str, non_empty, required=True),

@@ -110,3 +110,12 @@ def test_write_follows_roots_own_links_and_makes_missing_folders(tmp_path: Path)
     (tmp_path / "etc/abs").symlink_to("/srv/conf")  # absolute: resolved under the host root
     host.write_atomic("/etc/abs/y.conf", b"two\n", backup=False)
     assert (tmp_path / "srv/conf/y.conf").read_text() == "two\n"
+
+
+def test_write_refuses_dot_dot(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    host = Host(root=str(tmp_path / "root"))
+    with pytest.raises(HostError, match="not a normalised path"):
+        host.write_atomic("/x/../../escaped.prom", b"x 1\n", backup=False)
+    assert not (tmp_path / "escaped.prom").exists()
+    assert not (tmp_path / "root/x").exists()

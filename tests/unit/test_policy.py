@@ -35,6 +35,11 @@ BAD_POLICIES = [
     ("interval wrong type", "interval = '60'\n", "policy.toml: interval: expected a number"),
     ("interval of 0", "interval = 0\n", "policy.toml: interval: must be >= 1"),
     ("negative timeout", "control_timeout = -5\n", "policy.toml: control_timeout: must be >= 1"),
+    (
+        "metrics path climbs",
+        "[metrics]\ntextfile = '/x/../etc/y.prom'\n",
+        "metrics.textfile: '/x/../etc/y.prom' is not an absolute *.prom path without . or ..",
+    ),
     ("interval of nan", "interval = nan\n", "policy.toml: interval: must be a finite number, got nan"),
     ("infinite timeout", "control_timeout = inf\n", "policy.toml: control_timeout: must be a finite number"),
     ("infinite backoff", "[contest]\nbackoff_max = inf\n", "contest.backoff_max: must be a finite number"),
