@@ -26,6 +26,7 @@ IN_CREATE = 0x100
 IN_DELETE = 0x200
 IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
+IN_IGNORED = 0x8000  # the kernel dropped the watch: its inode is gone
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 MASK = (
@@ -41,7 +42,8 @@ class PathWatcher:
     def __init__(self, paths: Iterable[str], wake: Callable[[str], None]):
         self.wake = wake
         self.fd: Optional[int] = None
-        self.wds: dict[int, str] = {}
+        self.wds: dict[int, str] = {}  # wd -> what it watches
+        self.asked: dict[int, str] = {}  # wd -> the path we were asked to watch
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         libc_name = ctypes.util.find_library("c") or "libc.so.6"
@@ -61,6 +63,7 @@ class PathWatcher:
         wd = self.libc.inotify_add_watch(self.fd, os.fsencode(target), MASK)
         if wd >= 0:
             self.wds[wd] = target
+            self.asked[wd] = path
 
     @property
     def watching(self) -> list[str]:
@@ -88,9 +91,14 @@ class PathWatcher:
                 return  # closed under us: close() was called
             offset = 0
             while offset + _EVENT.size <= len(data):
-                wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
                 offset += _EVENT.size + length
                 self.wake(self.wds.get(wd, "?"))
+                if mask & IN_IGNORED and wd in self.asked:
+                    # A file replaced by rename (write_atomic, sed -i, editors) or
+                    # deleted loses its watch: watch the new file, or its folder.
+                    self.wds.pop(wd, None)
+                    self._add(self.asked.pop(wd))
 
     def close(self) -> None:
         # The reader thread owns the fd while it runs: closing it under a select()

@@ -72,3 +72,25 @@ def test_netlink_watcher_filters_nft_tables_and_sees_addresses() -> None:
     assert counts["ours"] >= 1
     assert counts["anything"] >= 1
     assert counts["addr"] >= 1
+
+
+def test_path_watcher_keeps_watching_a_file_replaced_by_rename(tmp_path: Path) -> None:
+    """write_atomic, sed -i and editors replace a file by rename: the next edit must wake us too."""
+    config = tmp_path / "sshd_config"
+    config.write_text("a\n")
+    seen: list[str] = []
+    watcher = PathWatcher([str(config)], seen.append)
+    watcher.start()
+    try:
+        time.sleep(0.1)
+        replacement = tmp_path / ".sshd_config.tmp"
+        replacement.write_text("b\n")
+        replacement.rename(config)
+        time.sleep(0.5)
+        assert seen, "the replace itself must wake the loop"
+        seen.clear()
+        config.write_text("c\n")  # an edit of the new file
+        time.sleep(0.5)
+        assert seen, "an edit after a replace must wake the loop (the watch died with the old inode)"
+    finally:
+        watcher.close()
