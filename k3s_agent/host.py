@@ -23,6 +23,7 @@ STATE_DIR = "/var/lib/k3s-agentd"
 RUN_DIR = "/run/k3s-agentd"
 BACKUPS_KEPT = 5
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # --root is the operator's word, as in fsafe
 _SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -138,7 +139,7 @@ class Host:
         write anywhere, so it is refused. Absolute link targets resolve under the
         host root, as Host.path does.
         """
-        fd = os.open(self.root, _DIR_FLAGS)
+        fd = os.open(self.root, _ROOT_FLAGS)
         parts = [p for p in absolute.split("/") if p]
         hops = 0
         try:
@@ -161,7 +162,7 @@ class Host:
                     parts = [p for p in target.split("/") if p] + parts
                     if target.startswith("/"):
                         os.close(fd)
-                        fd = os.open(self.root, _DIR_FLAGS)
+                        fd = os.open(self.root, _ROOT_FLAGS)
                     continue
                 os.close(fd)
                 fd = child

@@ -119,3 +119,10 @@ def test_write_refuses_dot_dot(tmp_path: Path) -> None:
         host.write_atomic("/x/../../escaped.prom", b"x 1\n", backup=False)
     assert not (tmp_path / "escaped.prom").exists()
     assert not (tmp_path / "root/x").exists()
+
+
+def test_root_given_as_a_symlink_still_works(tmp_path: Path) -> None:
+    (tmp_path / "tree/etc").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "tree")
+    Host(root=str(tmp_path / "link")).write_atomic("/etc/x.conf", b"x\n", backup=False)
+    assert (tmp_path / "tree/etc/x.conf").read_text() == "x\n"
