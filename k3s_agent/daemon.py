@@ -118,7 +118,10 @@ class Daemon:
         )
 
     def _engine(self, policy: Policy) -> Engine:
-        return Engine(policy, self.host, on_event=self._on_event)
+        return Engine(policy, self.host, on_event=self._on_event, on_progress=self._beat)
+
+    def _beat(self, _control: str = "") -> None:
+        self.heartbeat = time.monotonic()
 
     # -- events --------------------------------------------------------------------
 

@@ -140,7 +140,9 @@ class Engine:
         clock: Callable[[], float] = time.time,
         today: Callable[[], datetime.date] = datetime.date.today,
         registry: Optional[Mapping[str, ControlSpec]] = None,
+        on_progress: Optional[Callable[[str], None]] = None,
     ):
+        self.on_progress = on_progress or (lambda name: None)
         self.registry = specs() if registry is None else registry
         self.policy = policy
         self.host = host
@@ -176,6 +178,7 @@ class Engine:
             if only and name not in only:
                 continue
             reports.append(self._run_control(name, enforce))
+            self.on_progress(name)  # the daemon's watchdog heartbeat
         return CycleReport(self.cycles, started, time.monotonic() - t0, reports)
 
     def _run_control(self, name: str, enforce: bool) -> ControlReport:

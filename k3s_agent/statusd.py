@@ -66,7 +66,9 @@ class StatusServer:
                 return
             with conn:
                 conn.settimeout(5)
-                with contextlib.suppress(OSError):
+                # One bad exchange (a client gone, a document that will not
+                # serialize) must never end the status thread.
+                with contextlib.suppress(Exception):
                     self._answer(conn)
 
     def _answer(self, conn: socket.socket) -> None:

@@ -30,6 +30,7 @@ from k3s_agent.policy.schema import (
     Field,
     PolicyError,
     at_least,
+    between,
     check_table,
     key_path,
     list_of,
@@ -55,8 +56,10 @@ TOP_FIELDS: dict[str, Field] = {
     "version": Field(int, one_of(1), doc="policy format version"),
     "extends": Field(str, one_of(AUTO, "none", *PROFILES), doc="built-in profile to start from"),
     "mode": Field(str, _MODES),
-    "interval": Field(float, at_least(1), doc="seconds between full check cycles"),
-    "control_timeout": Field(float, at_least(1), doc="seconds one control may take"),
+    # Upper bounds too: a day between cycles is already no longer "continuous", and
+    # a huge timeout overflows Thread.join.
+    "interval": Field(float, between(1, 86400), doc="seconds between full check cycles"),
+    "control_timeout": Field(float, between(1, 3600), doc="seconds one control may take"),
     "contest": Field(dict),
     "metrics": Field(dict),
     "waiver": Field(list),
@@ -64,8 +67,8 @@ TOP_FIELDS: dict[str, Field] = {
 }
 CONTEST_FIELDS = {
     "threshold": Field(int, at_least(2)),
-    "window": Field(float, at_least(1)),
-    "backoff_max": Field(float, at_least(1)),
+    "window": Field(float, between(1, 7 * 86400)),
+    "backoff_max": Field(float, between(1, 7 * 86400)),
 }
 METRICS_FIELDS = {
     "textfile": Field(
