@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 apt_install scripts/apt-base.txt
-exec env PYTHONPATH="$PWD" /usr/bin/python3 -m k3s_agent.cli check "$@"
+# No .pyc files in the checkout either: the check writes nothing at all.
+exec env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$PWD" /usr/bin/python3 -m k3s_agent.cli check "$@"
