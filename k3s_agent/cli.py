@@ -17,10 +17,9 @@ from k3s_agent.engine import Engine
 from k3s_agent.host import Host
 from k3s_agent.log import configure
 from k3s_agent.model import Mode
-from k3s_agent.policy.loader import load_policy
+from k3s_agent.policy.loader import PROFILES, load_policy
 from k3s_agent.policy.model import Policy
 from k3s_agent.policy.schema import PolicyError
-from k3s_agent.policy.loader import PROFILES
 from k3s_agent.report import (
     EXIT_FAILED,
     EXIT_UNKNOWN,
@@ -62,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     configure(journal=False, verbose=False)
-    host = Host(root=args.root, proc=args.proc)
+    read_only = args.command in ("check", "diff", "validate", "status")
+    host = Host(root=args.root, proc=args.proc, read_only=read_only)
     handler = {"status": cmd_status, "check": cmd_check, "diff": cmd_diff, "apply": cmd_apply}
     if args.command == "validate":
         return cmd_validate(args, host)
@@ -91,7 +91,9 @@ def cmd_check(args: argparse.Namespace, host: Host) -> int:
     except PolicyError as exc:
         return _refused(exc)
     cycle = Engine(policy, host).run_cycle(enforce=False, only=args.control)
-    return _emit(args, build_document(cycle, policy, {"running": None, "note": "one-shot check: nothing changed"}))
+    return _emit(
+        args, build_document(cycle, policy, {"running": None, "note": "one-shot check: nothing changed"})
+    )
 
 
 def cmd_diff(args: argparse.Namespace, host: Host) -> int:
@@ -144,9 +146,16 @@ def cmd_validate(args: argparse.Namespace, host: Host) -> int:
     items = sum(len(c.items) for c in policy.controls.values() if c.enabled)
     enabled = [n for n, c in policy.controls.items() if c.enabled]
     if args.json:
-        print(json.dumps({"valid": True, "profile": policy.profile, "items": items, "sources": list(policy.sources)}))
+        print(
+            json.dumps(
+                {"valid": True, "profile": policy.profile, "items": items, "sources": list(policy.sources)}
+            )
+        )
     else:
-        print(f"policy ok: profile {policy.profile}, mode {policy.mode}, {items} items in {len(enabled)} controls")
+        print(
+            f"policy ok: profile {policy.profile}, mode {policy.mode}, "
+            f"{items} items in {len(enabled)} controls"
+        )
         for source in policy.sources:
             print(f"  {source}")
     return 0
@@ -175,7 +184,9 @@ def _status_offline(args: argparse.Namespace, host: Host) -> int:
             print(message)
         return EXIT_UNKNOWN
     document.setdefault("daemon", {})["running"] = False
-    document["daemon"]["note"] = f"k3s-agentd is NOT running; last status from {path} ({document.get('generated_at')})"
+    document["daemon"]["note"] = (
+        f"k3s-agentd is NOT running; last status from {path} ({document.get('generated_at')})"
+    )
     if args.json:
         print(to_json(document), end="")
     else:

@@ -9,6 +9,7 @@ STATUS= line go to systemd through sd_notify.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 from k3s_agent import __version__
 from k3s_agent.engine import CycleReport, Engine
-from k3s_agent.host import Host
+from k3s_agent.host import Host, HostError
 from k3s_agent.log import MESSAGE_IDS, configure, finding_fields
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.loader import load_policy
@@ -28,9 +29,13 @@ from k3s_agent.policy.schema import PolicyError
 from k3s_agent.policy.snapshot import load_last_good, save_last_good
 from k3s_agent.report import build_document, render_prometheus, to_json
 from k3s_agent.statusd import STATUS_NAME, StatusServer
-from k3s_agent.watch import PathWatcher
+from k3s_agent.watch import NetlinkWatcher, PathWatcher
 
-WAKE_DEBOUNCE = 1.0  # seconds: a burst of file events is one cycle
+METRICS_NAME = "metrics.prom"
+WAKE_DEBOUNCE = 1.0  # seconds: a burst of events is one cycle
+# kube-proxy and the network-policy controller rewrite rules all the time; event
+# wake-ups are capped to one cycle per this many seconds so they cannot keep us busy.
+MIN_EVENT_GAP = 5.0
 
 
 def sd_notify(message: str) -> None:
@@ -40,11 +45,12 @@ def sd_notify(message: str) -> None:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message.encode(), address)
-    except OSError:
-        pass
+    # Non-blocking: a notify socket nobody drains must never stall the loop.
+    with (
+        contextlib.suppress(OSError),
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock,
+    ):
+        sock.sendto(message.encode(), address)
 
 
 class Daemon:
@@ -58,11 +64,13 @@ class Daemon:
         self.heartbeat = time.monotonic()
         self.counters = {"heals_total": 0, "heal_failures_total": 0, "policy_reload_failures_total": 0}
         self.policy_error: Optional[str] = None
+        self.last_logged: dict[tuple[str, str], Status] = {}
         self.policy = self._initial_policy()
         self.engine = self._engine(self.policy)
         self.last: Optional[CycleReport] = None
         self.document: dict[str, Any] = {}
-        self.watcher: Optional[PathWatcher] = None
+        self.watchers: list[Any] = []
+        self.last_cycle = 0.0
 
     # -- policy ---------------------------------------------------------------------
 
@@ -123,6 +131,12 @@ class Daemon:
             self.counters["heal_failures_total"] += 1
         if finding.status in (Status.ABSENT, Status.UNSUPPORTED):
             return
+        # Every heal is an event; other states are logged when they change, so an
+        # audit-mode node does not repeat the same drift every interval.
+        item = (finding.control, finding.key)
+        if finding.status is not Status.HEALED and self.last_logged.get(item) == finding.status:
+            return
+        self.last_logged[item] = finding.status
         level = "warning" if finding.status in (Status.FAILED, Status.CONTESTED) else "info"
         getattr(self.log, level)(f"{finding.control} {finding.key}: {event}", **finding_fields(finding))
 
@@ -157,11 +171,12 @@ class Daemon:
             sd_notify("STOPPING=1")
             self.log.info("stopping", message_id=MESSAGE_IDS["stopping"])
             server.close()
-            if self.watcher:
-                self.watcher.close()
+            for watcher in self.watchers:
+                watcher.close()
         return 0
 
     def cycle(self) -> None:
+        self.last_cycle = time.monotonic()
         self.last = self.engine.run_cycle(enforce=True)
         self.heartbeat = time.monotonic()
         self.document = build_document(self.last, self.policy, self._daemon_facts())
@@ -175,17 +190,27 @@ class Daemon:
             if remaining <= 0:
                 return
             if self.wake_event.wait(min(remaining, 5.0)):
-                self.wake_event.clear()
-                time.sleep(WAKE_DEBOUNCE)  # let a burst of writes settle
+                if self.stopping or self.reload_requested:
+                    return
+                self._nap(WAKE_DEBOUNCE)  # let a burst of writes settle
+                gap = self.last_cycle + MIN_EVENT_GAP - time.monotonic()
+                self._nap(min(gap, deadline - time.monotonic()))
                 self.wake_event.clear()
                 return
+
+    def _nap(self, seconds: float) -> None:
+        """Sleep that a stop or reload request cuts short."""
+        end = time.monotonic() + seconds
+        while not self.stopping and not self.reload_requested and time.monotonic() < end:
+            self.heartbeat = time.monotonic()
+            time.sleep(min(0.2, max(end - time.monotonic(), 0)))
 
     def _daemon_facts(self) -> dict[str, Any]:
         return {
             "running": True,
             "pid": os.getpid(),
             "policy_error": self.policy_error,
-            "watching": self.watcher.watching if self.watcher else [],
+            "watching": [w for watcher in self.watchers for w in watcher.watching],
             **self.counters,
         }
 
@@ -194,13 +219,13 @@ class Daemon:
         counts = summary["by_status"]
         line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         sd_notify(f"STATUS={summary['verdict']}: {line}")
-        status_path = os.path.join(self.host.run_dir, STATUS_NAME)
+        metrics = render_prometheus(self.document).encode()
         try:
-            _write_private(status_path, to_json(self.document).encode())
+            _write_private(os.path.join(self.host.run_dir, STATUS_NAME), to_json(self.document).encode())
+            _write_private(os.path.join(self.host.run_dir, METRICS_NAME), metrics)
             if self.policy.metrics_textfile:
-                target = self.policy.metrics_textfile
-                self.host.write_atomic(target, render_prometheus(self.document).encode(), backup=False)
-        except OSError as exc:
+                self.host.write_atomic(self.policy.metrics_textfile, metrics, mode=0o644, backup=False)
+        except (OSError, HostError) as exc:
             self.log.warning("cannot publish status", error=str(exc))
 
     def _install_signals(self) -> None:
@@ -217,16 +242,17 @@ class Daemon:
         signal.signal(signal.SIGHUP, on_hup)
 
     def _restart_watcher(self) -> None:
-        if self.watcher:
-            self.watcher.close()
-        paths = [
-            self.host.path(w.target)
-            for control in self.engine.controls.values()
-            for w in _safe_watches(control)
-            if w.kind == "path"
+        for watcher in self.watchers:
+            watcher.close()
+        watches = [w for control in self.engine.controls.values() for w in _safe_watches(control)]
+        paths = [self.host.path(w.target) for w in watches if w.kind == "path"]
+        netlink = [w.target for w in watches if w.kind == "netlink"]
+        self.watchers = [
+            PathWatcher(paths, lambda _path: self.wake()),
+            NetlinkWatcher(netlink, lambda _kind: self.wake()),
         ]
-        self.watcher = PathWatcher(paths, lambda _path: self.wake())
-        self.watcher.start()
+        for watcher in self.watchers:
+            watcher.start()
 
     def _start_watchdog(self) -> None:
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)

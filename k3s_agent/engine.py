@@ -12,11 +12,11 @@ import datetime
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from k3s_agent.controls import specs
-from k3s_agent.controls.base import Control
+from k3s_agent.controls.base import Control, ControlSpec
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy
@@ -102,29 +102,33 @@ class ContestTracker:
         return until if until is not None and self.clock() < until else None
 
     def record_heal(self, item: tuple[str, str]) -> bool:
-        """Note a heal; True when the item is now contested (and backs off)."""
+        """Note a heal; True when the item is now contested (and backs off).
+
+        Heals stay counted for the whole window, so after a backoff one more
+        undo is enough to back off again, twice as long.
+        """
         now = self.clock()
-        times = self.heals.setdefault(item, deque())
+        times = self._recent(item, now)
         times.append(now)
-        while times and now - times[0] > self.settings.window:
-            times.popleft()
         if len(times) < self.settings.threshold:
             return False
         strikes = self.strikes.get(item, 0) + 1
         self.strikes[item] = strikes
         delay = min(self.interval * (2**strikes), self.settings.backoff_max)
         self.backoff_until[item] = now + delay
-        times.clear()
         return True
 
     def record_ok(self, item: tuple[str, str]) -> None:
-        """An item that stays ok for a whole window is forgiven."""
-        times = self.heals.get(item)
-        if item in self.strikes and not times and self.in_backoff(item) is None:
-            last = self.backoff_until.get(item, 0.0)
-            if self.clock() - last > self.settings.window:
-                self.strikes.pop(item, None)
-                self.backoff_until.pop(item, None)
+        """An item with no heal for a whole window is forgiven its strikes."""
+        if item in self.strikes and not self._recent(item, self.clock()):
+            self.strikes.pop(item, None)
+            self.backoff_until.pop(item, None)
+
+    def _recent(self, item: tuple[str, str], now: float) -> deque[float]:
+        times = self.heals.setdefault(item, deque())
+        while times and now - times[0] > self.settings.window:
+            times.popleft()
+        return times
 
 
 class Engine:
@@ -135,7 +139,9 @@ class Engine:
         on_event: Optional[EventSink] = None,
         clock: Callable[[], float] = time.time,
         today: Callable[[], datetime.date] = datetime.date.today,
+        registry: Optional[Mapping[str, ControlSpec]] = None,
     ):
+        self.registry = specs() if registry is None else registry
         self.policy = policy
         self.host = host
         self.on_event = on_event or (lambda event, finding: None)
@@ -149,9 +155,9 @@ class Engine:
         self._build()
 
     def _build(self) -> None:
-        for name, spec in specs().items():
-            section = self.policy.controls[name]
-            if not section.enabled:
+        for name, spec in self.registry.items():
+            section = self.policy.controls.get(name)
+            if section is None or not section.enabled:
                 continue
             self.guards[name] = _Guard(self.policy.control_timeout)
             try:
@@ -192,9 +198,7 @@ class Engine:
         facts = self._facts(control)
         return ControlReport(name, section.mode, findings, time.monotonic() - t0, error, facts)
 
-    def _heal(
-        self, name: str, control: Control, guard: _Guard, findings: list[Finding]
-    ) -> list[Finding]:
+    def _heal(self, name: str, control: Control, guard: _Guard, findings: list[Finding]) -> list[Finding]:
         drift, held = [], {}
         for f in findings:
             if f.status is not Status.DRIFT:

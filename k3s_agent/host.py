@@ -8,6 +8,7 @@ wants (net.* sysctls in a network namespace) while files live under a tmpdir.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -32,6 +33,9 @@ class HostError(Exception):
 class Host:
     root: str = "/"
     proc: str = "/proc"
+    # A read-only host refuses every write through this layer: `k3s-agentctl
+    # check`/`diff` run on one, so a control that caches state cannot change the host.
+    read_only: bool = False
 
     def path(self, absolute: str) -> str:
         """Map an absolute host path into this host's root."""
@@ -92,6 +96,8 @@ class Host:
         returned. A symlink at the target is refused, never followed or replaced:
         a planted link is something an operator must look at.
         """
+        if self.read_only:
+            raise HostError(f"{absolute}: not written, this is a read-only run")
         target = self.path(absolute)
         parent, name = os.path.split(target)
         os.makedirs(parent, mode=0o755, exist_ok=True)
@@ -198,7 +204,5 @@ def _write_new(dfd: int, name: str, data: bytes, mode: int, uid: int, gid: int) 
 
 
 def _unlink_quietly(name: str, dfd: Optional[int] = None) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=dfd)
-    except FileNotFoundError:
-        pass

@@ -18,17 +18,17 @@ from k3s_agent.model import Finding
 
 # Stable ids (never change one; add new ones). Generated once with uuid4().hex.
 MESSAGE_IDS = {
-    "drift": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b601",
-    "healed": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b602",
-    "failed": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b603",
-    "contested": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b604",
-    "waived": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b605",
-    "policy_reloaded": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b606",
-    "policy_refused": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b607",
-    "pending": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b608",
-    "started": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b609",
-    "stopping": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b60a",
-    "cycle": "7b1c7e2a9f6d4c55a1a0f3c1d2e4b60b",
+    "drift": "a621fcc8c0c1499990ca6b7c9f2ebc33",
+    "healed": "2febc62e4805462d837a4b7579ccd0c4",
+    "failed": "94fa38a038474f0f819fdff332bff971",
+    "contested": "aba473295b4c438a98802e94f04eec25",
+    "waived": "42666a95baeb40bba01e3e34c18d1a32",
+    "policy_reloaded": "b3854f4c58654743b7c75d2c3124ef81",
+    "policy_refused": "3212b0c0325c4bd6b06a02f8b7b37067",
+    "pending": "bc4f25cee8ae485b8d796f8b05407b9d",
+    "started": "2dd06a02659947b5b027d4c932017ed9",
+    "stopping": "536c31acd7e24ef1a76c0a20636fd9a3",
+    "cycle": "b6f1e77b4e164077a0d146cd31c7faae",
 }
 
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
@@ -77,9 +77,7 @@ def configure(journal: Optional[bool] = None, verbose: bool = False) -> structlo
         ]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if verbose else logging.INFO
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )

@@ -49,9 +49,7 @@ class Finding:
     cis: Optional[str] = None
 
     def with_status(self, status: Status, message: Optional[str] = None) -> Finding:
-        return dataclasses.replace(
-            self, status=status, message=self.message if message is None else message
-        )
+        return dataclasses.replace(self, status=status, message=self.message if message is None else message)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -121,9 +121,11 @@ def render_table(document: dict[str, Any], verbose: bool = False) -> str:
         out.append(f"== {control['name']} ({control['mode']}) {csum['verdict']}  {fact_text}".rstrip())
         if control.get("error"):
             out.append(f"   error: {control['error']}")
-        rows = [f for f in control["findings"] if verbose or f["status"] != "ok"]
+        # ok and absent items only with -v: a node should read as its problems
+        rows = [f for f in control["findings"] if verbose or f["status"] not in ("ok", "absent")]
         if not rows:
-            out.append(f"   all {csum['items']} items ok")
+            absent = csum["by_status"].get("absent", 0)
+            out.append(f"   all {csum['items'] - absent} items ok" + (f", {absent} absent" if absent else ""))
             continue
         width = min(max(len(f["key"]) for f in rows), 60)
         for f in rows:
@@ -156,9 +158,7 @@ def render_prometheus(document: dict[str, Any]) -> str:
     ]
     for control in document["controls"]:
         for status, count in control["summary"]["by_status"].items():
-            lines.append(
-                f'k3s_agentd_items{{control="{_esc(control["name"])}",status="{status}"}} {count}'
-            )
+            lines.append(f'k3s_agentd_items{{control="{_esc(control["name"])}",status="{status}"}} {count}')
     lines += [
         "# HELP k3s_agentd_item_compliant 1 when the item is ok/healed/absent/unsupported.",
         "# TYPE k3s_agentd_item_compliant gauge",
@@ -201,9 +201,7 @@ def _esc(value: str) -> str:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(
-        timespec="seconds"
-    )
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _epoch(iso: str) -> float:

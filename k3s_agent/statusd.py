@@ -8,6 +8,7 @@ the node-compliance JSON document) or `wake` (run a cycle now; answer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -65,10 +66,8 @@ class StatusServer:
                 return
             with conn:
                 conn.settimeout(5)
-                try:
+                with contextlib.suppress(OSError):
                     self._answer(conn)
-                except OSError:
-                    pass
 
     def _answer(self, conn: socket.socket) -> None:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))

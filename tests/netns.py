@@ -34,11 +34,11 @@ def in_netns(fn: Callable[..., Any], *args: Any, timeout: float = 120) -> Any:
             unshare_net()
             subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
             payload = ("ok", fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - shipped to the parent
+        except BaseException as exc:
             payload = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         try:
             data = pickle.dumps(payload)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             data = pickle.dumps(("error", f"unpicklable result: {exc}"))
         with os.fdopen(write_fd, "wb") as out:
             out.write(data)

@@ -200,7 +200,7 @@ def boot_files(host: Host) -> list[str]:
         for path in glob.glob(os.path.join(glob.escape(host.path(directory)), "*.conf")):
             by_name.setdefault(os.path.basename(path), f"{directory}/{os.path.basename(path)}")
     ordered = [by_name[name] for name in sorted(by_name)]
-    return ordered + [SYSCTL_CONF]
+    return [*ordered, SYSCTL_CONF]
 
 
 def boot_winners(host: Host) -> dict[str, tuple[str, str]]:

@@ -203,7 +203,7 @@ def _profile_chain(name: str) -> list[Layer]:
     current: Optional[str] = name
     while current not in (None, "none"):
         if current in seen:
-            raise PolicyError([f"profile:{current}: extends loop {' -> '.join(seen + [current])}"])
+            raise PolicyError([f"profile:{current}: extends loop {' -> '.join([*seen, current])}"])
         seen.append(current)
         layers = profile_layers(current)
         chain = layers + chain
@@ -219,10 +219,7 @@ def profile_layers(name: str) -> list[Layer]:
     if not folder.is_dir():
         raise PolicyError([f"extends: no built-in profile {name!r} (have: {', '.join(PROFILES)})"])
     entries = sorted((e for e in folder.iterdir() if e.name.endswith(".toml")), key=lambda e: e.name)
-    return [
-        Layer(f"profile:{name}/{e.name}", tomllib.loads(e.read_text(encoding="utf-8")))
-        for e in entries
-    ]
+    return [Layer(f"profile:{name}/{e.name}", tomllib.loads(e.read_text(encoding="utf-8"))) for e in entries]
 
 
 # -- checking one layer ------------------------------------------------------------

@@ -37,7 +37,7 @@ def key_path(*parts: str) -> str:
     return ".".join(p if _BARE.fullmatch(p) else '"' + p.replace('"', '\\"') + '"' for p in parts)
 
 
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
+_BARE = re.compile(r"[A-Za-z0-9_-]+(?:\[[0-9]+\])?")
 
 
 def type_name(kind: Any) -> str:

@@ -1,0 +1,404 @@
+"""File permissions and ownership of K3s's sensitive files (CIS 1.1.x, 4.1.x).
+
+Items are keyed by an absolute path or glob. `mode` is exact, `max_mode` is
+CIS's "or more restrictive": healing clears exactly the bits above the limit.
+Owner and group are names resolved on this host. Nothing is ever done through
+a symlink (see fsafe): a link where a file is expected is drift for a human.
+
+One finding per matched path for plain items (key = the path), one finding
+per item for recursive ones (key = the item's pattern), one `absent` (or
+`drift` when `required`) finding when nothing matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import os
+import pwd
+import re
+import stat
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from k3s_agent.controls import fsafe
+from k3s_agent.controls.base import ControlSpec, Lint, Watch
+from k3s_agent.host import Host
+from k3s_agent.model import Finding, Status
+from k3s_agent.policy.model import ControlPolicy, Policy
+from k3s_agent.policy.schema import Field
+
+NAME = "files"
+_MODE = re.compile(r"0?[0-7]{3}|[0-7]{4}")
+_SHOWN_PER_FINDING = 5  # a recursive finding lists this many deviating entries
+
+
+# -- policy values --------------------------------------------------------------------
+
+
+def parse_mode(text: str) -> int:
+    return int(text, 8)
+
+
+def _mode_check(value: Any) -> Optional[str]:
+    if not _MODE.fullmatch(value):
+        return f'{value!r} is not an octal mode string like "0600" (give it as a string, in quotes)'
+    return None
+
+
+def _user_check(value: Any) -> Optional[str]:
+    try:
+        pwd.getpwnam(value)
+    except KeyError:
+        return f"no user {value!r} on this host"
+    return None
+
+
+def _group_check(value: Any) -> Optional[str]:
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        return f"no group {value!r} on this host"
+    return None
+
+
+def _key_check(key: str) -> Optional[str]:
+    if not key.startswith("/"):
+        return "must be an absolute path or glob"
+    parts = key.split("/")[1:]
+    if key != "/" and any(p in ("", ".", "..") for p in parts):
+        return "must be a normalised path (no //, . or .., no trailing /)"
+    if "**" in key:
+        return "** is not supported: use recursive = true on the directory"
+    return None
+
+
+def fmt_mode(mode: int) -> str:
+    return f"{mode:04o}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    pattern: str
+    mode: Optional[int] = None
+    max_mode: Optional[int] = None
+    owner: Optional[str] = None
+    group: Optional[str] = None
+    uid: int = -1
+    gid: int = -1
+    recursive: bool = False
+    required: bool = False
+    cis: Optional[str] = None
+
+    @classmethod
+    def from_item(cls, pattern: str, item: dict[str, Any]) -> Rule:
+        owner, group = item.get("owner"), item.get("group")
+        return cls(
+            pattern=pattern,
+            mode=parse_mode(item["mode"]) if "mode" in item else None,
+            max_mode=parse_mode(item["max_mode"]) if "max_mode" in item else None,
+            owner=owner,
+            group=group,
+            uid=pwd.getpwnam(owner).pw_uid if owner else -1,
+            gid=grp.getgrnam(group).gr_gid if group else -1,
+            recursive=bool(item.get("recursive", False)),
+            required=bool(item.get("required", False)),
+            cis=item.get("cis"),
+        )
+
+    def describe(self) -> str:
+        bits = []
+        if self.mode is not None:
+            bits.append(fmt_mode(self.mode))
+        if self.max_mode is not None:
+            bits.append(f"<={fmt_mode(self.max_mode)}")
+        if self.owner or self.group:
+            bits.append(f"{self.owner or '*'}:{self.group or '*'}")
+        if self.recursive:
+            bits.append("recursive")
+        return " ".join(bits)
+
+    def mode_applies(self, st: os.stat_result) -> bool:
+        # In a recursive item the mode governs regular files only: directories
+        # need their x bits, and a "0600" meant for files would lock them.
+        return not self.recursive or stat.S_ISREG(st.st_mode)
+
+    def mode_for(self, st: os.stat_result) -> Optional[int]:
+        return self.target_mode(stat.S_IMODE(st.st_mode)) if self.mode_applies(st) else None
+
+    def target_mode(self, current: int) -> Optional[int]:
+        """The mode to set, or None when `current` complies."""
+        if self.mode is not None and current != self.mode:
+            return self.mode
+        if self.max_mode is not None and current & ~self.max_mode:
+            return current & self.max_mode
+        return None
+
+    def problems(self, st: os.stat_result) -> list[str]:
+        """What is wrong with one entry (empty: compliant)."""
+        found = []
+        if self.uid != -1 and st.st_uid != self.uid:
+            found.append(f"owner {user_name(st.st_uid)}, want {self.owner}")
+        if self.gid != -1 and st.st_gid != self.gid:
+            found.append(f"group {group_name(st.st_gid)}, want {self.group}")
+        if self.mode_applies(st):
+            current = stat.S_IMODE(st.st_mode)
+            if self.target_mode(current) is not None:
+                if self.mode is not None:
+                    found.append(f"mode {fmt_mode(current)}, want {fmt_mode(self.mode)}")
+                else:
+                    extra = current & ~(self.max_mode or 0)
+                    found.append(
+                        f"mode {fmt_mode(current)} exceeds {fmt_mode(self.max_mode or 0)} "
+                        f"(bits {fmt_mode(extra)} too many)"
+                    )
+        return found
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def observed(st: os.stat_result) -> str:
+    return f"{fmt_mode(stat.S_IMODE(st.st_mode))} {user_name(st.st_uid)}:{group_name(st.st_gid)}"
+
+
+def precedence(rule: Rule) -> tuple[int, int]:
+    """Exact paths first, then the longest (most specific) glob."""
+    return (1 if fsafe.has_magic(rule.pattern) else 0, -len(rule.pattern))
+
+
+# -- the control ------------------------------------------------------------------------
+
+
+class FilesControl:
+    name = NAME
+
+    def __init__(self, policy: ControlPolicy, host: Host):
+        self.host = host
+        rules = [Rule.from_item(key, dict(item)) for key, item in policy.items.items()]
+        self.rules = sorted(rules, key=precedence)
+        self.plain = [r for r in self.rules if not r.recursive]
+        self.recursive = [r for r in self.rules if r.recursive]
+        self.owner_of: dict[str, Rule] = {}  # finding key -> rule, from the last check
+        self.declined: dict[str, str] = {}  # finding key -> why apply must leave it
+        self.entries_seen = 0
+
+    # -- observe ------------------------------------------------------------------
+
+    def check(self) -> list[Finding]:
+        findings: list[Finding] = []
+        owner_of: dict[str, Rule] = {}
+        self.entries_seen = 0
+        self.declined = {}
+        for rule in self.plain:
+            for finding in self._check_plain(rule, owner_of):
+                owner_of[finding.key] = rule
+                findings.append(finding)
+        for rule in self.recursive:
+            findings.append(self._check_recursive(rule))
+            owner_of[rule.pattern] = rule
+        self.owner_of = owner_of
+        return findings
+
+    def _base(self, rule: Rule, key: str) -> Finding:
+        return Finding(NAME, key, Status.OK, desired=rule.describe(), cis=rule.cis)
+
+    def _nothing(self, rule: Rule) -> Finding:
+        base = self._base(rule, rule.pattern)
+        if rule.required:
+            self.declined[rule.pattern] = "we never create files: K3s (or its operator) must"
+            return base.with_status(Status.DRIFT, "required, but nothing matches")
+        return base.with_status(Status.ABSENT, "not present on this node")
+
+    def _check_plain(self, rule: Rule, claimed: dict[str, Rule]) -> list[Finding]:
+        findings, matched = [], False
+        try:
+            for entry in fsafe.expand(self.host, rule.pattern):
+                matched = True
+                if entry.path in claimed:
+                    continue  # a more specific item governs this path
+                self.entries_seen += 1
+                findings.append(self._judge(rule, entry))
+        except fsafe.Refused as exc:
+            self.declined[rule.pattern] = "left for an operator"
+            return [self._base(rule, rule.pattern).with_status(Status.DRIFT, str(exc))]
+        return findings if matched else [self._nothing(rule)]
+
+    def _judge(self, rule: Rule, entry: fsafe.Entry) -> Finding:
+        base = self._base(rule, entry.path)
+        kind = stat.S_IFMT(entry.st.st_mode)
+        if entry.link is not None:
+            return dataclasses.replace(
+                base,
+                status=Status.DRIFT,
+                observed=f"symlink -> {entry.link}",
+                message=f"a symlink (-> {entry.link}) where a file is expected; "
+                "not followed: remove it or point the policy at the real file",
+            )
+        if kind not in (stat.S_IFREG, stat.S_IFDIR):
+            what = fsafe.kind_of(entry.st.st_mode)
+            return dataclasses.replace(
+                base, status=Status.DRIFT, observed=what, message=f"a {what}, not a file or directory"
+            )
+        problems = rule.problems(entry.st)
+        found = dataclasses.replace(base, observed=observed(entry.st))
+        return found.with_status(Status.DRIFT, "; ".join(problems)) if problems else found
+
+    def _check_recursive(self, rule: Rule) -> Finding:
+        base = self._base(rule, rule.pattern)
+        deviations, total = [], 0
+        try:
+            for entry in self._tree(rule):
+                total += 1
+                problems = rule.problems(entry.st) if entry.link is None else []
+                if problems:
+                    deviations.append(f"{entry.path}: {'; '.join(problems)}")
+        except fsafe.Refused as exc:
+            self.declined[rule.pattern] = "left for an operator"
+            return base.with_status(Status.DRIFT, str(exc))
+        self.entries_seen += total
+        if total == 0:
+            return self._nothing(rule)
+        found = dataclasses.replace(base, observed=f"{len(deviations)} of {total} entries deviate")
+        if not deviations:
+            return dataclasses.replace(found, observed=f"{total} entries comply")
+        shown = deviations[:_SHOWN_PER_FINDING]
+        more = len(deviations) - len(shown)
+        return found.with_status(Status.DRIFT, "; ".join(shown) + (f"; and {more} more" if more else ""))
+
+    def _tree(self, rule: Rule) -> Any:
+        """Every match of the pattern and everything below it.
+
+        Symlinks below the top are yielded (and counted) but never judged or
+        descended: their own owner/mode mean nothing and the target is not ours.
+        """
+        for top in fsafe.expand(self.host, rule.pattern):
+            if top.link is not None:
+                raise fsafe.Refused(f"{top.path} is a symlink (-> {top.link}); not followed")
+            yield top
+            yield from fsafe.walk(self.host, top)
+
+    # -- heal ---------------------------------------------------------------------
+
+    def apply(self, drift: Sequence[Finding]) -> list[Finding]:
+        return [self._heal(finding) for finding in drift]
+
+    def _heal(self, finding: Finding) -> Finding:
+        rule = self.owner_of.get(finding.key)
+        if rule is None:
+            return finding.with_status(Status.FAILED, "no policy item governs this path any more")
+        if finding.key in self.declined:
+            return finding.with_status(Status.DRIFT, f"{finding.message}; {self.declined[finding.key]}")
+        try:
+            if rule.recursive:
+                return self._heal_tree(rule, finding)
+            note = self._fix(rule, finding.key)
+        except fsafe.Refused as exc:
+            return finding.with_status(Status.DRIFT, f"{exc}; left for an operator")
+        except OSError as exc:
+            return finding.with_status(Status.FAILED, f"{finding.key}: {exc.strerror}")
+        return finding.with_status(Status.HEALED, note or "already compliant")
+
+    def _heal_tree(self, rule: Rule, finding: Finding) -> Finding:
+        notes, refused = [], []
+        for entry in list(self._tree(rule)):
+            if entry.link is not None or not rule.problems(entry.st):
+                continue
+            try:
+                notes.append(f"{entry.path}: {self._fix(rule, entry.path)}")
+            except fsafe.Refused as exc:
+                refused.append(str(exc))
+        if refused:
+            return finding.with_status(Status.DRIFT, "; ".join(refused + notes)[:2000])
+        shown = "; ".join(notes[:_SHOWN_PER_FINDING])
+        more = len(notes) - _SHOWN_PER_FINDING
+        return finding.with_status(
+            Status.HEALED, f"fixed {len(notes)} entries: {shown}" + (f"; and {more} more" if more > 0 else "")
+        )
+
+    def _fix(self, rule: Rule, path: str) -> str:
+        before, after = fsafe.change(self.host, path, rule.uid, rule.gid, rule.mode_for)
+        return describe_change(before, after)
+
+    def watches(self) -> list[Watch]:
+        folders = set()
+        for rule in self.rules:
+            literal = []
+            for part in rule.pattern.split("/")[1:]:
+                if fsafe.has_magic(part):
+                    break
+                literal.append(part)
+            folder = "/" + "/".join(literal)
+            if len(literal) == len(rule.pattern.split("/")[1:]) and not rule.recursive:
+                folder = os.path.dirname(folder)
+            folders.add(folder)
+        return [Watch("path", f) for f in sorted(folders)]
+
+    def describe(self) -> dict[str, object]:
+        return {"items": len(self.rules), "entries_checked": self.entries_seen}
+
+
+def describe_change(before: os.stat_result, after: os.stat_result) -> str:
+    """What a heal did, e.g. "mode 0755 -> 0644 (removed 0111); owner nobody -> root"."""
+    notes = []
+    if before.st_uid != after.st_uid:
+        notes.append(f"owner {user_name(before.st_uid)} -> {user_name(after.st_uid)}")
+    if before.st_gid != after.st_gid:
+        notes.append(f"group {group_name(before.st_gid)} -> {group_name(after.st_gid)}")
+    old, new = stat.S_IMODE(before.st_mode), stat.S_IMODE(after.st_mode)
+    if old != new:
+        removed, added = old & ~new, new & ~old
+        change = f"mode {fmt_mode(old)} -> {fmt_mode(new)}"
+        details = [f"removed {fmt_mode(removed)}"] if removed else []
+        details += [f"added {fmt_mode(added)}"] if added else []
+        notes.append(f"{change} ({', '.join(details)})")
+    return "; ".join(notes)
+
+
+# -- policy lint -------------------------------------------------------------------------
+
+# A recursive chown/chmod this close to the root would wreck a node.
+_MIN_RECURSIVE_DEPTH = 3
+
+
+def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
+    problems = []
+    for key, item in control.items.items():
+        if "mode" in item and "max_mode" in item:
+            # Section-level: no accept_risk can make two modes mean one thing.
+            problems.append(Lint("", f'items."{key}": set either mode or max_mode, not both'))
+        if not any(k in item for k in ("mode", "max_mode", "owner", "group")):
+            what = "mode, max_mode, owner or group"
+            problems.append(Lint("", f'items."{key}": says nothing to enforce (no {what})'))
+        depth = len([p for p in key.split("/") if p])
+        if item.get("recursive") and depth < _MIN_RECURSIVE_DEPTH:
+            problems.append(Lint(key, f"recursive change of {key} reaches far beyond K3s's files"))
+    return problems
+
+
+SPEC = ControlSpec(
+    name=NAME,
+    build=FilesControl,
+    item_fields={
+        "mode": Field(str, _mode_check, doc='exact mode, octal string: "0600"'),
+        "max_mode": Field(str, _mode_check, doc='"0644" = 0644 or stricter; heal clears the extra bits'),
+        "owner": Field(str, _user_check, doc="user name, resolved on this host"),
+        "group": Field(str, _group_check, doc="group name, resolved on this host"),
+        "recursive": Field(bool, doc="also everything below (mode: regular files only)"),
+        "required": Field(bool, doc="missing = drift (default: missing = absent)"),
+    },
+    item_key=_key_check,
+    lint=lint,
+    doc="mode and ownership of K3s's sensitive files, never through a symlink",
+)

@@ -1,0 +1,565 @@
+"""K3s effective arguments: configured (unit + env + config.yaml[.d]) and running
+(the `Running <component>` journal lines since the current start), both compared
+with the policy.
+
+Per item the verdict separates what a restart would change from what it would not:
+  configured ok, running ok          -> ok
+  configured ok, running not         -> pending ("restart pending")
+  configured not, running ok         -> drift ("running but not configured":
+                                        someone started K3s by hand; lost at restart)
+  configured not, running not        -> drift (missing / wrong value)
+Remediation is opt-in (`remediate = "config"`): the missing settings are written
+to <config>.d/90-k3s-agentd.yaml, and the item becomes pending. K3s is never
+restarted by the agent.
+
+The audit policy and the admission (Pod Security + EventRateLimit) config that
+the apiserver args point to are kept in place like managed files: they must
+exist, parse, and (when the policy gives their content) match it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import stat
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Optional
+
+import yaml
+
+from k3s_agent.controls.base import ControlSpec, Lint, Watch
+from k3s_agent.host import Host, HostError
+from k3s_agent.k3s import args as k3sargs
+from k3s_agent.k3s.config import Configured, config_files, configured
+from k3s_agent.k3s.node import K3sNode, Observer
+from k3s_agent.model import Finding, Status
+from k3s_agent.policy.model import ControlPolicy, Policy
+from k3s_agent.policy.schema import Field, list_of, matches, non_empty, one_of
+
+NAME = "k3s_args"
+OWN_DROPIN = "90-k3s-agentd.yaml"
+SERVICE_KEY = "k3s:service"
+CONFIG_KEY = "k3s:config"
+JOURNAL_KEY = "k3s:running-args"
+COMPONENTS = (k3sargs.K3S, *k3sargs.COMPONENTS)
+_KEY = re.compile("({}):([a-z0-9][a-z0-9-]*)".format("|".join(re.escape(c) for c in COMPONENTS)))
+# pflag StringSlice flags: given twice, the values add up (all others: the last wins).
+LIST_FLAGS = frozenset(
+    {
+        "enable-admission-plugins",
+        "disable-admission-plugins",
+        "authorization-mode",
+        "tls-cipher-suites",
+        "api-audiences",
+        "kubelet-preferred-address-types",
+        "controllers",
+        "tls-san",
+        "node-label",
+        "node-taint",
+        "disable",
+        "cluster-cidr",
+        "service-cidr",
+    }
+)
+# K3s flags whose effect shows in a component's Running line.
+K3S_WITNESS = {
+    "secrets-encryption": ("kube-apiserver", "encryption-provider-config"),
+    "protect-kernel-defaults": ("kubelet", "protect-kernel-defaults"),
+}
+FILE_KINDS = {
+    "audit_policy": ("audit.k8s.io/", "Policy"),
+    "admission_config": ("apiserver.", "AdmissionConfiguration"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    ok: bool
+    observed: Optional[str]
+    why: str
+
+
+def judge(values: Optional[Sequence[str]], item: dict[str, Any], flag: str) -> Judgement:
+    """Does this flag's values (None/[] = not set) satisfy the item?"""
+    values = list(values or [])
+    if flag in LIST_FLAGS and len(values) > 1:
+        effective: Optional[str] = ",".join(values)
+    else:
+        effective = values[-1] if values else None
+    members = k3sargs.list_members(values)
+    if "value" in item:
+        want = item["value"]
+        if effective is None:
+            return Judgement(False, None, f"not set (want {k3sargs.normalize_scalar(want)})")
+        if not k3sargs.same_value(want, effective, bool(item.get("ordered", False))):
+            return Judgement(False, effective, f"is {effective} (want {k3sargs.normalize_scalar(want)})")
+    missing = [m for m in item.get("contains", ()) if m not in members]
+    if missing:
+        return Judgement(False, effective, f"lacks {','.join(missing)}")
+    forbidden = item.get("forbidden", ())
+    if "*" in forbidden and values:
+        return Judgement(False, effective, "must not be set")
+    bad = sorted(m for m in forbidden if m in members or (effective is not None and m == effective))
+    if bad:
+        return Judgement(False, effective, f"has forbidden {','.join(bad)}")
+    return Judgement(True, effective, "")
+
+
+def split_key(key: str) -> tuple[str, str]:
+    component, flag = key.split(":", 1)
+    return component, flag
+
+
+class K3sArgsControl:
+    name = NAME
+
+    def __init__(self, policy: ControlPolicy, host: Host, observer: Optional[Observer] = None):
+        self.host = host
+        self.items = {key: dict(item) for key, item in policy.items.items()}
+        self.remediate = policy.option("remediate", "none")
+        self.observer = observer or Observer(host)
+        self.files = {
+            kind: (policy.option(f"{kind}_file"), policy.option(f"{kind}_content"))
+            for kind in FILE_KINDS
+            if policy.option(f"{kind}_file")
+        }
+        self.last: Optional[K3sNode] = None
+
+    # -- observe ----------------------------------------------------------------------
+
+    def check(self) -> list[Finding]:
+        node = self.observer.observe()
+        self.last = node
+        service = node.service
+        if not service.installed:
+            return [self._finding(key, Status.ABSENT, message="K3s is not installed") for key in self.items]
+        findings = [self._service_finding(node)]
+        if node.config_error:
+            findings.append(Finding(NAME, CONFIG_KEY, Status.DRIFT, message=node.config_error))
+        if service.running and node.running is not None:
+            missing = [c for c in self._components(node) if node.running.get(c) is None]
+            if node.running.error or missing:
+                why = node.running.error or "no 'Running {}' line since {}".format(
+                    "/".join(missing), node.running.since
+                )
+                findings.append(
+                    Finding(NAME, JOURNAL_KEY, Status.DRIFT, message=why + ": running arguments unverified")
+                )
+        for key, item in self.items.items():
+            findings.append(self._check_item(node, key, item))
+        if service.role == "server":
+            findings += [
+                self._check_file(kind, path, content) for kind, (path, content) in self.files.items()
+            ]
+        return findings
+
+    def _components(self, node: K3sNode) -> list[str]:
+        wanted = {split_key(k)[0] for k in self.items} - {k3sargs.K3S}
+        if node.service.role != "server":
+            wanted -= set(k3sargs.SERVER_COMPONENTS)
+        wanted -= (
+            {"kube-proxy"}
+            if node.configured and _true(node.configured.value("disable-kube-proxy"))
+            else set()
+        )
+        return sorted(wanted)
+
+    def _service_finding(self, node: K3sNode) -> Finding:
+        service = node.service
+        desired = "running"
+        if not service.running:
+            state = service.state.get("ActiveState", "no process")
+            return Finding(
+                NAME,
+                SERVICE_KEY,
+                Status.DRIFT,
+                desired,
+                state,
+                f"K3s is installed ({service.unit_name}) but not running",
+            )
+        where = f"pid {service.process.pid} ({service.process.comm})" if service.process else ""
+        if service.under_unit is False:
+            return Finding(
+                NAME,
+                SERVICE_KEY,
+                Status.DRIFT,
+                desired,
+                where,
+                f"K3s runs outside {service.unit_name} (started by hand?): its arguments are not the unit's",
+            )
+        return Finding(NAME, SERVICE_KEY, Status.OK, desired, f"{service.role} {where}".strip())
+
+    def _finding(self, key: str, status: Status, **kw: Any) -> Finding:
+        return Finding(NAME, key, status, cis=self.items.get(key, {}).get("cis"), **kw)
+
+    def _check_item(self, node: K3sNode, key: str, item: dict[str, Any]) -> Finding:
+        component, flag = split_key(key)
+        desired = _describe_item(item)
+        if component in k3sargs.SERVER_COMPONENTS and node.service.role != "server":
+            return self._finding(
+                key, Status.ABSENT, desired=desired, message=f"{component} runs on servers only"
+            )
+        if node.configured is None:
+            return self._finding(key, Status.DRIFT, desired=desired, message="configured arguments unknown")
+        conf = judge(self._configured_values(node.configured, component, flag), item, flag)
+        run = self._running_judgement(node, component, flag, item)
+        observed: Any = conf.observed
+        if run is not None and run.observed != conf.observed:
+            observed = {"configured": conf.observed, "running": run.observed}
+        if conf.ok and (run is None or run.ok):
+            note = "" if run is not None else "configured (running value not verifiable)"
+            return self._finding(key, Status.OK, desired=desired, observed=observed, message=note)
+        if conf.ok:
+            return self._finding(
+                key,
+                Status.PENDING,
+                desired=desired,
+                observed=observed,
+                message=f"configured but not running: restart pending (running {run.why})",
+            )
+        if run is not None and run.ok:
+            return self._finding(
+                key,
+                Status.DRIFT,
+                desired=desired,
+                observed=observed,
+                message=f"running but not configured (configured {conf.why}): lost at the next restart",
+            )
+        where = _blame(node)
+        return self._finding(
+            key, Status.DRIFT, desired=desired, observed=observed, message=f"{conf.why}{where}"
+        )
+
+    @staticmethod
+    def _configured_values(conf: Configured, component: str, flag: str) -> Optional[list[str]]:
+        if component == k3sargs.K3S:
+            return list(conf.values(flag))
+        return k3sargs.configured_component_args(component, conf.flags).get(flag)
+
+    def _running_judgement(
+        self, node: K3sNode, component: str, flag: str, item: dict[str, Any]
+    ) -> Optional[Judgement]:
+        if component == k3sargs.K3S:
+            witness = K3S_WITNESS.get(flag)
+            if witness is None:
+                return None
+            args = node.running_args(witness[0])
+            if args is None:
+                return None
+            values = args.get(witness[1])
+            if flag == "secrets-encryption":
+                # The K3s flag itself is not logged; its effect is the provider config arg.
+                values = ["true"] if values else ["false"]
+            return judge(values, item, flag)
+        args = node.running_args(component)
+        return None if args is None else judge(args.get(flag), item, flag)
+
+    def _configured_without_own(self, node: K3sNode) -> Optional[Configured]:
+        if node.service.unit is None or node.configured is None:
+            return None
+        return _configured_excluding(self.host, node, own_dropin(node.configured))
+
+    # -- managed files (audit policy, admission config) -------------------------------
+
+    def _check_file(self, kind: str, path: str, content: Optional[str]) -> Finding:
+        api_prefix, want_kind = FILE_KINDS[kind]
+        base = Finding(NAME, path, Status.OK, desired=f"{want_kind} ({api_prefix}*)")
+        try:
+            text = self.host.read_text(path)
+        except HostError as exc:
+            return base.with_status(Status.DRIFT, str(exc))
+        if text is None:
+            return dataclasses.replace(base, status=Status.DRIFT, observed="missing", message="missing")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            return base.with_status(Status.DRIFT, f"not valid YAML: {exc}")
+        if (
+            not isinstance(data, dict)
+            or data.get("kind") != want_kind
+            or not str(data.get("apiVersion", "")).startswith(api_prefix)
+        ):
+            return base.with_status(Status.DRIFT, f"not a {want_kind}")
+        if content is not None:
+            want = load_content(self.host, content)
+            if want is not None and yaml.safe_load(want) != data:
+                return dataclasses.replace(
+                    base, status=Status.DRIFT, observed="differs", message="differs from the policy's content"
+                )
+        st = os.lstat(self.host.path(path))
+        if stat.S_IMODE(st.st_mode) & 0o077 or st.st_uid != 0:
+            return base.with_status(
+                Status.DRIFT, f"mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}, want 0600 root"
+            )
+        return base
+
+    # -- heal ---------------------------------------------------------------------------
+
+    def apply(self, drift: Sequence[Finding]) -> list[Finding]:
+        node = self.last or self.observer.observe()
+        files = {path: (kind, content) for kind, (path, content) in self.files.items()}
+        results: list[Finding] = []
+        fixable = []
+        for finding in drift:
+            if finding.key in files:
+                results.append(self._write_file(finding, *files[finding.key]))
+            elif finding.key in self.items:
+                fixable.append(finding)
+            else:
+                results.append(finding.with_status(Status.DRIFT, finding.message + "; needs an operator"))
+        if fixable:
+            results += self._remediate(node, fixable)
+        return results
+
+    def _write_file(self, finding: Finding, kind: str, content: Optional[str]) -> Finding:
+        text = load_content(self.host, content) if content else None
+        if text is None:
+            return finding.with_status(Status.DRIFT, finding.message + "; the policy gives no content for it")
+        try:
+            saved = self.host.write_atomic(finding.key, text.encode(), mode=0o600)
+        except (OSError, HostError) as exc:
+            return finding.with_status(Status.FAILED, f"cannot write {finding.key}: {exc}")
+        note = f" (previous copy: {saved})" if saved else ""
+        return finding.with_status(Status.HEALED, f"wrote the policy's {kind.replace('_', ' ')}{note}")
+
+    def _remediate(self, node: K3sNode, drift: list[Finding]) -> list[Finding]:
+        if self.remediate != "config":
+            why = 'not remediated: set remediate = "config" to let the agent write K3s config'
+            return [f.with_status(Status.DRIFT, f"{f.message}; {why}") for f in drift]
+        if node.configured is None or node.service.unit is None:
+            return [f.with_status(Status.DRIFT, f"{f.message}; no K3s unit to configure") for f in drift]
+        without = self._configured_without_own(node)
+        settings = desired_settings(self.items, without or node.configured)
+        path = own_dropin(node.configured)
+        text = render_dropin(settings)
+        # Would it work? Re-read K3s's config with the new file in place before writing it.
+        after = _configured_with(self.host, node, path, text)
+        results = []
+        blocked = []
+        for finding in drift:
+            component, flag = split_key(finding.key)
+            if component in k3sargs.SERVER_COMPONENTS and node.service.role != "server":
+                results.append(finding)
+                continue
+            if not judge(self._configured_values(after, component, flag), self.items[finding.key], flag).ok:
+                blocked.append(finding)
+        for finding in blocked:
+            results.append(
+                finding.with_status(
+                    Status.DRIFT,
+                    f"{finding.message}; cannot be fixed from {path}: an ExecStart flag, a later drop-in "
+                    "or a forbidden value set elsewhere wins",
+                )
+            )
+        todo = [f for f in drift if f not in blocked and f not in results]
+        if not todo:
+            return results
+        try:
+            current = self.host.read_text(path)
+            saved = None if current == text else self.host.write_atomic(path, text.encode(), mode=0o600)
+        except (OSError, HostError) as exc:
+            return results + [f.with_status(Status.FAILED, f"cannot write {path}: {exc}") for f in todo]
+        note = f" (previous copy: {saved})" if saved else ""
+        return results + [
+            f.with_status(
+                Status.PENDING,
+                f"written to {path}{note}: restart pending (systemctl restart {node.service.unit_name})",
+            )
+            for f in todo
+        ]
+
+    def watches(self) -> list[Watch]:
+        return [
+            Watch("path", "/etc/rancher/k3s"),
+            Watch("path", "/etc/rancher/k3s/config.yaml.d"),
+            Watch("path", "/etc/systemd/system"),
+        ]
+
+    def describe(self) -> dict[str, object]:
+        node = self.last
+        if node is None:
+            return {"items": len(self.items)}
+        service = node.service
+        return {
+            "installed": service.installed,
+            "role": service.role,
+            "unit": service.unit_name,
+            "pid": service.process.pid if service.process else None,
+            "invocation": service.invocation_id,
+            "config_files": list(node.configured.files) if node.configured else [],
+            "running_since": node.running.since if node.running else None,
+            "running_components": sorted(node.running.components) if node.running else [],
+            "remediate": self.remediate,
+        }
+
+
+# -- remediation content ---------------------------------------------------------------------
+
+
+def _blame(node: K3sNode) -> str:
+    """Our own drop-in is in place and the item still fails: something later wins."""
+    if node.configured is None or own_dropin(node.configured) not in node.configured.files:
+        return ""
+    return f" (despite {own_dropin(node.configured)}: a later drop-in or an ExecStart flag overrides it)"
+
+
+def own_dropin(conf: Configured) -> str:
+    return f"{conf.config_path}.d/{OWN_DROPIN}"
+
+
+def desired_settings(items: dict[str, dict[str, Any]], base: Configured) -> dict[str, Any]:
+    """What to write so every item that `base` (K3s's config without our file) misses holds."""
+    out: dict[str, Any] = {}
+    for key, item in sorted(items.items()):
+        component, flag = split_key(key)
+        values = K3sArgsControl._configured_values(base, component, flag)
+        if judge(values, item, flag).ok:
+            continue
+        if "value" in item:
+            value = item["value"]
+        elif item.get("contains"):
+            members = sorted(k3sargs.list_members(values or []) | set(item["contains"]))
+            value = ",".join(m for m in members if m not in item.get("forbidden", ()))
+        else:
+            continue  # a forbidden value set elsewhere: nothing we can add fixes that
+        if component == k3sargs.K3S:
+            out[flag] = value
+        else:
+            out.setdefault(f"{k3sargs.EXTRA_ARG_FLAG[component]}+", []).append(
+                f"{flag}={k3sargs.normalize_scalar(value)}"
+            )
+    return out
+
+
+def render_dropin(settings: dict[str, Any]) -> str:
+    head = (
+        '# Managed by k3s-agentd (remediate = "config"): rewritten from its policy.\n'
+        "# K3s reads it at its next start; the agent never restarts K3s.\n"
+    )
+    return head + (yaml.safe_dump(settings, default_flow_style=False, sort_keys=True) if settings else "{}\n")
+
+
+def _configured_excluding(host: Host, node: K3sNode, skip: str) -> Configured:
+    unit, conf = node.service.unit, node.configured
+    files = [f for f in config_files(host, conf.config_path) if f != skip]
+    return configured(host, unit.exec_start, unit.environment, files=files)
+
+
+def _configured_with(host: Host, node: K3sNode, path: str, text: str) -> Configured:
+    """K3s's config as it would be with `text` at `path` (a drop-in)."""
+    unit, conf = node.service.unit, node.configured
+    present = [f for f in config_files(host, conf.config_path) if f != path]
+    main = [f for f in present if f == conf.config_path]
+    dropins = sorted([*(f for f in present if f != conf.config_path), path])
+    return configured(host, unit.exec_start, unit.environment, files=main + dropins, overrides={path: text})
+
+
+def load_content(host: Host, name: str) -> Optional[str]:
+    """Content given by the policy: an absolute path (read under the host root) or the
+    name of a YAML file shipped with the built-in profiles."""
+    if name.startswith("/"):
+        try:
+            return host.read_text(name)
+        except HostError:
+            return None
+    for folder in (resources.files("k3s_agent.policy") / "profiles").iterdir():
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    return None
+
+
+def _describe_item(item: dict[str, Any]) -> str:
+    parts = []
+    if "value" in item:
+        parts.append(f"= {k3sargs.normalize_scalar(item['value'])}")
+    if item.get("contains"):
+        parts.append("contains " + ",".join(item["contains"]))
+    if item.get("forbidden"):
+        parts.append("not " + ",".join(item["forbidden"]))
+    return "; ".join(parts)
+
+
+def _true(value: Optional[str]) -> bool:
+    return value is not None and k3sargs.go_bool(value) is True
+
+
+# -- policy ----------------------------------------------------------------------------------
+
+
+def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
+    problems = []
+    for key, item in control.items.items():
+        if not any(k in item for k in ("value", "contains", "forbidden")):
+            problems.append(Lint(key, "says nothing: give value, contains or forbidden"))
+    plugins = control.items.get("kube-apiserver:enable-admission-plugins", {})
+    wanted = set(plugins.get("contains", ())) | set(k3sargs.split_list(str(plugins.get("value", ""))))
+    if "EventRateLimit" in wanted and "kube-apiserver:admission-control-config-file" not in control.items:
+        problems.append(
+            Lint(
+                "kube-apiserver:enable-admission-plugins",
+                "EventRateLimit without kube-apiserver:admission-control-config-file: "
+                "kube-apiserver refuses to start without its configuration",
+            )
+        )
+    for kind, flag in (
+        ("audit_policy", "audit-policy-file"),
+        ("admission_config", "admission-control-config-file"),
+    ):
+        item = control.items.get(f"kube-apiserver:{flag}", {})
+        path = control.option(f"{kind}_file")
+        if path and "value" in item and item["value"] != path:
+            problems.append(
+                Lint(f"kube-apiserver:{flag}", f"points at {item['value']} but {kind}_file keeps {path}")
+            )
+    for kind in FILE_KINDS:
+        content = control.option(f"{kind}_content")
+        if content and not content.startswith("/") and load_content(host, content) is None:
+            problems.append(Lint("", f"{kind}_content: no built-in file named {content!r}"))
+    return problems
+
+
+def _key_check(key: str) -> Optional[str]:
+    if not _KEY.fullmatch(key):
+        return f"{key!r} is not <component>:<flag> with component one of {', '.join(COMPONENTS)}"
+    return None
+
+
+def _build(policy: ControlPolicy, host: Host) -> K3sArgsControl:
+    return K3sArgsControl(policy, host)
+
+
+_ABS = matches(r"/[^\0]*", "an absolute path")
+
+SPEC = ControlSpec(
+    name=NAME,
+    build=_build,
+    options={
+        "remediate": Field(
+            str, one_of("none", "config"), doc="config: write missing settings to config.yaml.d"
+        ),
+        "audit_policy_file": Field(str, _ABS, doc="audit policy file the apiserver reads"),
+        "audit_policy_content": Field(
+            str, non_empty, doc="built-in file name or absolute path of its content"
+        ),
+        "admission_config_file": Field(str, _ABS, doc="admission config (Pod Security, EventRateLimit)"),
+        "admission_config_content": Field(
+            str, non_empty, doc="built-in file name or absolute path of its content"
+        ),
+    },
+    item_fields={
+        "value": Field(
+            (str, int, bool), doc="the flag's value (bool spellings, durations, comma sets compared)"
+        ),
+        "contains": Field(list, list_of(str, non_empty), doc="members a comma-list flag must hold"),
+        "forbidden": Field(
+            list, list_of(str, non_empty), doc='values that must not be set ("*": the flag itself)'
+        ),
+        "ordered": Field(bool, doc="compare a comma list in order"),
+    },
+    item_key=_key_check,
+    lint=lint,
+    doc="K3s arguments: configured vs running vs policy",
+)

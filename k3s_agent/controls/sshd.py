@@ -1,0 +1,538 @@
+"""sshd: the effective configuration (`sshd -T`) held to the policy.
+
+Truth is what `sshd -T` prints, not a grep of files. Because sshd keeps the
+FIRST value it reads for most keywords, a finding names the file:line that
+decides each drifted keyword (sshd_config.py replays sshd's reading order).
+
+Remediation writes our drop-in /etc/ssh/sshd_config.d/01-k3s-agentd.conf when
+sshd_config includes that directory before it sets any keyword we manage
+(Debian 12, Ubuntu, RHEL 9 defaults). Where it does not, or where something
+read earlier (a line above the Include, an earlier-sorted drop-in such as
+00-foo.conf) would still win, we manage a marked block at the very top of
+sshd_config instead: the first lines sshd reads, so our values win without
+editing anyone else's file. Every candidate is checked with `sshd -t -f`
+before it replaces the live file; then sshd is reloaded (never restarted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fnmatch
+import grp
+import os
+import pwd
+import shlex
+import signal
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Callable, Optional
+
+from k3s_agent.controls.base import ControlSpec, Lint, Watch
+from k3s_agent.controls.sshd_config import (
+    ACCUMULATE,
+    ALGORITHM_LISTS,
+    ConfigReader,
+    Directive,
+    desired_value,
+    effective_value,
+    global_lines,
+    parse_effective,
+    render,
+    winners,
+)
+from k3s_agent.host import Host, HostError
+from k3s_agent.model import Finding, Status
+from k3s_agent.policy.model import ControlPolicy, Policy
+from k3s_agent.policy.schema import Field, matches
+
+NAME = "sshd"
+MAIN = "/etc/ssh/sshd_config"
+DROPIN = "/etc/ssh/sshd_config.d/01-k3s-agentd.conf"
+BEGIN = "# BEGIN k3s-agentd managed block"
+END = "# END k3s-agentd managed block"
+# Compiled into sshd (_PATH_PRIVSEP_CHROOT_DIR); `sshd -t` and `-T` refuse to
+# run without it. Debian's unit creates it (RuntimeDirectory=sshd) and its init
+# script's check_config does the same mkdir before `sshd -t`.
+PRIVSEP_DIR = "/run/sshd"
+HEADER = (
+    "# Managed by k3s-agentd: rewritten from its policy, local edits are reverted.\n"
+    "# Change values in /etc/k3s-agentd/policy.d/*.toml instead.\n"
+)
+
+Reload = Callable[[], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    target: str  # DROPIN or MAIN (the marked block)
+    text: str  # the target file's new content
+    reason: str
+
+
+class SshdControl:
+    name = NAME
+
+    def __init__(
+        self,
+        policy: ControlPolicy,
+        host: Host,
+        sshd: Optional[str] = None,
+        reload: Optional[Reload] = None,
+    ):
+        self.host = host
+        self.values = {key: item["value"] for key, item in policy.items.items()}
+        self.want = {key: desired_value(key, value) for key, value in self.values.items()}
+        self.sshd = sshd if sshd is not None else host.which("sshd")
+        self.reload = reload or Reloader(host)
+        self.facts: dict[str, object] = {}
+
+    # -- observe ----------------------------------------------------------------
+
+    def installed(self) -> bool:
+        return bool(self.sshd) and os.path.exists(str(self.sshd)) and os.path.lexists(self.host.path(MAIN))
+
+    def _all(self, status: Status, message: str) -> list[Finding]:
+        return [Finding(NAME, key, status, desired=w, message=message) for key, w in self.want.items()]
+
+    def check(self) -> list[Finding]:
+        if not self.installed():
+            return self._all(Status.ABSENT, "sshd is not installed" if not self.sshd else f"no {MAIN}")
+        try:
+            self.host.read_text(MAIN)
+        except HostError as exc:  # a symlink or a non-file where sshd_config should be
+            return self._all(Status.FAILED, f"{exc}; not managed")
+        proc = self._sshd(["-T", "-f", self.host.path(MAIN)])
+        if proc.returncode != 0:
+            return self._all(Status.FAILED, f"sshd -T failed: {_first_lines(proc.stderr)}")
+        effective = parse_effective(proc.stdout)
+        decided = winners(ConfigReader(self.host).read(MAIN))
+        plan = self.plan()
+        self.facts = {"target": plan.target, "why": plan.reason}
+        return [self._judge(key, want, effective, decided) for key, want in self.want.items()]
+
+    def _judge(
+        self, key: str, want: str, effective: Mapping[str, list[str]], decided: dict[str, list[Directive]]
+    ) -> Finding:
+        seen = effective_value(key, effective)
+        found = Finding(NAME, key, Status.OK, desired=want, observed=seen)
+        sources = decided.get(key.lower(), [])
+        if seen == want:
+            where = ", ".join(d.where for d in sources) or "sshd's built-in default"
+            return found.with_status(Status.OK, f"set by {where}")
+        if seen is None:
+            return found.with_status(Status.DRIFT, f"sshd -T does not know {key}")
+        return found.with_status(Status.DRIFT, self._explain(key, sources))
+
+    def _explain(self, key: str, sources: list[Directive]) -> str:
+        foreign = [d for d in sources if not self._ours(d)]
+        if not sources:
+            return "not set in any file: sshd's built-in default applies"
+        if key.lower() in ACCUMULATE:
+            if not foreign:
+                return f"{key} accumulates; ours differs from the policy"
+            named = ", ".join(f"{d.where} ({d.value})" for d in foreign)
+            return f"{key} accumulates over every file: also set by {named}"
+        first = sources[0]
+        if self._ours(first):
+            return f"our {first.where} is out of date"
+        return (
+            f"{first.where} sets {key} {first.value!r}; sshd takes the first value it reads: that file wins"
+        )
+
+    def _ours(self, directive: Directive) -> bool:
+        if directive.source == DROPIN:
+            return True
+        if directive.source != MAIN:
+            return False
+        span = block_span(self._main_text() or "")
+        return span is not None and span[0] < directive.line < span[1]
+
+    # -- plan ------------------------------------------------------------------------
+
+    def desired_lines(self) -> str:
+        return "".join(f"{key} {render(key, value)}\n" for key, value in self.values.items())
+
+    def plan(self) -> Plan:
+        main = self._main_text() or ""
+        block = _block(self.desired_lines()) + strip_block(main)
+        if block_span(main) is not None:
+            return Plan(MAIN, block, f"a managed block already exists at the top of {MAIN}")
+        dropin = HEADER + self.desired_lines()
+        reader = ConfigReader(self.host, {DROPIN: dropin})
+        directives = reader.read(MAIN)
+        if DROPIN not in reader.files or not self._main_includes_dropin(reader):
+            return Plan(MAIN, block, f"{MAIN} does not include {DROPIN} directly")
+        decided = winners(directives)
+        for key in self.values:
+            first = decided.get(key.lower(), [None])[0]
+            if key.lower() not in ACCUMULATE and first is not None and first.source != DROPIN:
+                return Plan(MAIN, block, f"{first.where} sets {key} before {DROPIN} is read")
+        return Plan(DROPIN, dropin, f"{MAIN} includes {DROPIN} before setting any managed keyword")
+
+    def _main_includes_dropin(self, reader: ConfigReader) -> bool:
+        return any(DROPIN in targets for _, targets in self._include_lines(reader))
+
+    def _include_lines(self, reader: ConfigReader) -> list[tuple[int, list[str]]]:
+        """(line number, targets) of every global Include line in sshd_config."""
+        found = []
+        for number, keyword, value in global_lines(self._main_text() or ""):
+            if keyword == "include":
+                targets = [t for p in shlex.split(value) for t in reader.include_targets(p)]
+                found.append((number, targets))
+        return found
+
+    # -- heal ------------------------------------------------------------------------
+
+    def apply(self, drift: Sequence[Finding]) -> list[Finding]:
+        if not self.installed():
+            return [f.with_status(Status.ABSENT, f"sshd is not installed or has no {MAIN}") for f in drift]
+        declined = {f.key: f for f in drift if self._only_foreign_extras(f)}
+        todo = [f for f in drift if f.key not in declined]
+        results = [
+            f.with_status(Status.DRIFT, f"{f.message}; remove it there (not our file)")
+            for f in declined.values()
+        ]
+        if not todo:
+            return results
+        plan = self.plan()
+        error = self.validate(plan)
+        if error is not None:
+            return results + [
+                f.with_status(Status.FAILED, f"sshd -t refused the candidate: {error}") for f in todo
+            ]
+        try:
+            note = self._write(plan)
+        except (OSError, HostError) as exc:
+            return results + [
+                f.with_status(Status.FAILED, f"cannot write {plan.target}: {exc}") for f in todo
+            ]
+        try:
+            reloaded = self.reload()
+        except (OSError, HostError) as exc:
+            message = f"{note}, but the reload failed: {exc}"
+            return results + [f.with_status(Status.FAILED, message) for f in todo]
+        return results + [f.with_status(Status.HEALED, f"{note}; {reloaded}") for f in todo]
+
+    def _only_foreign_extras(self, finding: Finding) -> bool:
+        """AllowUsers & co. accumulate: extra names from another file are not ours to remove."""
+        if finding.key.lower() not in ACCUMULATE or finding.observed is None:
+            return False
+        return set(str(finding.desired).split()) <= set(str(finding.observed).split())
+
+    def _write(self, plan: Plan) -> str:
+        current = self.host.read_text(plan.target)
+        if current == plan.text:
+            return f"{plan.target} already up to date ({plan.reason})"
+        mode, uid, gid = 0o600, 0, 0
+        if plan.target == MAIN:
+            st = os.stat(self.host.path(MAIN), follow_symlinks=False)
+            mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
+        backup = self.host.write_atomic(plan.target, plan.text.encode(), mode=mode, uid=uid, gid=gid)
+        kept = f", previous copy {backup}" if backup else ""
+        return f"wrote {plan.target} ({plan.reason}{kept})"
+
+    def validate(self, plan: Plan) -> Optional[str]:
+        """sshd -t over the candidate in a private temp dir; None when sshd accepts it."""
+        with tempfile.TemporaryDirectory(prefix="k3s-agentd-sshd.") as tmp:
+            candidate_main = os.path.join(tmp, "sshd_config")
+            renames = {candidate_main: MAIN}
+            if plan.target == MAIN:
+                main_text = plan.text
+            else:
+                candidate_dropin = os.path.join(tmp, os.path.basename(DROPIN))
+                _write_private(candidate_dropin, plan.text)
+                renames[candidate_dropin] = DROPIN
+                main_text = self._main_with_candidate(candidate_dropin)
+            _write_private(candidate_main, main_text)
+            proc = self._sshd(["-t", "-f", candidate_main])
+        if proc.returncode == 0:
+            return None
+        message = _first_lines(proc.stderr or proc.stdout) or f"exit status {proc.returncode}"
+        for temp, real in renames.items():
+            message = message.replace(temp, real)
+        return message
+
+    def _main_with_candidate(self, candidate_dropin: str) -> str:
+        """sshd_config with each Include that reads our drop-in spelled out, ours swapped in."""
+        reader = ConfigReader(self.host, {DROPIN: ""})
+        lines = (self._main_text() or "").splitlines()
+        for number, targets in self._include_lines(reader):
+            if DROPIN in targets:
+                paths = [candidate_dropin if t == DROPIN else self.host.path(t) for t in targets]
+                lines[number - 1] = "Include " + " ".join(f'"{p}"' for p in paths)
+        return "\n".join(lines) + "\n"
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _sshd(self, args: list[str]) -> Any:
+        with privsep_dir():
+            return self.host.run([str(self.sshd), *args], timeout=20)
+
+    def _main_text(self) -> Optional[str]:
+        try:
+            return self.host.read_text(MAIN)
+        except HostError:
+            return None
+
+    def watches(self) -> list[Watch]:
+        return [Watch("path", MAIN), Watch("path", os.path.dirname(DROPIN))]
+
+    def describe(self) -> dict[str, object]:
+        return {"sshd": self.sshd, "items": len(self.values), **self.facts}
+
+
+# -- the managed block ---------------------------------------------------------------------
+
+
+def _block(lines: str) -> str:
+    return f"{BEGIN}: edit the k3s-agentd policy, not these lines\n{lines}{END}\n"
+
+
+def block_span(text: str) -> Optional[tuple[int, int]]:
+    """(BEGIN line, END line), 1-based, of our block in sshd_config, if any."""
+    begin = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith(BEGIN):
+            begin = number
+        elif line.startswith(END) and begin is not None:
+            return begin, number
+    return None
+
+
+def strip_block(text: str) -> str:
+    span = block_span(text)
+    if span is None:
+        return text
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[: span[0] - 1] + lines[span[1] :])
+
+
+@contextlib.contextmanager
+def privsep_dir() -> Iterator[None]:
+    """/run/sshd for the length of one sshd -t/-T call, removed again if we made it.
+
+    sshd refuses -t/-T without it; the ssh unit creates it when sshd starts, so
+    a node where it is missing runs no sshd, and a read-only check must leave
+    the host as it found it.
+    """
+    created = False
+    if os.geteuid() == 0:
+        try:
+            os.mkdir(PRIVSEP_DIR, 0o755)
+            created = True
+        except FileExistsError:
+            pass
+    try:
+        yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(PRIVSEP_DIR)
+
+
+def _write_private(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _first_lines(text: str, count: int = 3) -> str:
+    return " | ".join(line.strip() for line in (text or "").strip().splitlines()[:count])
+
+
+# -- reload ----------------------------------------------------------------------------------
+
+
+class Reloader:
+    """Reload (never restart) sshd so live sessions survive.
+
+    systemd: `systemctl reload ssh` (Debian/Ubuntu name the unit ssh.service)
+    or `sshd` (RHEL, Fedora, SUSE, Arch); ExecReload runs `sshd -t` and sends
+    SIGHUP. Without systemd: SIGHUP to the pid in sshd's PidFile, after
+    checking that the process really is sshd. sshd not running: nothing to do,
+    it reads the new config when it starts.
+    """
+
+    UNITS = ("ssh.service", "sshd.service")
+
+    def __init__(
+        self,
+        host: Host,
+        systemctl: Optional[str] = None,
+        booted: Optional[bool] = None,
+        pidfile: str = "/run/sshd.pid",
+    ):
+        self.host = host
+        self.systemctl = systemctl if systemctl is not None else host.which("systemctl")
+        # sd_booted(3): systemd is PID 1 when this directory exists.
+        self.booted = os.path.isdir("/run/systemd/system") if booted is None else booted
+        self.pidfile = pidfile
+
+    def __call__(self) -> str:
+        if self.booted and self.systemctl:
+            return self._systemd()
+        return self._sighup()
+
+    def unit(self) -> Optional[str]:
+        for unit in self.UNITS:
+            proc = self.host.run([str(self.systemctl), "show", "-p", "LoadState", "--value", unit])
+            if proc.stdout.strip() == "loaded":
+                return unit
+        return None
+
+    def _systemd(self) -> str:
+        unit = self.unit()
+        if unit is None:
+            return "no ssh/sshd unit loaded: nothing to reload"
+        if self.host.run([str(self.systemctl), "is-active", "--quiet", unit]).returncode != 0:
+            return f"{unit} is not running: it reads the new config when it starts"
+        proc = self.host.run([str(self.systemctl), "reload", unit], timeout=60)
+        if proc.returncode != 0:
+            raise HostError(f"systemctl reload {unit}: {_first_lines(proc.stderr)}")
+        return f"reloaded {unit}"
+
+    def _sighup(self) -> str:
+        try:
+            pid = int((self.host.read_text(self.pidfile) or "").strip() or 0)
+        except (HostError, ValueError):
+            pid = 0
+        if pid <= 1:
+            return "sshd is not running (no pid file): it reads the new config when it starts"
+        try:
+            with open(f"/proc/{pid}/comm") as handle:
+                comm = handle.read().strip()
+        except OSError:
+            return f"sshd is not running (stale {self.pidfile})"
+        if comm != "sshd":
+            raise HostError(f"{self.pidfile} names pid {pid}, which is {comm!r}, not sshd; not signalled")
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return "sshd exited before the reload"
+            raise
+        return f"sent SIGHUP to sshd (pid {pid})"
+
+
+# -- policy -----------------------------------------------------------------------------------
+
+
+def _value_check(value: Any) -> Optional[str]:
+    values = value if isinstance(value, list) else [value]
+    for part in values:
+        text = str(part)
+        if not text.strip():
+            return "must not be empty"
+        if any(ch in text for ch in "\n\r\0#"):
+            return f"{text!r}: newlines, NUL and # cannot appear in an sshd value"
+    return None
+
+
+_KEYWORD = matches(r"[A-Za-z][A-Za-z0-9]*", "an sshd_config keyword like PermitRootLogin")
+
+
+def _key_check(key: str) -> Optional[str]:
+    if key.lower() in ("match", "include"):
+        return f"{key} is structure, not a setting: not manageable here"
+    return _KEYWORD(key)
+
+
+def _settings(control: ControlPolicy) -> dict[str, str]:
+    return {key.lower(): desired_value(key, item["value"]) for key, item in control.items.items()}
+
+
+def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
+    settings = _settings(control)
+    problems = [
+        Lint("", f"items.{key}: list modifiers (+ - ^) cannot be verified: give the full list")
+        for key, item in control.items.items()
+        if key.lower() in ALGORITHM_LISTS and render(key, item["value"])[:1] in "+-^"
+    ]
+    seen: dict[str, str] = {}
+    for key in control.items:
+        if key.lower() in seen:
+            problems.append(Lint("", f"items.{key} and items.{seen[key.lower()]} are the same keyword"))
+        seen.setdefault(key.lower(), key)
+    if control.option("allow_lockout", False):
+        return problems
+    return problems + [
+        Lint("", f"{reason} (set allow_lockout = true to accept)") for reason in lockouts(settings, host)
+    ]
+
+
+def lockouts(settings: Mapping[str, str], host: Host) -> list[str]:
+    """Ways the settings would leave no way in (sshd defaults where a key is unset)."""
+    pubkey = settings.get("pubkeyauthentication", "yes") != "no"
+    password = settings.get("passwordauthentication", "yes") != "no"
+    keyboard = settings.get("kbdinteractiveauthentication") == "yes"
+    found = []
+    if not (pubkey or password or keyboard):
+        found.append(
+            "PubkeyAuthentication no with PasswordAuthentication no (and no KbdInteractiveAuthentication"
+            " yes) leaves no way to log in"
+        )
+    if "allowusers" in settings or "allowgroups" in settings:
+        need_key = not (password or keyboard)
+        if not any(_can_log_in(user, settings, host, need_key) for user in pwd.getpwall()):
+            what = "an authorized key" if need_key else "a usable account"
+            users, groups = settings.get("allowusers", "-"), settings.get("allowgroups", "-")
+            found.append(
+                f"AllowUsers/AllowGroups admit no existing account with {what} "
+                f"(AllowUsers {users}, AllowGroups {groups})"
+            )
+    return found
+
+
+def _can_log_in(user: pwd.struct_passwd, settings: Mapping[str, str], host: Host, need_key: bool) -> bool:
+    if user.pw_uid == 0 and settings.get("permitrootlogin") in ("no", "forced-commands-only"):
+        return False
+    allowed = settings.get("allowusers")
+    if allowed is not None and not any(_user_matches(user.pw_name, p) for p in allowed.split()):
+        return False
+    groups = settings.get("allowgroups")
+    if groups is not None and not (set(groups.split()) & _groups_of(user)):
+        return False
+    return not need_key or _has_authorized_key(user, settings, host)
+
+
+def _user_matches(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern.split("@", 1)[0])
+
+
+def _groups_of(user: pwd.struct_passwd) -> set[str]:
+    names = {g.gr_name for g in grp.getgrall() if user.pw_name in g.gr_mem}
+    with contextlib.suppress(KeyError):
+        names.add(grp.getgrgid(user.pw_gid).gr_name)
+    return names
+
+
+def _has_authorized_key(user: pwd.struct_passwd, settings: Mapping[str, str], host: Host) -> bool:
+    files = settings.get("authorizedkeysfile", ".ssh/authorized_keys .ssh/authorized_keys2").split()
+    for spec in files:
+        path = spec.replace("%h", user.pw_dir).replace("%u", user.pw_name).replace("%%", "%")
+        if not path.startswith("/"):
+            path = os.path.join(user.pw_dir, path)
+        try:
+            text = host.read_text(path) or ""
+        except (HostError, OSError):
+            continue
+        if any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+            return True
+    return False
+
+
+SPEC = ControlSpec(
+    name=NAME,
+    build=SshdControl,
+    options={
+        "allow_lockout": Field(bool, doc="accept settings that would leave no way to log in"),
+    },
+    item_fields={
+        "value": Field((str, int, bool, list), _value_check, required=True, doc="the keyword's value"),
+    },
+    item_key=_key_check,
+    lint=lint,
+    doc="the effective sshd configuration (sshd -T), healed by a validated drop-in",
+)

@@ -1,0 +1,208 @@
+"""Component arguments: how K3s builds them, how they are logged, how to compare them.
+
+K3s passes `--kube-apiserver-arg=name=value` (and the -controller-manager,
+-scheduler, kubelet, kube-proxy variants) to the component through GetArgs
+(k3s-io/k3s pkg/daemons/config/types.go): K3s's own defaults, then each extra
+arg in order: "name=value" drops the default and adds value, "name+=value"
+keeps the default and appends, "name-=value" prepends; the result is sorted by
+name, a name given more than once is repeated as separate flags. The
+component's flag parser (pflag) then keeps the last value of a single-valued
+flag and concatenates repeated list flags.
+
+At start K3s logs `Running <component> <args joined by one space>` (logrus
+Infof with config.ArgString); under systemd the logrus text format wraps it as
+msg="..." with Go string escaping.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
+
+SERVER_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+AGENT_COMPONENTS = ("kubelet", "kube-proxy")
+COMPONENTS = (*SERVER_COMPONENTS, *AGENT_COMPONENTS)
+K3S = "k3s"
+# The K3s flag that carries extra args for each component.
+EXTRA_ARG_FLAG = {
+    "kube-apiserver": "kube-apiserver-arg",
+    "kube-controller-manager": "kube-controller-manager-arg",
+    "kube-scheduler": "kube-scheduler-arg",
+    "kubelet": "kubelet-arg",
+    "kube-proxy": "kube-proxy-arg",
+}
+
+# The defaults K3s sets that matter to a hardening policy (pkg/daemons/control/server.go
+# apiServer/controllerManager/scheduler, pkg/daemons/agent/agent_linux.go kubeletArgs).
+# Only these are modelled: an arg K3s leaves to the component's own default is absent.
+DEFAULTS: dict[str, dict[str, str]] = {
+    "kube-apiserver": {
+        "anonymous-auth": "false",
+        "authorization-mode": "Node,RBAC",
+        "profiling": "false",
+        "enable-admission-plugins": "NodeRestriction",
+        "bind-address": "127.0.0.1",
+        "secure-port": "6444",
+        "allow-privileged": "true",
+    },
+    "kube-controller-manager": {"profiling": "false", "bind-address": "127.0.0.1", "secure-port": "10257"},
+    "kube-scheduler": {"profiling": "false", "bind-address": "127.0.0.1", "secure-port": "10259"},
+    "kubelet": {
+        "anonymous-auth": "false",
+        "authorization-mode": "Webhook",
+        "authentication-token-webhook": "true",
+        "read-only-port": "0",
+        "make-iptables-util-chains": "true",
+    },
+    "kube-proxy": {"healthz-bind-address": "127.0.0.1"},
+}
+ENCRYPTION_CONFIG = "/var/lib/rancher/k3s/server/cred/encryption-config.json"
+
+Args = dict[str, list[str]]  # flag name -> every value, in order
+
+
+def get_args(defaults: Mapping[str, str], extra: Iterable[str]) -> list[str]:
+    """K3s GetArgs: defaults + extra "name[+-]=value" -> sorted "--name=value" list."""
+    initial = dict(defaults)
+    multi: dict[str, list[str]] = {}
+    for raw in extra:
+        body = raw[2:] if raw.startswith("--") else raw
+        name, sep, value = body.partition("=")
+        value = value if sep else "true"
+        clean = name.rstrip("+-")
+        before = [initial[clean]] if clean in initial else []
+        existing = multi.get(clean, [])
+        if name.endswith("+"):
+            new = [*before, *existing, value]
+        elif name.endswith("-"):
+            new = [value, *before, *existing]
+        else:
+            new = [*existing, value]
+        initial.pop(clean, None)
+        multi[clean] = new
+    for name, value in initial.items():
+        multi[name] = [value]
+    return [f"--{name}={value}" for name in sorted(multi) for value in multi[name]]
+
+
+def to_args(flags: Iterable[str]) -> Args:
+    out: Args = {}
+    for flag in flags:
+        body = flag.lstrip("-")
+        name, sep, value = body.partition("=")
+        out.setdefault(name, []).append(value if sep else "true")
+    return out
+
+
+def configured_component_args(component: str, k3s_flags: Mapping[str, Sequence[str]]) -> Args:
+    defaults = dict(DEFAULTS.get(component, {}))
+    if component == "kube-apiserver" and _is_true(_last(k3s_flags, "secrets-encryption")):
+        data_dir = _last(k3s_flags, "data-dir") or "/var/lib/rancher/k3s"
+        defaults["encryption-provider-config"] = f"{data_dir}/server/cred/encryption-config.json"
+        defaults["encryption-provider-config-automatic-reload"] = "true"
+    if component == "kubelet" and _is_true(_last(k3s_flags, "protect-kernel-defaults")):
+        defaults["protect-kernel-defaults"] = "true"
+    return to_args(get_args(defaults, k3s_flags.get(EXTRA_ARG_FLAG[component], ())))
+
+
+def _last(flags: Mapping[str, Sequence[str]], name: str) -> Optional[str]:
+    values = flags.get(name)
+    return values[-1] if values else None
+
+
+# -- the log line --------------------------------------------------------------------------
+
+_RUNNING = re.compile(
+    r"Running (kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy) (.*)$"
+)
+_LOGRUS_MSG = re.compile(r'(?:^|\s)msg=("(?:[^"\\]|\\.)*")')
+
+
+def parse_running_line(message: str) -> Optional[tuple[str, Args]]:
+    """(component, args) from a `Running <component> --a=b ...` journal message."""
+    text = message
+    match = _LOGRUS_MSG.search(message)
+    if match:
+        try:
+            text = json.loads(match.group(1))  # Go %q escapes are JSON-compatible for this text
+        except ValueError:
+            text = match.group(1)[1:-1]
+    found = _RUNNING.search(text)
+    if not found:
+        return None
+    return found.group(1), split_logged_args(found.group(2))
+
+
+def split_logged_args(text: str) -> Args:
+    """ArgString joins with single spaces and no quoting: a value may hold spaces, so
+    split only where a new "--flag" starts."""
+    flags = [part for part in re.split(r"(?:^| )(?=--[A-Za-z0-9])", text.strip()) if part]
+    return to_args(flags)
+
+
+# -- semantic comparison ------------------------------------------------------------------
+
+_GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def go_bool(value: str) -> Optional[bool]:
+    """strconv.ParseBool, which urfave/cli and pflag use for boolean flags."""
+    if value in _GO_TRUE:
+        return True
+    if value in _GO_FALSE:
+        return False
+    return None
+
+
+def _is_true(value: Optional[str]) -> bool:
+    return value is not None and go_bool(value) is True
+
+
+def go_duration(value: str) -> Optional[float]:
+    """time.ParseDuration in seconds ("5m" == "5m0s" == "300s"), None if not a duration."""
+    if value in ("0",):
+        return 0.0
+    if not _DURATION.match(value):
+        return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+
+
+def split_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def normalize_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def same_value(want: Any, seen: str, ordered: bool = False) -> bool:
+    """want == seen the way the component reads them: bool spellings, durations,
+    comma lists as sets unless order matters."""
+    want_text = normalize_scalar(want)
+    if want_text == seen:
+        return True
+    want_bool, seen_bool = go_bool(want_text), go_bool(seen)
+    if want_bool is not None and seen_bool is not None:
+        return want_bool == seen_bool
+    want_dur, seen_dur = go_duration(want_text), go_duration(seen)
+    if want_dur is not None and seen_dur is not None:
+        return abs(want_dur - seen_dur) < 1e-9
+    if "," in want_text or "," in seen:
+        want_list, seen_list = split_list(want_text), split_list(seen)
+        if ordered:
+            return want_list == seen_list
+        return set(want_list) == set(seen_list)
+    return False
+
+
+def list_members(values: Sequence[str]) -> set[str]:
+    """Every member of a list flag given (possibly) more than once."""
+    return {member for value in values for member in split_list(value)}

@@ -1,0 +1,147 @@
+"""Find K3s on this node: its unit, its main process, its role and its start.
+
+K3s runs as k3s.service (`k3s server`) or k3s-agent.service (`k3s agent`),
+units written by the install script to /etc/systemd/system (docs.k3s.io,
+installation). /usr/local/bin/k3s re-execs <data-dir>/data/<hash>/bin/k3s-server
+(or k3s-agent) in the same PID and then overwrites its argv (gspt.SetProcTitle
+in cmd/k3s/main.go), so the process has comm "k3s-server" and a cmdline of
+"/usr/local/bin/k3s server", possibly NUL-padded: compare whitespace-split
+words, never the raw cmdline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import psutil
+
+from k3s_agent.host import Host, HostError
+from k3s_agent.k3s.unit import UnitFile, load_unit
+
+UNITS = {"server": "k3s.service", "agent": "k3s-agent.service"}
+COMMS = {"k3s-server": "server", "k3s-agent": "agent"}
+BINARY = "/usr/local/bin/k3s"
+SHOW_PROPERTIES = ("LoadState", "ActiveState", "SubState", "MainPID", "InvocationID", "FragmentPath")
+
+
+@dataclasses.dataclass(frozen=True)
+class K3sProcess:
+    pid: int
+    comm: str
+    cmdline: tuple[str, ...]
+    started_at: float  # epoch seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class K3sService:
+    role: Optional[str]  # server / agent / None (not installed)
+    unit_name: Optional[str]
+    unit: Optional[UnitFile]
+    state: dict[str, str]  # systemctl show properties ({} when systemd is not running)
+    process: Optional[K3sProcess]
+    binary: Optional[str]
+
+    @property
+    def installed(self) -> bool:
+        return self.unit is not None or self.binary is not None or self.process is not None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None
+
+    @property
+    def invocation_id(self) -> Optional[str]:
+        return self.state.get("InvocationID") or None
+
+    @property
+    def started_at(self) -> Optional[float]:
+        return self.process.started_at if self.process else None
+
+    @property
+    def under_unit(self) -> Optional[bool]:
+        """Is the running process the unit's main PID? None when systemd cannot say."""
+        if not self.process or not self.state:
+            return None
+        return self.state.get("MainPID") == str(self.process.pid)
+
+
+ShowFn = Callable[[Host, str], dict[str, str]]
+ScanFn = Callable[[], list[K3sProcess]]
+
+
+def systemctl_show(host: Host, unit: str) -> dict[str, str]:
+    """`systemctl show` of the unit, {} when systemd is not the running init here."""
+    if host.root != "/" or not os.path.isdir("/run/systemd/system"):
+        return {}
+    try:
+        done = host.run(["systemctl", "show", unit, "--property=" + ",".join(SHOW_PROPERTIES)], timeout=10)
+    except HostError:
+        return {}
+    if done.returncode != 0:
+        return {}
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def scan_processes() -> list[K3sProcess]:
+    found = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        if proc.info.get("name") not in COMMS:
+            continue
+        try:
+            found.append(_describe(proc))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _describe(proc: psutil.Process) -> K3sProcess:
+    with open(f"/proc/{proc.pid}/cmdline", "rb") as handle:
+        raw = handle.read()
+    words = tuple(raw.replace(b"\0", b" ").decode("utf-8", errors="replace").split())
+    return K3sProcess(proc.pid, proc.name(), words, proc.create_time())
+
+
+def process_by_pid(pid: int) -> Optional[K3sProcess]:
+    try:
+        return _describe(psutil.Process(pid))
+    except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def discover(host: Host, show: ShowFn = systemctl_show, scan: ScanFn = scan_processes) -> K3sService:
+    units = {role: load_unit(host, name) for role, name in UNITS.items()}
+    states = {role: show(host, UNITS[role]) for role, unit in units.items() if unit is not None}
+    # Prefer the unit whose main process is alive, then a server unit over an agent one.
+    process: Optional[K3sProcess] = None
+    role: Optional[str] = None
+    for candidate in ("server", "agent"):
+        pid = states.get(candidate, {}).get("MainPID", "0")
+        if pid.isdigit() and int(pid) > 0:
+            process = process_by_pid(int(pid))
+            if process and process.comm in COMMS:
+                role = candidate
+                break
+            process = None
+    if process is None:
+        for found in scan():
+            if len(found.cmdline) >= 2 and found.cmdline[1] in ("server", "agent"):
+                process, role = found, COMMS[found.comm]
+                break
+    if role is None:
+        role = next((r for r in ("server", "agent") if units[r] is not None), None)
+    unit = units.get(role) if role else None
+    unit_role = unit.role if unit else None
+    return K3sService(
+        role=unit_role if (unit_role and not process) else role,
+        unit_name=UNITS[role] if role else None,
+        unit=unit,
+        state=states.get(role, {}) if role else {},
+        process=process,
+        binary=BINARY if _exists(host, BINARY) else None,
+    )
+
+
+def _exists(host: Host, path: str) -> bool:
+    return os.path.lexists(host.path(path))

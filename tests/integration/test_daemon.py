@@ -1,0 +1,174 @@
+"""k3s-agentd as a real process in its own network namespace, against a temporary root."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from netns import netns_argv
+
+pytestmark = pytest.mark.root
+
+INTERVAL = 2
+KEY = "net.ipv4.conf.all.send_redirects"
+GOOD_POLICY = f"""
+extends = "none"
+interval = {INTERVAL}
+[contest]
+threshold = 10
+[controls.sysctl.items."{KEY}"]
+value = 0
+[controls.sysctl.items."net.ipv4.conf.all.accept_redirects"]
+value = 0
+"""
+
+
+def ctl(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "k3s_agent.cli", *args[:1], "--root", str(root), *args[1:]]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def status(root: Path) -> dict[str, Any]:
+    proc = ctl(root, "status", "--json")
+    return json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def in_daemon_netns(pid: int, *argv: str) -> str:
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", *argv], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(0.2)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def daemon(root: Path, tmp_path: Path, notify_socket: socket.socket) -> Iterator[subprocess.Popen[bytes]]:
+    policy = root / "etc/k3s-agentd/policy.toml"
+    policy.write_text(GOOD_POLICY)
+    env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM")}
+    env.update(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000")
+    argv = [sys.executable, "-m", "k3s_agent.daemon", "--root", str(root)]
+    log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(netns_argv(argv), env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for("the first cycle", lambda: status(root).get("cycle"), 20)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def notifications(sock: socket.socket) -> list[str]:
+    seen = []
+    while True:
+        try:
+            seen.append(sock.recv(4096).decode())
+        except (socket.timeout, BlockingIOError):
+            return seen
+
+
+def test_daemon_heals_reloads_and_stops(
+    root: Path, daemon: subprocess.Popen[bytes], notify_socket: socket.socket
+) -> None:
+    pid = daemon.pid
+    sent = "\n".join(notifications(notify_socket))
+    assert "READY=1" in sent
+    time.sleep(1.2)
+    sent += "\n".join(notifications(notify_socket))
+    assert "WATCHDOG=1" in sent and "STATUS=" in sent
+
+    # drift injected from outside is healed within one interval
+    in_daemon_netns(pid, "sysctl", "-qw", f"{KEY}=1")
+    injected = time.monotonic()
+    wait_for("the heal", lambda: in_daemon_netns(pid, "sysctl", "-n", KEY) == "0", INTERVAL + 3)
+    assert time.monotonic() - injected <= INTERVAL + 3
+    doc = wait_for("heal counted", lambda: (d := status(root)).get("daemon", {}).get("heals_total") and d, 10)
+    assert doc["schema"] == "k3s-agentd/node-compliance"
+    assert doc["daemon"]["heals_total"] >= 3  # first cycle: two keys + the persisted file
+    metrics = (root / "run/k3s-agentd/metrics.prom").read_text()
+    assert "k3s_agentd_heals_total" in metrics
+    assert f'k3s_agentd_item_compliant{{control="sysctl",item="{KEY}"' in metrics
+
+    # a broken policy on SIGHUP is refused, the old one stays in force
+    (root / "etc/k3s-agentd/policy.toml").write_text("bogus_key = 1\n" + GOOD_POLICY)
+    os.kill(pid, signal.SIGHUP)
+    doc = wait_for("the refusal", lambda: (d := status(root)).get("daemon", {}).get("policy_error") and d, 10)
+    assert "policy.toml: bogus_key: unknown key" in doc["daemon"]["policy_error"]
+    in_daemon_netns(pid, "sysctl", "-qw", f"{KEY}=1")
+    wait_for(
+        "the heal under the old policy",
+        lambda: in_daemon_netns(pid, "sysctl", "-n", KEY) == "0",
+        INTERVAL + 3,
+    )
+
+    # SIGTERM: clean exit, socket gone, status falls back to the last file with exit 3
+    os.kill(pid, signal.SIGTERM)
+    assert daemon.wait(timeout=15) == 0
+    assert not (root / "run/k3s-agentd/agentd.sock").exists()
+    offline = ctl(root, "status")
+    assert offline.returncode == 3
+    assert "k3s-agentd is NOT running; last status from" in offline.stdout
+
+
+def test_status_socket_is_root_only(root: Path, daemon: subprocess.Popen[bytes]) -> None:
+    sock_path = root / "run/k3s-agentd/agentd.sock"
+    assert oct(sock_path.stat().st_mode & 0o777) == "0o600"
+    assert oct((root / "run/k3s-agentd").stat().st_mode & 0o777) == "0o700"
+    probe = (
+        "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+        "print(s.recv(100).decode())  # the refusal comes before any request"
+    )
+    for parent in [*root.parents][:3]:  # pytest's tmp dirs are 0700: let uid 65534 reach the socket
+        os.chmod(parent, parent.stat().st_mode | 0o011)
+    os.chmod(root, 0o755)
+    os.chmod(root / "run", 0o755)
+    os.chmod(root / "run/k3s-agentd", 0o755)
+    os.chmod(sock_path, 0o666)  # even if someone loosens the modes, SO_PEERCRED refuses
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            probe,
+            str(sock_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert "permission denied: root only" in proc.stdout, proc.stderr
+
+
+def test_no_status_at_all_is_exit_3(root: Path) -> None:
+    proc = ctl(root, "status")
+    assert proc.returncode == 3
+    assert "not running and has recorded no status" in proc.stdout
