@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install k3s-agentd from a local package and enable it in enforce mode.
-#   agent.sh ROLE CLUSTER_CIDR [PACKAGE]
+#   agent.sh ROLE CLUSTER_CIDR [PACKAGE] [install-only]
 # ROLE is server or agent (picks the built-in profile); CLUSTER_CIDR is the
 # private network the nodes talk K3s over (the firewall opens 6443/10250 to it
 # only). Runs as root inside the VM (Vagrant shell provisioner), on Debian,
 # Ubuntu or Rocky; offline when the package's dependencies are already there.
+# install-only (the CI run): the package as it installs, not started, so the
+# e2e scenario finds the node in its post-install state and drives the rest.
 set -euo pipefail
-role=$1 cidr=$2 pkg=${3:-}
+role=$1 cidr=$2 pkg=${3:-} what=${4:-enforce}
 
 case "$role" in
   server) profile=k3s-cis-server ;;
@@ -36,6 +38,7 @@ if [ -n "$pkg" ]; then
   install_pkg "$pkg"
 fi
 command -v k3s-agentd >/dev/null || { echo "k3s-agentd is not installed" >&2; exit 1; }
+[ "$what" = install-only ] && exit 0
 
 # The node's policy: the role's built-in profile, enforce mode, and the
 # private network named as the cluster network (root-owned, 0644: the daemon
@@ -49,12 +52,14 @@ extends = "$profile"
 mode = "enforce"
 POLICY
 cat >/etc/k3s-agentd/policy.d/50-cluster-network.toml.new <<POLICY
-# The nodes' private network (Vagrant private_network): K3s traffic
-# (6443, 10250, flannel) is allowed from here and from nowhere else.
+# The nodes' private network (Vagrant private_network) is the cluster
+# network: @nodes in the firewall profile, so K3s traffic (6443, 10250,
+# flannel) is allowed from here and from nowhere else (the default would be
+# every subnet this node is on, the NAT/management network included).
 version = 1
 
 [controls.firewall]
-cluster_networks = ["$cidr"]
+node_cidrs = ["$cidr"]
 POLICY
 chown root:root /etc/k3s-agentd/*.new /etc/k3s-agentd/policy.d/*.new
 mv -f /etc/k3s-agentd/policy.toml.new /etc/k3s-agentd/policy.toml

@@ -1,0 +1,210 @@
+"""Two K3s nodes in real VMs (Vagrant + libvirt, offline): the shared e2e
+scenario on each, then what only two machines can show: the server's K3s
+ports reachable from the agent over the cluster network, closed to an
+address outside it, and SSH into both nodes working after every heal.
+
+The tests run in file order and share one cluster (conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.node import wait_until
+from tests.e2e.scenario import run_scenario
+from tests.vagrant.conftest import ADDRESSES, CLUSTER_CIDR, Cluster
+from tests.vagrant.vagrant_node import VagrantNode, host_tcp_open
+
+pytestmark = [pytest.mark.vagrant, pytest.mark.root]
+
+UNIT = "k3s-agentd.service"
+K3S_PORTS = {"server": (6443, 10250), "agent": (10250,)}
+# A cycle interval short enough that the heal checks below stay quick.
+INTERVAL = 5
+
+
+def _log(line: str) -> None:
+    sys.stderr.write(f"  {line}\n")
+
+
+def test_offline_nodes(cluster: Cluster) -> None:
+    """Both nodes up, on the cluster network, with no way off this machine."""
+    for name, node in cluster.nodes.items():
+        addrs = node.run(["ip", "-4", "-o", "addr", "show"]).stdout
+        assert f"{ADDRESSES[name]}/24" in addrs, addrs
+        routes = node.run(["ip", "route", "show", "default"]).stdout
+        assert routes.strip() == "", f"{name} has a default route: {routes}"
+        assert node.run(["cat", "/etc/resolv.conf"]).stdout.strip() == "", "a resolver in the guest"
+        assert node.run(["dpkg-query", "-W", "-f=${Status}", "k3s-hardening-agent"]).stdout == (
+            "install ok installed"
+        )
+    # The two nodes reach each other on the cluster network, and before any
+    # enforcement the K3s ports are open to everyone (so a closed port later
+    # is the firewall's doing, not a missing listener).
+    assert cluster.nodes["agent"].tcp_open(ADDRESSES["server"], 22)
+    for name, ports in K3S_PORTS.items():
+        for port in ports:
+            assert host_tcp_open(cluster.mgmt[name], port), f"nothing answers on {name}:{port}"
+
+
+@pytest.fixture(scope="module")
+def scenario_results(cluster: Cluster) -> dict[str, dict[str, str]]:
+    """The scenario on both nodes at once (each VM has its own vCPU)."""
+    results: dict[str, dict[str, str]] = {}
+    errors: dict[str, BaseException] = {}
+
+    def one(name: str, node: VagrantNode) -> None:
+        try:
+            results[name] = run_scenario(node, log=lambda line: _log(f"[{name}] {line}"))
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors[name] = exc
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=one, args=item) for item in cluster.nodes.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cluster.timings["scenario (both nodes)"] = time.monotonic() - started
+    for name, exc in errors.items():
+        results[name] = {"scenario": f"FAIL: {exc!r}"}
+    return results
+
+
+@pytest.mark.parametrize("name", ["server", "agent"])
+def test_scenario(name: str, cluster: Cluster, scenario_results: dict[str, dict[str, str]]) -> None:
+    """The same scenario as the nspawn suite (tests/e2e/scenario.py), in a real VM."""
+    results = scenario_results[name]
+    failed = {step: why for step, why in results.items() if why.startswith("FAIL")}
+    skipped = {step: why for step, why in results.items() if why.startswith("SKIPPED")}
+    for step, why in skipped.items():
+        _log(f"[{name}] {step}: {why}")
+    assert not failed, json.dumps(failed, indent=1)
+    assert "PASS" in results.values()
+    # Every heal in the scenario ran over fresh SSH connections; and now both
+    # nodes still take a new SSH session.
+    for node in cluster.nodes.values():
+        assert node.ssh_works(), f"ssh into {node.name} fails after {name}'s scenario"
+
+
+CLUSTER_POLICY = """# vagrant test: the role's profile, enforce, short interval
+version = 1
+extends = "{profile}"
+mode = "enforce"
+interval = {interval}
+"""
+CLUSTER_NETWORK = f"""# vagrant test: the private network is the cluster network (@nodes)
+version = 1
+
+[controls.firewall]
+node_cidrs = ["{CLUSTER_CIDR}"]
+"""
+
+
+def _status(node: VagrantNode) -> dict[str, Any]:
+    done = node.run(["k3s-agentctl", "status", "--json"], check=False)
+    return json.loads(done.stdout) if done.stdout.strip() else {}
+
+
+def _firewall(doc: dict[str, Any]) -> dict[str, Any] | None:
+    for entry in doc.get("controls", []):
+        if entry["name"] == "firewall":
+            return entry
+    return None
+
+
+def _firewall_settled(node: VagrantNode) -> bool:
+    entry = _firewall(_status(node))
+    return bool(
+        entry and entry["findings"] and all(f["status"] in ("ok", "healed") for f in entry["findings"])
+    )
+
+
+def _registry(node: VagrantNode) -> list[str]:
+    out = node.run(
+        [
+            "python3",
+            "-c",
+            "import json; from k3s_agent.controls import specs; print(json.dumps(sorted(specs())))",
+        ]
+    ).stdout
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def enforced(cluster: Cluster) -> Cluster:
+    """Both nodes in enforce mode with the cluster network named, as the users' Vagrantfile does."""
+    if "firewall" not in _registry(cluster.nodes["server"]):
+        pytest.skip("the firewall control is not in this build: no cluster-network checks to make")
+    for name, node in cluster.nodes.items():
+        profile = "k3s-cis-server" if name == "server" else "k3s-cis-agent"
+        # The scenario's package step may have left the package purged and reinstalled.
+        node.copy_in(
+            CLUSTER_POLICY.format(profile=profile, interval=INTERVAL).encode(), "/etc/k3s-agentd/policy.toml"
+        )
+        node.copy_in(CLUSTER_NETWORK.encode(), "/etc/k3s-agentd/policy.d/50-cluster-network.toml")
+        node.run(["rm", "-f", "/etc/systemd/system/k3s-agentd.service.d/50-e2e.conf"])
+        node.run(["systemctl", "daemon-reload"])
+        assert node.run(["k3s-agentctl", "validate"], check=False).returncode == 0
+        node.run(["systemctl", "enable", "--now", UNIT])
+        node.run(["systemctl", "restart", UNIT], timeout=120)
+    for node in cluster.nodes.values():
+        wait_until(lambda n=node: _firewall_settled(n), 120, f"{node.name}'s firewall enforced")
+    return cluster
+
+
+def _check_cluster_ports(cluster: Cluster, when: str) -> None:
+    server, agent = cluster.nodes["server"], cluster.nodes["agent"]
+    for port in K3S_PORTS["server"]:
+        assert agent.tcp_open(ADDRESSES["server"], port), f"{when}: agent cannot reach server:{port}"
+    assert server.tcp_open(ADDRESSES["agent"], 10250), f"{when}: server cannot reach agent:10250"
+    # This machine reaches the nodes from 192.168.121.1 on the management
+    # network: outside the cluster network, so K3s's ports must be closed to it.
+    for name, ports in K3S_PORTS.items():
+        for port in ports:
+            assert not host_tcp_open(
+                cluster.mgmt[name], port
+            ), f"{when}: {name}:{port} open outside the cluster"
+    for node in cluster.nodes.values():
+        assert node.ssh_works(), f"{when}: ssh into {node.name} fails"
+
+
+def test_k3s_ports_cluster_only(enforced: Cluster) -> None:
+    """6443/10250 open to the cluster network, closed to an outside address; SSH open."""
+    _check_cluster_ports(enforced, "enforced")
+
+
+def _drop_our_rules(node: VagrantNode) -> str:
+    """Drift: remove the agent's firewall (table or chains), whichever backend it chose."""
+    if node.run(["nft", "list", "table", "inet", "k3s_agentd"], check=False).returncode == 0:
+        node.run(["nft", "delete", "table", "inet", "k3s_agentd"])
+        return "nft table inet k3s_agentd deleted"
+    rules = node.run(["iptables", "-S", "INPUT"]).stdout
+    jumps = [line for line in rules.splitlines() if "-j K3S-AGENTD" in line]
+    assert jumps, f"no k3s-agentd firewall on {node.name}:\n{rules}"
+    for line in jumps:
+        node.run(["iptables", *line.replace("-A ", "-D ", 1).split()])
+    return "iptables jumps to K3S-AGENTD removed"
+
+
+@pytest.mark.parametrize("name", ["server", "agent"])
+def test_heal_firewall_keeps_cluster_and_ssh(enforced: Cluster, name: str) -> None:
+    """Drop a node's firewall; after the heal the outside address is shut out of
+    6443/10250 again, the cluster network still reaches them, SSH into both works."""
+    node = enforced.nodes[name]
+    what = _drop_our_rules(node)
+    _log(f"[{name}] {what}")
+    port = K3S_PORTS[name][0]
+    started = time.monotonic()
+    wait_until(
+        lambda: not host_tcp_open(enforced.mgmt[name], port, timeout=2), 90, f"{name}'s firewall healed"
+    )
+    wait_until(lambda: _firewall_settled(node), 60, f"{name}'s firewall findings ok/healed")
+    _log(f"[{name}] firewall healed in {time.monotonic() - started:.1f}s")
+    _check_cluster_ports(enforced, f"after healing {name}")
