@@ -14,10 +14,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.vagrant.vagrant_node import VagrantNode, wait_ssh
+if TYPE_CHECKING:
+    from tests.vagrant.vagrant_node import VagrantNode
 
 REPO = Path(__file__).resolve().parents[2]
 CI_DIR = REPO / "vagrant" / "ci"
@@ -93,6 +95,9 @@ def _install_fixture(node: VagrantNode, role: str) -> None:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.fail("the Vagrant suite starts libvirtd and VMs: run it as root")
+    # The Node protocol and the scenario come with the e2e suite (tests/e2e).
+    from tests.vagrant.vagrant_node import VagrantNode, wait_ssh
+
     log = tmp_path_factory.mktemp("vagrant") / "vagrant.log"
     env = dict(os.environ)
     timings: dict[str, float] = {}

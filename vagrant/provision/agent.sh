@@ -37,6 +37,11 @@ install_pkg() {
 if [ -n "$pkg" ]; then
   install_pkg "$pkg"
 fi
+# K3s's requirements page recommends turning firewalld off (EL boxes ship it
+# on); the agent's own firewall table takes its place.
+if systemctl is-enabled -q firewalld.service 2>/dev/null; then
+  systemctl disable --now firewalld.service
+fi
 command -v k3s-agentd >/dev/null || { echo "k3s-agentd is not installed" >&2; exit 1; }
 [ "$what" = install-only ] && exit 0
 
