@@ -9,7 +9,6 @@ The tests run in file order and share one cluster (conftest.py).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ import pytest
 
 pytest.importorskip("tests.e2e.scenario", reason="the e2e scenario (tests/e2e) is not in this tree")
 
+from tests.e2e import scenario  # noqa: E402
 from tests.e2e.node import wait_until  # noqa: E402
 from tests.e2e.scenario import STEPS, Context, Skipped, diagnostics  # noqa: E402
 from tests.vagrant.conftest import ADDRESSES, CLUSTER_CIDR, Cluster  # noqa: E402
@@ -30,6 +30,8 @@ UNIT = "k3s-agentd.service"
 K3S_PORTS = {"server": (6443, 10250), "agent": (10250,)}
 # A cycle interval short enough that the heal checks below stay quick.
 INTERVAL = 5
+# Seconds a heal may come late beyond one interval, under emulation.
+EMULATION_SLACK = 40.0
 
 
 def _log(line: str) -> None:
@@ -58,7 +60,9 @@ def test_offline_nodes(cluster: Cluster) -> None:
 
 def _scenario(name: str, node: VagrantNode) -> dict[str, str]:
     """scenario.run_scenario's loop, plus a NEW SSH connection after every step:
-    each drift step ends in a heal, and SSH must survive every one of them."""
+    each drift step ends in a heal, and SSH must survive every one of them.
+    A step that breaks unexpectedly (any exception) is that step's failure:
+    the later steps still run and report."""
     ctx = Context(node, log=lambda line: _log(f"[{name}] {line}"))
     results: dict[str, str] = {}
     for step in STEPS:
@@ -69,8 +73,11 @@ def _scenario(name: str, node: VagrantNode) -> dict[str, str]:
             results[label] = "PASS"
         except Skipped as exc:
             results[label] = f"SKIPPED: {exc}"
-        except (AssertionError, subprocess.SubprocessError) as exc:
-            results[label] = f"FAIL: {exc}\n{diagnostics(node)}"
+        except Exception as exc:
+            try:
+                results[label] = f"FAIL: {exc!r}\n{diagnostics(node)}"
+            except Exception as again:
+                results[label] = f"FAIL: {exc!r} (no diagnostics: {again!r})"
         if not node.ssh_works():
             results[label] += " | FAIL: no new SSH session after this step"
         ctx.log(f"{label}: {results[label].splitlines()[0]} ({time.monotonic() - started:.0f}s)")
@@ -90,11 +97,19 @@ def scenario_results(cluster: Cluster) -> dict[str, dict[str, str]]:
             errors[name] = exc
 
     started = time.monotonic()
-    threads = [threading.Thread(target=one, args=item) for item in cluster.nodes.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # The scenario's deadlines are "one interval + SLACK" (4 s, sized for a
+    # container on real CPUs). Here every Python start and SSH round trip runs
+    # under QEMU emulation (~5-10x slower): widen the slack for this run only;
+    # "healed at all, within a bound" is still what is asserted.
+    saved, scenario.SLACK = scenario.SLACK, EMULATION_SLACK
+    try:
+        threads = [threading.Thread(target=one, args=item) for item in cluster.nodes.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        scenario.SLACK = saved
     cluster.timings["scenario (both nodes)"] = time.monotonic() - started
     for name, exc in errors.items():
         results[name] = {"scenario": f"FAIL: {exc!r}"}
