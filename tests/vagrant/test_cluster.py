@@ -21,7 +21,7 @@ pytest.importorskip("tests.e2e.scenario", reason="the e2e scenario (tests/e2e) i
 from tests.e2e import scenario  # noqa: E402
 from tests.e2e.node import wait_until  # noqa: E402
 from tests.e2e.scenario import STEPS, Context, Skipped, diagnostics  # noqa: E402
-from tests.vagrant.conftest import ADDRESSES, CLUSTER_CIDR, Cluster  # noqa: E402
+from tests.vagrant.conftest import ADDRESSES, CLUSTER_CIDR, E2E_PACKAGE_DIR, REPO, Cluster  # noqa: E402
 from tests.vagrant.vagrant_node import VagrantNode, host_tcp_open  # noqa: E402
 
 pytestmark = [pytest.mark.vagrant, pytest.mark.root]
@@ -132,20 +132,6 @@ def test_scenario(name: str, cluster: Cluster, scenario_results: dict[str, dict[
         assert node.ssh_works(), f"ssh into {node.name} fails after {name}'s scenario"
 
 
-CLUSTER_POLICY = """# vagrant test: the role's profile, enforce, short interval
-version = 1
-extends = "{profile}"
-mode = "enforce"
-interval = {interval}
-"""
-CLUSTER_NETWORK = f"""# vagrant test: the private network is the cluster network (@nodes)
-version = 1
-
-[controls.firewall]
-node_cidrs = ["{CLUSTER_CIDR}"]
-"""
-
-
 def _status(node: VagrantNode) -> dict[str, Any]:
     done = node.run(["k3s-agentctl", "status", "--json"], check=False)
     return json.loads(done.stdout) if done.stdout.strip() else {}
@@ -178,21 +164,21 @@ def _registry(node: VagrantNode) -> list[str]:
 
 @pytest.fixture(scope="module")
 def enforced(cluster: Cluster) -> Cluster:
-    """Both nodes in enforce mode with the cluster network named, as the users' Vagrantfile does."""
+    """Both nodes provisioned as the users' Vagrantfile does (vagrant/provision/agent.sh):
+    the package (re)installed, the role's profile in enforce mode, the private
+    network named as the cluster network, the daemon running."""
     if "firewall" not in _registry(cluster.nodes["server"]):
         pytest.skip("the firewall control is not in this build: no cluster-network checks to make")
+    script = (REPO / "vagrant" / "provision" / "agent.sh").read_bytes()
     for name, node in cluster.nodes.items():
-        profile = "k3s-cis-server" if name == "server" else "k3s-cis-agent"
-        # The scenario's package step may have left the package purged and reinstalled.
-        node.copy_in(
-            CLUSTER_POLICY.format(profile=profile, interval=INTERVAL).encode(), "/etc/k3s-agentd/policy.toml"
-        )
-        node.copy_in(CLUSTER_NETWORK.encode(), "/etc/k3s-agentd/policy.d/50-cluster-network.toml")
+        node.copy_in(script, "/opt/k3sa/agent.sh", 0o755)
+        # The scenario's last step purged the package; its file is still in the cache.
+        deb = node.run(["sh", "-c", f"ls {E2E_PACKAGE_DIR}/*.deb"]).stdout.split()[0]
         node.run(["rm", "-f", "/etc/systemd/system/k3s-agentd.service.d/50-e2e.conf"])
-        node.run(["systemctl", "daemon-reload"])
-        assert node.run(["k3s-agentctl", "validate"], check=False).returncode == 0
-        node.run(["systemctl", "enable", "--now", UNIT])
-        node.run(["systemctl", "restart", UNIT], timeout=120)
+        node.run(
+            ["env", f"K3SA_INTERVAL={INTERVAL}", "/opt/k3sa/agent.sh", name, CLUSTER_CIDR, deb], timeout=300
+        )
+        assert node.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active"
     for node in cluster.nodes.values():
         wait_until(lambda n=node: _firewall_settled(n), 120, f"{node.name}'s firewall enforced")
     return cluster
