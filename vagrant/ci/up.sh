@@ -28,7 +28,14 @@ export K3SA_CI=1 K3SA_NODES
 K3SA_NODES=$(IFS=,; echo "${nodes[*]}")
 log "vagrant up ${nodes[*]}"
 # Box upload progress comes with carriage returns: keep the log readable.
-vagrant up --provider=libvirt "${nodes[@]}" 2>&1 | sed -u 's/\r/\n/g' | grep --line-buffered -v 'Progress: '
+up() { vagrant up --provider=libvirt "${nodes[@]}" 2>&1 | sed -u 's/\r/\n/g' | grep --line-buffered -v 'Progress: '; }
+if ! up; then
+  # One more try from scratch: a guest that missed its DHCP lease or SSH
+  # window on a loaded machine is not worth failing the run for.
+  log "vagrant up failed; destroying and trying once more"
+  vagrant destroy -f || true
+  up
+fi
 vagrant ssh-config "${nodes[@]}" >.vagrant/ssh_config
 t3=$(date +%s)
 log "timings: host+box $((t1 - t0))s, box add $((t2 - t1))s, up $((t3 - t2))s"
