@@ -34,3 +34,13 @@ def median(values: list[float]) -> float:
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+def private_netns() -> None:
+    """Re-run this script in a fresh network namespace: a bench must never touch the host firewall."""
+    if os.environ.get("K3S_AGENTD_BENCH_NETNS") == "1":
+        return
+    import sys
+
+    env = dict(os.environ, K3S_AGENTD_BENCH_NETNS="1")
+    os.execvpe("unshare", ["unshare", "--net", "--", sys.executable, *sys.argv], env)

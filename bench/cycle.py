@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import converged_root, median, percentile
+from common import converged_root, median, percentile, private_netns
 
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--profile", default="k3s-cis-server")
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
+    private_netns()
     root, proc = converged_root(args.profile)
     host = Host(root=str(root), proc=str(proc))
     policy = load_policy(host, profile=args.profile)

@@ -7,6 +7,7 @@ Exit codes (stable, scripts depend on them): 0 compliant, 1 drift present,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -85,34 +86,46 @@ def _emit(args: argparse.Namespace, document: dict[str, Any]) -> int:
     return exit_code(document)
 
 
+def _one_cycle(args: argparse.Namespace, host: Host, enforce: bool) -> tuple[Policy, dict[str, Any]]:
+    """Load the policy (PolicyError propagates) and run one cycle of it."""
+    policy = _policy(args, host)
+    if enforce and getattr(args, "all", False):
+        policy = _all_enforcing(policy)
+    cycle = Engine(policy, host).run_cycle(enforce=enforce, only=args.control)
+    note = "one-shot apply" if enforce else "one-shot check: nothing changed"
+    return policy, build_document(cycle, policy, {"running": None, "note": note})
+
+
 def cmd_check(args: argparse.Namespace, host: Host) -> int:
     try:
-        policy = _policy(args, host)
+        _, document = _one_cycle(args, host, enforce=False)
     except PolicyError as exc:
         return _refused(exc)
-    cycle = Engine(policy, host).run_cycle(enforce=False, only=args.control)
-    return _emit(
-        args, build_document(cycle, policy, {"running": None, "note": "one-shot check: nothing changed"})
-    )
+    return _emit(args, document)
+
+
+def cmd_apply(args: argparse.Namespace, host: Host) -> int:
+    try:
+        _, document = _one_cycle(args, host, enforce=True)
+    except PolicyError as exc:
+        return _refused(exc)
+    return _emit(args, document)
 
 
 def cmd_diff(args: argparse.Namespace, host: Host) -> int:
     try:
-        policy = _policy(args, host)
+        _, document = _one_cycle(args, host, enforce=False)
     except PolicyError as exc:
         return _refused(exc)
-    cycle = Engine(policy, host).run_cycle(enforce=False, only=args.control)
-    document = build_document(cycle, policy)
     if args.json:
         return _emit(args, document)
     changes = 0
     for control in document["controls"]:
-        mode = control["mode"]
+        note = "" if control["mode"] == Mode.ENFORCE.value else "   (audit mode: apply leaves it)"
         for f in control["findings"]:
             if f["status"] not in ("drift", "contested"):
                 continue
             changes += 1
-            note = "" if mode == Mode.ENFORCE.value else "   (audit mode: apply leaves it)"
             print(f"{control['name']} {f['key']}{note}")
             print(f"  - {f['observed']}")
             print(f"  + {f['desired']}")
@@ -120,20 +133,7 @@ def cmd_diff(args: argparse.Namespace, host: Host) -> int:
     return exit_code(document)
 
 
-def cmd_apply(args: argparse.Namespace, host: Host) -> int:
-    try:
-        policy = _policy(args, host)
-    except PolicyError as exc:
-        return _refused(exc)
-    if args.all:
-        policy = _all_enforcing(policy)
-    cycle = Engine(policy, host).run_cycle(enforce=True, only=args.control)
-    return _emit(args, build_document(cycle, policy, {"running": None, "note": "one-shot apply"}))
-
-
 def _all_enforcing(policy: Policy) -> Policy:
-    import dataclasses
-
     controls = {n: dataclasses.replace(c, mode=Mode.ENFORCE) for n, c in policy.controls.items()}
     return dataclasses.replace(policy, controls=controls, mode=Mode.ENFORCE)
 

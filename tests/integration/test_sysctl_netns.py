@@ -115,3 +115,38 @@ def test_cli_check_never_writes(root: Path) -> None:
     assert proc.returncode == 1  # drift: a fresh netns forwards nothing
     assert document["summary"]["verdict"] == "drift"
     assert not (root / "etc/sysctl.d/90-k3s-agentd.conf").exists()
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "k3s_agent.cli", *argv], capture_output=True, text=True)
+
+
+def _diff_then_apply(root: str, policy: str) -> dict[str, object]:
+    subprocess.run(["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=1"], check=True)
+    common = ["--root", root, "--policy", policy, "--control", "sysctl"]
+    diff = _cli("diff", *common)
+    audit_apply = _cli("apply", *common)
+    after_audit = _sysctl("net.ipv4.conf.all.send_redirects")
+    forced = _cli("apply", "--all", *common)
+    return {
+        "diff": diff.stdout,
+        "diff_rc": diff.returncode,
+        "audit_rc": audit_apply.returncode,
+        "after_audit": after_audit,
+        "forced_rc": forced.returncode,
+        "after_forced": _sysctl("net.ipv4.conf.all.send_redirects"),
+    }
+
+
+def test_diff_shows_the_change_and_audit_mode_apply_leaves_it(root: Path) -> None:
+    policy = root / "policy.toml"
+    policy.write_text(
+        'extends = "none"\nmode = "audit"\n[controls.sysctl]\npersist = false\n'
+        '[controls.sysctl.items."net.ipv4.conf.all.send_redirects"]\nvalue = 0\n'
+    )
+    result = in_netns(_diff_then_apply, str(root), str(policy))
+    assert "sysctl net.ipv4.conf.all.send_redirects   (audit mode: apply leaves it)" in result["diff"]
+    assert "  - 1\n  + 0\n" in result["diff"] and "1 item(s) would change" in result["diff"]
+    assert result["diff_rc"] == 1
+    assert (result["audit_rc"], result["after_audit"]) == (1, "1")
+    assert (result["forced_rc"], result["after_forced"]) == (0, "0")

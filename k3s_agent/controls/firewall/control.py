@@ -1,0 +1,238 @@
+"""The firewall Control: choose a backend, build the ruleset, compare, heal atomically."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+from k3s_agent.controls.base import Watch
+from k3s_agent.controls.firewall import desired, guard, hostnet, k3s
+from k3s_agent.controls.firewall.compare import NAME, findings
+from k3s_agent.controls.firewall.detect import Choice, choose
+from k3s_agent.controls.firewall.ipt import IptablesBackend, IptError, legacy_filter_loaded
+from k3s_agent.controls.firewall.model import TABLE, Rule, Ruleset
+from k3s_agent.controls.firewall.nft import NftBackend, NftError
+from k3s_agent.host import Host
+from k3s_agent.model import Finding, Status
+from k3s_agent.policy.model import ControlPolicy
+
+Backend = Union[NftBackend, IptablesBackend]
+ROOTED_IN_HOST_NETNS = (
+    "refusing to change the firewall: this run has a --root other than / but shares the "
+    "host's network namespace, so it would rewrite the real host's netfilter rules"
+)
+NOT_CONFIGURED = "no firewall policy (no default_input, no items): nothing enforced, nothing touched"
+
+
+class FirewallControl:
+    name = NAME
+
+    def __init__(self, policy: ControlPolicy, host: Host, inputs: Optional[desired.Inputs] = None):
+        self.policy = policy
+        self.host = host
+        self._fixed_inputs = inputs  # tests pin these; otherwise read fresh every check
+        self.choice: Optional[Choice] = None
+        self.backend: Optional[Backend] = None
+        self.unavailable = ""
+        self.ssh_how = ""
+        self.inputs: Optional[desired.Inputs] = None
+
+    # -- setup ------------------------------------------------------------------------
+
+    def _backend(self) -> Optional[Backend]:
+        if self.backend is None and not self.unavailable:
+            self.choice = choose(self.host, self.policy.option("backend", "auto"))
+            try:
+                if self.choice.backend == "iptables":
+                    self.backend = IptablesBackend()
+                else:
+                    nft = NftBackend(self.host)
+                    why = nft.runner.available()
+                    if why:
+                        raise NftError(why)
+                    self.backend = nft
+            except (ImportError, NftError, IptError, OSError) as exc:
+                self.unavailable = f"{self.choice.backend} unusable here: {exc}"
+            except Exception as exc:  # noqa: BLE001 - libiptc reports a missing kernel table this way
+                self.unavailable = f"{self.choice.backend} unusable here: {type(exc).__name__}: {exc}"
+        return self.backend
+
+    def _read_inputs(self) -> desired.Inputs:
+        if self._fixed_inputs is not None:
+            return self._fixed_inputs
+        ports, self.ssh_how = hostnet.ssh_ports(self.host, list(self.policy.option("ssh_ports", [])))
+        return desired.Inputs(
+            k3s=k3s.read_facts(self.host),
+            ssh_ports=tuple(ports),
+            local_subnets=hostnet.local_subnets(),
+        )
+
+    def ruleset(self) -> Ruleset:
+        self.inputs = self._read_inputs()
+        ruleset = desired.build(self.policy, self.inputs)
+        if self.backend is not None and self.backend.name == "iptables" and ruleset.default_input == "drop":
+            final = Rule("default-drop", action="drop", comment="default_input = drop")
+            ruleset = Ruleset((*ruleset.rules, final), ruleset.default_input, ruleset.jump_position)
+        return ruleset
+
+    def leftover(self) -> Optional[Backend]:
+        """The other backend, when a ruleset of ours is still loaded there.
+
+        Switching backends (policy change, or auto seeing K3s switch) must not
+        leave our old table/chain filtering behind, e.g. an nft table with
+        policy drop next to fresh iptables rules.
+        """
+        other: Optional[Backend] = None
+        try:
+            if isinstance(self.backend, NftBackend):
+                if legacy_filter_loaded(self.host.proc):
+                    other = IptablesBackend()
+            else:
+                other = NftBackend(self.host)  # present() is False where nft cannot answer
+            return other if other is not None and other.present() else None
+        except Exception:  # noqa: BLE001 - the other backend may not work here at all: then nothing is left
+            return None
+
+    def guard_problems(self, ruleset: Ruleset) -> list[str]:
+        if self.policy.option("allow_lockout", False):
+            return []
+        assert self.inputs is not None
+        management = desired.symbols(self.policy, self.inputs)["@management"]
+        return guard.lockout_problems(ruleset, self.inputs.ssh_ports, management)
+
+    # -- the contract ---------------------------------------------------------------------
+
+    def check(self) -> list[Finding]:
+        if not desired.configured(self.policy):
+            return [Finding(NAME, "firewall", Status.ABSENT, None, None, NOT_CONFIGURED)]
+        backend = self._backend()
+        if backend is None:
+            return [
+                Finding(
+                    NAME,
+                    "backend",
+                    Status.UNSUPPORTED,
+                    self.policy.option("backend", "auto"),
+                    None,
+                    self.unavailable,
+                )
+            ]
+        ruleset = self.ruleset()
+        try:
+            observed = backend.observe(ruleset)
+        except (NftError, IptError, OSError) as exc:
+            return [Finding(NAME, "backend", Status.FAILED, backend.name, None, f"cannot read rules: {exc}")]
+        result = findings(ruleset, backend.render(ruleset), observed)
+        other = self.leftover()
+        result.append(
+            Finding(NAME, "leftovers", Status.OK, "none", None)
+            if other is None
+            else Finding(
+                NAME,
+                "leftovers",
+                Status.DRIFT,
+                "none",
+                other.name,
+                f"our {other.name} ruleset from an earlier backend is still loaded and still filters",
+            )
+        )
+        problems = guard.refusal(self.guard_problems(ruleset))
+        if problems:
+            # Still report drift, but say up front that apply will refuse.
+            result.insert(0, Finding(NAME, "lockout-guard", Status.DRIFT, "ssh reachable", None, problems))
+        return result
+
+    def apply(self, drift: Sequence[Finding]) -> list[Finding]:
+        if not desired.configured(self.policy):
+            return [f.with_status(Status.ABSENT, NOT_CONFIGURED) for f in drift]
+        if getattr(self.host, "read_only", False):
+            return [f.with_status(Status.DRIFT, f"{f.message}; not changed: read-only run") for f in drift]
+        if self.host.root != "/" and in_initial_netns(self.host.proc):
+            return [f.with_status(Status.UNSUPPORTED, ROOTED_IN_HOST_NETNS) for f in drift]
+        backend = self._backend()
+        if backend is None:
+            return [f.with_status(Status.UNSUPPORTED, self.unavailable) for f in drift]
+        ruleset = self.ruleset()
+        refusal = guard.refusal(self.guard_problems(ruleset))
+        if refusal:
+            return [f.with_status(Status.FAILED, refusal) for f in drift]
+        try:
+            other = self.leftover()
+            if other is not None:
+                other.remove()
+            foreign_changes = backend.commit(ruleset)
+        except (NftError, IptError, OSError) as exc:
+            return [f.with_status(Status.FAILED, f"{backend.name} commit failed: {exc}") for f in drift]
+        except Exception as exc:  # noqa: BLE001 - libiptc raises IPTCError with the kernel's reason
+            return [
+                f.with_status(Status.FAILED, f"{backend.name} commit failed: {type(exc).__name__}: {exc}")
+                for f in drift
+            ]
+        if foreign_changes:
+            loud = (
+                "FOREIGN FIREWALL STATE CHANGED during our heal (kube-proxy/flannel/"
+                "network-policy rules must never be touched by us): " + "; ".join(foreign_changes)
+            )
+            return [f.with_status(Status.FAILED, loud) for f in drift]
+        return [
+            f.with_status(Status.HEALED, f"{backend.name}: rewrote our ruleset atomically") for f in drift
+        ]
+
+    def watches(self) -> list[Watch]:
+        if not desired.configured(self.policy):
+            return []
+        # Only our own nft table: kube-proxy/flannel rewriting theirs must not
+        # wake us (legacy iptables sends no notifications: the timer covers it).
+        found = [Watch("netlink", f"nftables:{TABLE}")]
+        if not self.policy.option("node_cidrs"):
+            # @nodes comes from this node's own subnets: an address change matters.
+            found += [Watch("netlink", "ipv4_addr"), Watch("netlink", "ipv6_addr")]
+        return [
+            *found,
+            Watch("path", k3s.CONFIG),
+            Watch("path", k3s.CONFIG_DIR),
+            Watch("path", hostnet.SSHD_CONFIG),
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        if not desired.configured(self.policy):
+            return {"configured": False}
+        self._backend()
+        facts: dict[str, Any] = {
+            "backend": self.backend.name if self.backend else None,
+            "backend_reason": self.choice.reason if self.choice else None,
+            "unavailable": self.unavailable or None,
+        }
+        if isinstance(self.backend, NftBackend):
+            facts["nftables_via"] = self.backend.runner.via
+        if self.inputs is not None:
+            facts["ssh_ports"] = list(self.inputs.ssh_ports)
+            facts["ssh_ports_found_by"] = self.ssh_how or "fixed"
+            facts["k3s_config"] = list(self.inputs.k3s.sources)
+            facts["k3s_conditions"] = sorted(self.inputs.k3s.conditions())
+            facts["nodes"] = [str(n) for n in desired.symbols(self.policy, self.inputs)["@nodes"]]
+        return facts
+
+
+# PROC_NET_INIT_INO (include/linux/proc_ns.h): the initial network namespace's
+# fixed inode on current kernels; older ones number it dynamically, then only
+# PID 1's link tells (not readable everywhere, e.g. in some sandboxes).
+INIT_NET_INO = 0xEFFFFFF9
+
+
+def in_initial_netns(proc: str = "/proc") -> bool:
+    """Whether this thread is in the host's network namespace (True when it cannot tell).
+
+    netfilter has no root prefix: a Host(root=tmpdir) run -- tests, benches,
+    a dry run -- would change the real host's rules unless it runs in a
+    network namespace of its own.
+    """
+    try:
+        mine = os.stat(f"{proc}/thread-self/ns/net").st_ino
+    except OSError:
+        return True
+    try:
+        return mine == os.stat(f"{proc}/1/ns/net").st_ino
+    except OSError:
+        return mine == INIT_NET_INO

@@ -1,0 +1,175 @@
+"""The firewall's own vocabulary: one Rule, an ordered Ruleset, and value parsing.
+
+A Rule is backend-neutral; the nft and iptables backends render it. Sources
+are parsed networks, never strings, so validation, the lock-out guard and
+both renderers agree on what a rule matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional, Union
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+PortRange = tuple  # (low, high), inclusive
+
+TABLE = "k3s_agentd"  # nft: table inet k3s_agentd
+NFT_CHAIN = "input"
+IPT_CHAIN = "K3S-AGENTD-INPUT"
+COMMENT_PREFIX = "k3s-agentd:"  # iptables: our rules carry this comment
+LOG_PREFIX = "k3s-agentd drop: "
+
+ACTIONS = ("accept", "drop", "reject")
+PROTOS = ("any", "tcp", "udp", "icmp")
+# Names of the rules we always build ourselves; an item may not reuse them.
+BUILTIN = ("established", "loopback", "localnet-martian", "icmp", "log-dropped", "default-drop")
+SSH_PORTS = "@ssh"  # in an item's ports: the ports sshd really listens on
+SYMBOLS = ("@nodes", "@pods", "@services", "@management")
+CONDITIONS = ("etcd", "vxlan", "wireguard", "registry", "ipv6")
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,47}")
+_IFACE = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}\*?")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    name: str
+    action: str = "accept"  # accept | drop | reject | log
+    proto: str = "any"
+    ports: tuple[PortRange, ...] = ()
+    sources: tuple[Network, ...] = ()  # empty: from anywhere
+    dests: tuple[Network, ...] = ()  # empty: to anything
+    interface: str = ""
+    states: tuple[str, ...] = ()  # conntrack states, e.g. ("established", "related")
+    log_rate: int = 0  # log rule: messages per minute
+    comment: str = ""
+    inactive: str = ""  # why the rule renders to nothing (e.g. no sources known)
+
+    def families(self) -> list[int]:
+        """IP versions this rule applies to (a rule with v4-only sources is v4-only)."""
+        pinned = [n.version for n in self.sources + self.dests]
+        if pinned:
+            return sorted(set(pinned))
+        return [4, 6]
+
+    def sources_of(self, version: int) -> tuple[Network, ...]:
+        return tuple(n for n in self.sources if n.version == version)
+
+    def dests_of(self, version: int) -> tuple[Network, ...]:
+        return tuple(n for n in self.dests if n.version == version)
+
+    def describe(self) -> str:
+        """One human line for findings and status."""
+        parts = [self.action]
+        if self.proto != "any":
+            parts.append(self.proto)
+        if self.ports:
+            parts.append("port " + ",".join(format_range(r) for r in self.ports))
+        if self.states:
+            parts.append("ct state " + ",".join(self.states))
+        if self.interface:
+            parts.append(f"in {self.interface}")
+        parts.append("from " + (",".join(str(n) for n in self.sources) or "any"))
+        if self.dests:
+            parts.append("to " + ",".join(str(n) for n in self.dests))
+        return " ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ruleset:
+    """Everything we want in our chain/table, in order, plus the verdict for the rest."""
+
+    rules: tuple[Rule, ...]
+    default_input: str = "drop"  # drop | accept
+    jump_position: int = 1  # iptables: where INPUT jumps to our chain
+
+    def active(self) -> list[Rule]:
+        return [r for r in self.rules if not r.inactive]
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.rules]
+
+
+# -- parsing and validation of policy values -----------------------------------------
+
+
+def parse_network(text: str) -> Network:
+    """A CIDR or a bare address; host bits set are an error (a typo, usually)."""
+    return ipaddress.ip_network(text.strip(), strict=True)
+
+
+def check_cidr(value: Any) -> Optional[str]:
+    try:
+        parse_network(str(value))
+    except ValueError as exc:
+        return f"{value!r} is not a CIDR ({exc})"
+    return None
+
+
+def check_source(value: Any) -> Optional[str]:
+    if value in SYMBOLS or value == "any":
+        return None
+    reason = check_cidr(value)
+    return f"{reason}; or one of any, {', '.join(SYMBOLS)}" if reason else None
+
+
+def parse_range(value: Union[int, str]) -> PortRange:
+    """22 or "2379-2380" (also "2379:2380") -> (low, high); ValueError if impossible."""
+    text = str(value).strip()
+    match = re.fullmatch(r"(\d{1,5})(?:\s*[-:]\s*(\d{1,5}))?", text)
+    if not match:
+        raise ValueError(f"{value!r} is not a port or a range like 2379-2380")
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"{value!r}: ports are 1-65535, low <= high")
+    return (low, high)
+
+
+def check_port(value: Any) -> Optional[str]:
+    if value == SSH_PORTS:
+        return None
+    try:
+        parse_range(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def format_range(port_range: PortRange) -> str:
+    low, high = port_range
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def check_name(key: str) -> Optional[str]:
+    if key in BUILTIN:
+        return f"{key!r} is a built-in rule name ({', '.join(BUILTIN)}); pick another"
+    if not _NAME.fullmatch(key):
+        return f"{key!r} is not a rule name (lowercase letters, digits, . _ -, at most 48)"
+    return None
+
+
+def check_interface(value: Any) -> Optional[str]:
+    if not _IFACE.fullmatch(str(value)):
+        return f"{value!r} is not an interface name (at most 15 characters, optional trailing *)"
+    return None
+
+
+def collapse(networks: Iterable[Network]) -> tuple[Network, ...]:
+    """Deduplicated, merged, v4 before v6: a stable order for rendering and comparing."""
+    v4 = [n for n in networks if n.version == 4]
+    v6 = [n for n in networks if n.version == 6]
+    return tuple(ipaddress.collapse_addresses(v4)) + tuple(ipaddress.collapse_addresses(v6))
+
+
+def merge_ranges(ranges: Sequence[PortRange]) -> tuple[PortRange, ...]:
+    merged: list[list[int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    return tuple((low, high) for low, high in merged)

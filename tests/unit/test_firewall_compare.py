@@ -1,0 +1,53 @@
+"""Findings from desired vs observed entries: missing, changed, reordered, foreign, inactive."""
+
+from __future__ import annotations
+
+from k3s_agent.controls.firewall.compare import Entry, Observed, Structure, findings
+from k3s_agent.controls.firewall.model import Rule, Ruleset
+
+RULESET = Ruleset(
+    (Rule("a"), Rule("b"), Rule("c"), Rule("off", inactive="no sources: @nodes resolved to nothing"))
+)
+DESIRED = [Entry("a", "A", "a"), Entry("b", "B1", "b1"), Entry("b", "B2", "b2"), Entry("c", "C", "c")]
+OK_TABLE = (Structure("table", "want", "want", True),)
+
+
+def statuses(observed: list[Entry], structure: tuple = OK_TABLE) -> dict[str, tuple[str, str]]:
+    return {
+        f.key: (f.status.value, f.message)
+        for f in findings(RULESET, DESIRED, Observed(structure, tuple(observed)))
+    }
+
+
+def test_in_sync() -> None:
+    found = statuses(DESIRED)
+    assert {k: v[0] for k, v in found.items()} == {
+        "table": "ok",
+        "a": "ok",
+        "b": "ok",
+        "c": "ok",
+        "off": "ok",
+        "foreign-rules": "ok",
+    }
+    assert found["off"][1].startswith("no sources")
+
+
+def test_missing_changed_foreign() -> None:
+    observed = [Entry("a", "A", "a"), Entry(None, "X", "x"), Entry("b", "B1", "b1"), Entry("b", "B9", "b9")]
+    found = statuses(observed)
+    assert found["b"] == ("drift", "rule changed")
+    assert found["c"] == ("drift", "rule missing")
+    assert found["foreign-rules"] == ("drift", "1 rule(s) in our chain that we did not write")
+    assert found["a"][0] == "ok"
+
+
+def test_reordered() -> None:
+    observed = [Entry("b", "B1", "b1"), Entry("b", "B2", "b2"), Entry("a", "A", "a"), Entry("c", "C", "c")]
+    found = statuses(observed)
+    assert found["a"] == ("drift", "rule out of order") and found["b"] == ("drift", "rule out of order")
+    assert found["c"][0] == "ok"
+
+
+def test_structure_drift_passes_through() -> None:
+    found = statuses(DESIRED, (Structure("policy", "drop", "accept", False, "chain policy changed"),))
+    assert found["policy"] == ("drift", "chain policy changed")
