@@ -101,6 +101,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     log = tmp_path_factory.mktemp("vagrant") / "vagrant.log"
     env = dict(os.environ)
     timings: dict[str, float] = {}
+    nodes: dict[str, VagrantNode] = {}
     started = time.monotonic()
     try:
         deb = _package(log)
@@ -126,6 +127,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         _say(f"cluster ready in {time.monotonic() - started:.0f}s; log {log}")
         yield Cluster(nodes, _mgmt_addresses(SSH_CONFIG), timings, log)
     finally:
+        for node in nodes.values():
+            node.close()  # the shared SSH connections are ssh processes we started
         if os.environ.get("K3SA_KEEP") == "1":
             _say(f"K3SA_KEEP=1: VMs left running (vagrant/ci/cleanup.sh --daemons removes them); log {log}")
         else:
