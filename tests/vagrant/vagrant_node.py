@@ -85,17 +85,9 @@ class VagrantNode:
     def close(self) -> None:
         """Stop the shared connection (an ssh process we started), if there is one."""
         if os.path.exists(self.control_path):
+            # -F /dev/null: the master needs only its socket (ssh_config may be gone).
             subprocess.run(
-                [
-                    "ssh",
-                    "-F",
-                    self.ssh_config,
-                    "-o",
-                    f"ControlPath={self.control_path}",
-                    "-O",
-                    "exit",
-                    self.name,
-                ],
+                ["ssh", "-F", "/dev/null", "-o", f"ControlPath={self.control_path}", "-O", "exit", self.name],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=30,
