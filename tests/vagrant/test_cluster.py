@@ -60,6 +60,28 @@ def test_offline_nodes(cluster: Cluster) -> None:
             assert host_tcp_open(cluster.mgmt[name], port), f"nothing answers on {name}:{port}"
 
 
+def _on_both(cluster: Cluster, work: Callable[[str, VagrantNode], Any]) -> dict[str, Any]:
+    """work(name, node) on every node at once (each VM has its own vCPU); the
+    first exception is raised again here, after every thread has finished."""
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def one(name: str, node: VagrantNode) -> None:
+        try:
+            results[name] = work(name, node)
+        except BaseException as exc:  # re-raised below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=item) for item in cluster.nodes.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def _patient_wait(probe: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
     return wait_until(probe, timeout, what, every=max(every, EMULATION_POLL))
 
@@ -93,15 +115,6 @@ def _scenario(name: str, node: VagrantNode) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def scenario_results(cluster: Cluster) -> dict[str, dict[str, str]]:
     """The scenario on both nodes at once (each VM has its own vCPU)."""
-    results: dict[str, dict[str, str]] = {}
-    errors: dict[str, BaseException] = {}
-
-    def one(name: str, node: VagrantNode) -> None:
-        try:
-            results[name] = _scenario(name, node)
-        except BaseException as exc:  # reported by the test, not lost in the thread
-            errors[name] = exc
-
     started = time.monotonic()
     # The scenario's deadlines are "one interval + SLACK" (4 s, sized for a
     # container on real CPUs). Here every Python start and SSH round trip runs
@@ -113,16 +126,10 @@ def scenario_results(cluster: Cluster) -> dict[str, dict[str, str]]:
     scenario.SLACK = EMULATION_SLACK
     scenario.wait_until = _patient_wait
     try:
-        threads = [threading.Thread(target=one, args=item) for item in cluster.nodes.items()]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = _on_both(cluster, _scenario)
     finally:
         scenario.SLACK, scenario.wait_until = saved
     cluster.timings["scenario (both nodes)"] = time.monotonic() - started
-    for name, exc in errors.items():
-        results[name] = {"scenario": f"FAIL: {exc!r}"}
     return results
 
 
@@ -180,7 +187,8 @@ def enforced(cluster: Cluster) -> Cluster:
     if "firewall" not in _registry(cluster.nodes["server"]):
         pytest.skip("the firewall control is not in this build: no cluster-network checks to make")
     script = (REPO / "vagrant" / "provision" / "agent.sh").read_bytes()
-    for name, node in cluster.nodes.items():
+
+    def provision(name: str, node: VagrantNode) -> None:
         node.copy_in(script, "/opt/k3sa/agent.sh", 0o755)
         # The scenario's last step purged the package; its file is still in the cache.
         deb = node.run(["sh", "-c", f"ls {E2E_PACKAGE_DIR}/*.deb"]).stdout.split()[0]
@@ -188,6 +196,9 @@ def enforced(cluster: Cluster) -> Cluster:
         node.run(
             ["env", f"K3SA_INTERVAL={INTERVAL}", "/opt/k3sa/agent.sh", name, CLUSTER_CIDR, deb], timeout=300
         )
+
+    _on_both(cluster, provision)
+    for node in cluster.nodes.values():
         assert node.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active"
     for node in cluster.nodes.values():
         wait_until(lambda n=node: _firewall_settled(n), 120, f"{node.name}'s firewall enforced")
