@@ -18,7 +18,7 @@ SOURCES := pyproject.toml README.md k3s_agent systemd packaging docs
 DEB := $(DIST)/$(NAME)_$(VERSION)_all.deb
 RPM := $(DIST)/$(NAME)-$(VERSION)-1.el9.noarch.rpm
 
-.PHONY: packages deb rpm lint-packages clean-packages version
+.PHONY: packages deb rpm lint-packages clean-packages version vagrant-test
 packages: deb rpm
 
 version:
@@ -58,3 +58,8 @@ lint-packages: packages
 
 clean-packages:
 	rm -rf $(BUILD) $(DIST)
+
+# Two Vagrant VMs offline (libvirt + QEMU emulation): the e2e scenario in each
+# and the cross-node checks; host set-up, cached box and clean-up in vagrant/ci/.
+vagrant-test:
+	./vagrant/ci/run.sh

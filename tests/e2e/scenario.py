@@ -33,7 +33,10 @@ WATCHDOG_SEC = 10
 RESTART_SEC = 1
 ABORT_SEC = 5
 # How late a heal may come beyond one interval: the daemon's 1 s wake-up
-# debounce, one cycle's own duration, and our polling.
+# debounce, one cycle's own duration, and our polling. Also added to the
+# restart deadlines (a restarted daemon is active only after READY=1). The
+# Vagrant suite widens it for its run: everything is ~10x slower under QEMU
+# emulation.
 SLACK = 4.0
 # The sandbox must not regress past this systemd-analyze exposure score.
 EXPOSURE_MAX = 3.5
@@ -65,6 +68,8 @@ NFT_TABLE = ("inet", "k3s_agentd")
 ENCRYPTION_CONFIG = "/var/lib/rancher/k3s/server/cred/encryption-config.json"
 HEALTHY = ("ok", "healed")
 PACKAGE = "k3s-hardening-agent"
+# Controls with items only in the k3s-cis-server profile: silent on an agent node.
+SERVER_ONLY = ("k3s_encryption",)
 # Where a node implementation may leave the package file for the lifecycle step.
 PACKAGE_DIR = "/var/cache/k3s-agentd-e2e"
 
@@ -268,8 +273,11 @@ def step_every_control(ctx: Context) -> None:
     missing = sorted(set(ctx.notes["registry"]) - set(names))
     assert not missing, f"controls missing from status: {missing}"
     assert doc["daemon"].get("running") is True and doc["policy"]["mode"] == "enforce"
+    agent_node = doc["policy"].get("profile") == "k3s-cis-agent"
     for entry in doc["controls"]:
         assert entry["error"] in (None, ""), f"{entry['name']}: {entry['error']}"
+        if agent_node and entry["name"] in SERVER_ONLY:
+            continue  # the agent profile gives it nothing to check (the Vagrant agent VM)
         assert entry["findings"], f"{entry['name']} reported no findings"
 
 
@@ -543,7 +551,7 @@ def step_kill9(ctx: Context) -> None:
     node.run(["kill", "-9", props["MainPID"]])
     new = wait_until(
         lambda: _restarted(node, props["MainPID"], int(props["NRestarts"])),
-        RESTART_SEC + 30,
+        RESTART_SEC + 26 + SLACK,
         "systemd to restart the killed daemon",
     )
     ctx.log(f"killed {props['MainPID']}, restarted as {new['MainPID']} (NRestarts {new['NRestarts']})")
@@ -559,7 +567,7 @@ def step_watchdog(ctx: Context) -> None:
     start = time.monotonic()
     new = wait_until(
         lambda: _restarted(node, props["MainPID"], int(props["NRestarts"])),
-        WATCHDOG_SEC + ABORT_SEC + RESTART_SEC + 20,
+        WATCHDOG_SEC + ABORT_SEC + RESTART_SEC + 16 + SLACK,
         "the watchdog to restart the stopped daemon",
     )
     took = time.monotonic() - start
@@ -575,7 +583,7 @@ def step_reboot(ctx: Context) -> None:
     node.reboot()
     wait_until(
         lambda: node.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active",
-        30,
+        26 + SLACK,
         "k3s-agentd active after boot",
     )
     wait_until(

@@ -1,0 +1,202 @@
+"""VagrantNode: the e2e Node protocol (tests/e2e/node.py) over SSH to a Vagrant VM.
+
+We talk to the VM with plain OpenSSH and the `vagrant ssh-config` output
+instead of `vagrant ssh -c` (a Ruby start per command costs seconds here).
+SSH under QEMU emulation costs ~2 s per connection (key exchange in an
+emulated CPU), so commands share one multiplexed connection; ssh_works()
+opens a NEW connection every time, which is what "SSH into the node still
+works after a heal" must prove (an existing session survives a firewall that
+would refuse new ones).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Optional
+
+from tests.e2e.node import wait_until
+
+# BatchMode: never prompt; ConnectTimeout: a dropped SYN (a firewall that
+# locked us out) fails in seconds rather than at TCP's own timeout;
+# chacha20-poly1305 is the cheapest cipher for a CPU without AES-NI (qemu64).
+SSH_OPTS = [
+    *("-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR"),
+    *("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"),
+    *("-o", "Ciphers=chacha20-poly1305@openssh.com,aes128-ctr"),
+]
+CONTROL_DIR = "/run/k3s-agentd-vagrant"
+
+
+class VagrantNode:
+    """One VM of the Vagrant CI cluster, reached as `name` through ssh_config."""
+
+    def __init__(self, name: str, ssh_config: str) -> None:
+        self.name = name
+        self.ssh_config = ssh_config
+        os.makedirs(CONTROL_DIR, exist_ok=True)
+        self.control_path = os.path.join(CONTROL_DIR, f"ssh-{name}.sock")
+
+    def _argv(self, remote: str, shared: bool = True) -> list[str]:
+        if shared:
+            self._master()
+            mux = ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control_path}"]
+        else:
+            mux = ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        return ["ssh", "-F", self.ssh_config, *SSH_OPTS, *mux, self.name, remote]
+
+    def _master(self) -> None:
+        """The shared connection, started on its own with no pipes of ours.
+
+        (A master forked by ControlMaster=auto keeps the first command's stderr
+        pipe open, so capturing that command's output would hang until it exits.)
+        A client whose master is gone falls back to a direct connection.
+        """
+        if os.path.exists(self.control_path):
+            return
+        master = [
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            f"ControlPath={self.control_path}",
+            "-o",
+            "ControlPersist=300",
+        ]
+        subprocess.run(
+            ["ssh", "-F", self.ssh_config, *SSH_OPTS, *master, "-N", "-f", self.name],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+
+    def _ssh(
+        self, remote: str, timeout: float, stdin: Optional[str], shared: bool = True
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self._argv(remote, shared), input=stdin, capture_output=True, text=True, timeout=timeout
+        )
+
+    def close(self) -> None:
+        """Stop the shared connection (an ssh process we started), if there is one."""
+        if os.path.exists(self.control_path):
+            # -F /dev/null: the master needs only its socket (ssh_config may be gone).
+            subprocess.run(
+                ["ssh", "-F", "/dev/null", "-o", f"ControlPath={self.control_path}", "-O", "exit", self.name],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+
+    def run(
+        self, argv: Sequence[str], check: bool = True, timeout: float = 60, stdin: Optional[str] = None
+    ) -> subprocess.CompletedProcess:
+        # ssh hands the remote side one string for a shell: quote each word so
+        # the argv arrives unchanged, and run it as root through sudo.
+        remote = "sudo -n -- " + " ".join(shlex.quote(a) for a in argv)
+        done = self._ssh(remote, timeout, stdin)
+        if done.returncode == 255 and "ssh:" in done.stderr:
+            raise AssertionError(f"{self.name}: ssh failed: {done.stderr.strip()}")
+        if check and done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, list(argv), done.stdout, done.stderr)
+        return subprocess.CompletedProcess(list(argv), done.returncode, done.stdout, done.stderr)
+
+    def copy_in(self, data: bytes, dest: str, mode: int = 0o644) -> None:
+        # install(1) writes the file root-owned with the mode in one step.
+        quoted = shlex.quote(dest)
+        remote = (
+            f'sudo -n -- sh -c \'umask 077; t=$(mktemp) && cat >"$t" && '
+            f'mkdir -p "$(dirname {quoted})" && install -o root -g root -m {mode:o} "$t" {quoted}; '
+            f'rc=$?; rm -f "$t"; exit $rc\''
+        )
+        done = subprocess.run(self._argv(remote), input=data, capture_output=True, timeout=120)
+        if done.returncode != 0:
+            raise AssertionError(
+                f"{self.name}: copy to {dest} failed: {done.stderr.decode(errors='replace')}"
+            )
+
+    def boot_id(self) -> str:
+        return self.run(["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip()
+
+    def reboot(self) -> None:
+        before = self.boot_id()
+        # The connection drops as the node goes down: do not wait for an answer,
+        # and do not keep a shared connection to a machine that is gone.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._ssh("sudo -n systemctl reboot", timeout=30, stdin=None)
+        self.close()
+        wait_until(lambda: self._booted_again(before), 600, f"{self.name} to come back from reboot", every=3)
+
+    def _booted_again(self, before: str) -> bool:
+        try:
+            done = self._ssh(
+                "cat /proc/sys/kernel/random/boot_id; sudo -n systemctl is-system-running --wait",
+                timeout=120,
+                stdin=None,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        lines = done.stdout.split()
+        # "degraded" still means boot finished (a unit failed: the scenario's business).
+        return bool(lines) and lines[0] != before and lines[-1] in ("running", "degraded")
+
+    def ssh_works(self) -> bool:
+        """A new SSH session gets a shell (the check made after every heal)."""
+        try:
+            return self._ssh("true", timeout=30, stdin=None, shared=False).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def tcp_open(self, host: str, port: int, timeout: float = 3) -> bool:
+        """From inside this node: does a TCP connect to host:port succeed?"""
+        probe = (
+            "import socket,sys\n"
+            "s=socket.socket(); s.settimeout(float(sys.argv[3]))\n"
+            "sys.exit(0 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 1)\n"
+        )
+        done = self.run(
+            ["python3", "-c", probe, host, str(port), str(timeout)], check=False, timeout=timeout + 30
+        )
+        return done.returncode == 0
+
+    def listen(self, port: int) -> None:
+        """Something that accepts on port (K3s would; the K3s fixture does not).
+
+        A transient unit: gone at the next boot, and nothing runs on this machine.
+        """
+        if self._listening(port):
+            return
+        server = (
+            "import socket\n"
+            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(('0.0.0.0', {port})); s.listen(16)\n"
+            "while True:\n c,_=s.accept(); c.close()\n"
+        )
+        self.run(["systemd-run", f"--unit=k3sa-listen-{port}", "/usr/bin/python3", "-c", server])
+        wait_until(lambda: self._listening(port), 15, f"{self.name}: a listener on {port}", every=0.3)
+
+    def _listening(self, port: int) -> bool:
+        return bool(self.run(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip())
+
+
+def host_tcp_open(host: str, port: int, timeout: float = 3, source: Optional[str] = None) -> bool:
+    """From this machine (outside the cluster network): does a TCP connect succeed?"""
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(timeout)
+        if source:
+            sock.bind((source, 0))
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_ssh(nodes: Sequence[VagrantNode], timeout: float = 120) -> None:
+    start = time.monotonic()
+    for node in nodes:
+        wait_until(node.ssh_works, max(10.0, timeout - (time.monotonic() - start)), f"ssh into {node.name}")
