@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterable
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 IN_MODIFY = 0x002
 IN_ATTRIB = 0x004
@@ -113,6 +113,7 @@ class PathWatcher:
 
 # -- netlink -------------------------------------------------------------------------
 
+NETLINK_ROUTE = 0
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
@@ -122,8 +123,6 @@ _NLMSG = struct.Struct("=IHHII")
 _NFGENMSG_LEN = 4
 _NLA = struct.Struct("=HH")
 _ROUTE_GROUPS = {"link": RTNLGRP_LINK, "ipv4_addr": RTNLGRP_IPV4_IFADDR, "ipv6_addr": RTNLGRP_IPV6_IFADDR}
-# The legacy bind() group masks pyroute2 takes (RTMGRP_* in linux/rtnetlink.h): 1 << (group - 1).
-_RTMGRP = {group: 1 << (group - 1) for group in _ROUTE_GROUPS.values()}
 
 
 def nft_tables_in(data: bytes) -> set[str]:
@@ -160,7 +159,9 @@ class NetlinkWatcher:
     def __init__(self, targets: Iterable[str], wake: Callable[[str], None]):
         self.wake = wake
         self.nft_tables: Optional[set[str]] = None
-        self.sockets: list[tuple[Any, str]] = []  # raw netlink sockets and a pyroute2 IPRoute
+        # Raw netlink sockets, not pyroute2: importing pyroute2 costs ~26 MB of RSS,
+        # more than half the idle daemon, for what is a bind and a recv here.
+        self.sockets: list[tuple[socket.socket, str]] = []
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         route_groups = set()
@@ -181,7 +182,7 @@ class NetlinkWatcher:
         if nft:
             self._open(NETLINK_NETFILTER, [NFNLGRP_NFTABLES], "nftables")
         if route_groups:
-            self._open_route(sum(_RTMGRP[g] for g in route_groups))
+            self._open(NETLINK_ROUTE, sorted(route_groups), "route")
 
     def _open(self, protocol: int, groups: list[int], kind: str) -> None:
         try:
@@ -192,18 +193,6 @@ class NetlinkWatcher:
         except OSError:
             return  # no such netlink family here: the timer still heals
         self.sockets.append((sock, kind))
-
-    def _open_route(self, groups: int) -> None:
-        # pyroute2 speaks rtnetlink for us (the multicast bind and the parsing of
-        # RTM_NEWADDR/RTM_NEWLINK); nftables has no such support there, hence raw.
-        try:
-            from pyroute2 import IPRoute
-
-            ipr = IPRoute()
-            ipr.bind(groups=groups)
-        except (ImportError, OSError):
-            return
-        self.sockets.append((ipr, "route"))
 
     @property
     def watching(self) -> list[str]:
@@ -224,7 +213,7 @@ class NetlinkWatcher:
             for fd in ready:
                 sock, kind = by_fd[fd]
                 try:
-                    data = sock.get() if kind == "route" else sock.recv(1 << 16)
+                    data = sock.recv(1 << 16)
                 except OSError:
                     data = b""  # ENOBUFS after a burst: something changed, wake
                 wanted = self.nft_tables
