@@ -194,6 +194,10 @@ def enforced(cluster: Cluster) -> Cluster:
         node.run(
             ["env", f"K3SA_INTERVAL={INTERVAL}", "/opt/k3sa/agent.sh", name, CLUSTER_CIDR, deb], timeout=300
         )
+        # The scenario rebooted the node: the stand-in listeners (transient
+        # units) are gone, and a refused connection must not pass for a firewall drop.
+        for port in K3S_PORTS[name]:
+            node.listen(port)
 
     # (Re)install first: the scenario's last step purged the package.
     _on_both(cluster, provision)
