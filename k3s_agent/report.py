@@ -11,12 +11,14 @@ import json
 import os
 import socket
 from collections import Counter
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from k3s_agent import __version__
-from k3s_agent.engine import CycleReport
 from k3s_agent.model import BROKEN, COMPLIANT, Status
-from k3s_agent.policy.model import Policy
+
+if TYPE_CHECKING:
+    from k3s_agent.engine import CycleReport
+    from k3s_agent.policy.model import Policy
 
 SCHEMA = "k3s-agentd/node-compliance"
 SCHEMA_VERSION = 1

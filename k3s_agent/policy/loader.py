@@ -25,7 +25,7 @@ from k3s_agent.controls import specs
 from k3s_agent.controls.base import ControlSpec
 from k3s_agent.host import Host
 from k3s_agent.model import Mode
-from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy, Waiver
+from k3s_agent.policy.model import PROFILES, ContestSettings, ControlPolicy, Policy, Waiver
 from k3s_agent.policy.schema import (
     Field,
     PolicyError,
@@ -47,7 +47,6 @@ else:  # pragma: no cover - exercised on the 3.9/3.10 matrix
 
 POLICY_FILE = "/etc/k3s-agentd/policy.toml"
 POLICY_DIR = "/etc/k3s-agentd/policy.d"
-PROFILES = ("k3s-cis-server", "k3s-cis-agent")
 AUTO = "auto"
 
 _MODES = one_of(*(m.value for m in Mode))

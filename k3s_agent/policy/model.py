@@ -10,6 +10,11 @@ from typing import Any, Optional
 
 from k3s_agent.model import Mode
 
+# The built-in profiles (k3s_agent/policy/profiles/<name>/); here rather than
+# in the loader so `k3s-agentctl status` can build its argument parser
+# without importing the loader.
+PROFILES = ("k3s-cis-server", "k3s-cis-agent")
+
 
 @dataclasses.dataclass(frozen=True)
 class Waiver:

@@ -172,3 +172,21 @@ def test_no_status_at_all_is_exit_3(root: Path) -> None:
     proc = ctl(root, "status")
     assert proc.returncode == 3
     assert "not running and has recorded no status" in proc.stdout
+
+
+def test_status_imports_no_engine(root: Path, daemon: subprocess.Popen[bytes]) -> None:
+    """`status` is what monitoring polls: it reads the socket without importing the
+    engine, the policy loader or structlog (3/4 of the CLI's start-up time)."""
+    wait_for("the first cycle", lambda: status(root).get("cycle"), 20)
+    probe = (
+        "import sys\n"
+        "from k3s_agent import cli\n"
+        f"code = cli.main(['status', '--json', '--root', {str(root)!r}])\n"
+        "heavy = sorted(m for m in ('k3s_agent.engine', 'k3s_agent.policy.loader', 'structlog')"
+        " if m in sys.modules)\n"
+        "sys.stderr.write(repr(heavy))\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert proc.stderr == "[]", proc.stderr
+    assert json.loads(proc.stdout)["daemon"]["running"] is True

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    # (pytest.TerminalReporter is not exported by Debian 12's pytest 7.2.)
+    from _pytest.terminal import TerminalReporter
+
     from tests.vagrant.vagrant_node import VagrantNode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +44,24 @@ class Cluster:
     mgmt: dict[str, str]
     timings: dict[str, float]
     log: Path
+    # Seconds per scenario step, per node (filled by test_cluster.py).
+    steps: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+
+# The session's cluster, for the timing summary at the end of the run.
+_CLUSTERS: list[Cluster] = []
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    """Where the minutes went: printed whether the run passed or not, so the
+    CI log always tells how close the suite is to its time budget."""
+    for cluster in _CLUSTERS:
+        terminalreporter.section("vagrant timings")
+        for phase, secs in cluster.timings.items():
+            terminalreporter.write_line(f"{phase:<40} {secs:7.0f} s")
+        for name, steps in cluster.steps.items():
+            line = ", ".join(f"{step} {secs:.0f}" for step, secs in steps.items())
+            terminalreporter.write_line(f"{name} scenario steps (s): {line}")
 
 
 def _say(line: str) -> None:
@@ -125,7 +146,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             node.listen(10250)
         timings["fixture"] = time.monotonic() - mark
         _say(f"cluster ready in {time.monotonic() - started:.0f}s; log {log}")
-        yield Cluster(nodes, _mgmt_addresses(SSH_CONFIG), timings, log)
+        made = Cluster(nodes, _mgmt_addresses(SSH_CONFIG), timings, log)
+        _CLUSTERS.append(made)
+        yield made
     finally:
         for node in nodes.values():
             node.close()  # the shared SSH connections are ssh processes we started

@@ -86,7 +86,7 @@ def _patient_wait(probe: Callable[[], Any], timeout: float, what: str, every: fl
     return wait_until(probe, timeout, what, every=max(every, EMULATION_POLL))
 
 
-def _scenario(name: str, node: VagrantNode) -> dict[str, str]:
+def _scenario(name: str, node: VagrantNode, took: dict[str, float]) -> dict[str, str]:
     """scenario.run_scenario's loop, plus a NEW SSH connection after every step:
     each drift step ends in a heal, and SSH must survive every one of them.
     A step that breaks unexpectedly (any exception) is that step's failure:
@@ -108,7 +108,8 @@ def _scenario(name: str, node: VagrantNode) -> dict[str, str]:
                 results[label] = f"FAIL: {exc!r} (no diagnostics: {again!r})"
         if not node.ssh_works():
             results[label] += " | FAIL: no new SSH session after this step"
-        ctx.log(f"{label}: {results[label].splitlines()[0]} ({time.monotonic() - started:.0f}s)")
+        took[label] = time.monotonic() - started
+        ctx.log(f"{label}: {results[label].splitlines()[0]} ({took[label]:.0f}s)")
     return results
 
 
@@ -126,7 +127,9 @@ def scenario_results(cluster: Cluster) -> dict[str, dict[str, str]]:
     scenario.SLACK = EMULATION_SLACK
     scenario.wait_until = _patient_wait
     try:
-        results = _on_both(cluster, _scenario)
+        results = _on_both(
+            cluster, lambda name, node: _scenario(name, node, cluster.steps.setdefault(name, {}))
+        )
     finally:
         scenario.SLACK, scenario.wait_until = saved
     cluster.timings["scenario (both nodes)"] = time.monotonic() - started
