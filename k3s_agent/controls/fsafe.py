@@ -1,4 +1,4 @@
-"""Symlink-proof file-system access for the files control.
+"""Symlink-proof file-system access (the files control; sshd's lock-out lint reads keys with it).
 
 Every path is resolved one component at a time from the host root with
 O_NOFOLLOW, so neither a planted link at the end of a path nor one in the
@@ -98,6 +98,33 @@ def _step(fd: int, part: str, walked: str) -> int:
         raise
     os.close(fd)
     return child
+
+
+def read_file(host: Host, absolute: str, limit: int = 1 << 20) -> tuple[bytes, os.stat_result]:
+    """A regular file's first `limit` bytes and its fstat, reached without following
+    any symlink on the way (LinkInPath, Refused, FileNotFoundError otherwise)."""
+    parent, name = os.path.split(absolute)
+    dfd = open_dir(host, parent)
+    try:
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LinkInPath(f"{absolute} is a symlink; not followed") from None
+            raise
+    finally:
+        os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused(f"{absolute} is a {kind_of(st.st_mode)}, not a regular file")
+        chunks: list[bytes] = []
+        while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 16))):
+            chunks.append(chunk)
+            limit -= len(chunk)
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
 
 
 def entry_at(dirfd: int, name: str, path: str) -> Entry:

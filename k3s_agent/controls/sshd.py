@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
+from k3s_agent.controls import fsafe
 from k3s_agent.controls.base import ControlSpec, Lint, Watch
 from k3s_agent.controls.sshd_config import (
     ACCUMULATE,
@@ -559,17 +560,47 @@ def _groups_of(user: pwd.struct_passwd) -> set[str]:
 
 def _has_authorized_key(user: pwd.struct_passwd, settings: Mapping[str, str], host: Host) -> bool:
     files = settings.get("authorizedkeysfile", ".ssh/authorized_keys .ssh/authorized_keys2").split()
+    strict = settings.get("strictmodes", "yes") != "no"
     for spec in files:
         path = spec.replace("%h", user.pw_dir).replace("%u", user.pw_name).replace("%%", "%")
         if not path.startswith("/"):
             path = os.path.join(user.pw_dir, path)
-        try:
-            text = host.read_text(path) or ""
-        except (HostError, OSError):
-            continue
+        text = _key_file(host, os.path.normpath(path), user, strict)
         if any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
             return True
     return False
+
+
+def _key_file(host: Host, path: str, user: pwd.struct_passwd, strict: bool) -> str:
+    """An authorized_keys file as sshd would use it, else "".
+
+    We read it as root, in a user's home: never through a symlink (a user's
+    ~/.ssh -> /root/.ssh must not pass root's keys off as theirs, nor tell
+    them whether root has any), and under StrictModes only when sshd would
+    accept it: the file and its directories up to the home owned by root or
+    the user and not group/world-writable (sshd's auth_secure_path).
+    """
+    try:
+        data, st = fsafe.read_file(host, path)
+        trusted = not strict or all(_secure(s, user) for s in (st, *_dirs_up_to_home(host, path, user)))
+    except (fsafe.Refused, OSError):
+        return ""
+    return data.decode("utf-8", errors="replace") if trusted else ""
+
+
+def _secure(st: os.stat_result, user: pwd.struct_passwd) -> bool:
+    return st.st_uid in (0, user.pw_uid) and not st.st_mode & 0o022
+
+
+def _dirs_up_to_home(host: Host, path: str, user: pwd.struct_passwd) -> list[os.stat_result]:
+    home = os.path.normpath(user.pw_dir)
+    found = []
+    folder = os.path.dirname(path)
+    while True:
+        found.append(os.stat(host.path(folder), follow_symlinks=False))
+        if folder in (home, "/"):
+            return found
+        folder = os.path.dirname(folder)
 
 
 SPEC = ControlSpec(

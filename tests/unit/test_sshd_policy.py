@@ -138,6 +138,36 @@ def test_allow_users_naming_no_account_with_a_key_is_refused(root: Path) -> None
     )
 
 
+KEY_ONLY = {"PasswordAuthentication": "no", "PubkeyAuthentication": "yes", "AllowUsers": "root"}
+KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE test\n"
+
+
+def test_keys_behind_a_symlink_are_not_counted(root: Path) -> None:
+    """The lint reads users' homes as root: a linked ~/.ssh (or file) is never
+    followed, so it neither counts someone else's keys nor reveals them."""
+    write(root, "elsewhere/authorized_keys", KEY_LINE)
+    (root / "root").mkdir()
+    (root / "root/.ssh").symlink_to("../elsewhere")
+    assert "admit no existing account with an authorized key" in refused(root, KEY_ONLY)
+    (root / "root/.ssh").unlink()
+    (root / "root/.ssh").mkdir()
+    (root / "root/.ssh/authorized_keys").symlink_to("../../elsewhere/authorized_keys")
+    assert "admit no existing account with an authorized key" in refused(root, KEY_ONLY)
+    (root / "root/.ssh/authorized_keys").unlink()
+    write(root, "root/.ssh/authorized_keys", KEY_LINE)
+    assert load(root, KEY_ONLY)
+
+
+@pytest.mark.parametrize("where", ["root/.ssh/authorized_keys", "root/.ssh", "root"])
+def test_keys_sshd_would_refuse_under_strict_modes_are_not_counted(root: Path, where: str) -> None:
+    """StrictModes (the default): sshd ignores a group/world-writable key file or
+    directory up to the home, so it is no way in; with StrictModes no it is."""
+    write(root, "root/.ssh/authorized_keys", KEY_LINE)
+    (root / where).chmod(0o775 if (root / where).is_dir() else 0o664)
+    assert "admit no existing account with an authorized key" in refused(root, KEY_ONLY)
+    assert load(root, {**KEY_ONLY, "StrictModes": "no"})
+
+
 def test_allow_users_with_password_login_only_needs_an_account(root: Path) -> None:
     assert load(root, {"PasswordAuthentication": "yes", "AllowUsers": "root"})
     assert "usable account" in refused(
