@@ -86,7 +86,12 @@ def systemctl_show(host: Host, unit: str) -> dict[str, str]:
 
 def scan_processes() -> list[K3sProcess]:
     """K3s processes, found by comm. Reads /proc/<pid>/comm directly: a psutil
-    process_iter() costs ~30 ms per cycle on a busy node, this ~1 ms."""
+    process_iter() costs ~30 ms per cycle on a busy node, this ~1 ms.
+
+    This is the fallback when systemd cannot name K3s's main PID, and any user
+    can start a process named k3s-server: only root's count (real and
+    effective uid 0), so a look-alike cannot stand in for K3s in the report.
+    (Rootless K3s is not supported by this scan.)"""
     found = []
     with os.scandir("/proc") as entries:
         pids = [int(e.name) for e in entries if e.name.isdigit()]
@@ -96,11 +101,25 @@ def scan_processes() -> list[K3sProcess]:
                 comm = handle.read().strip().decode(errors="replace")
         except OSError:
             continue
-        if comm in COMMS:
+        if comm in COMMS and _runs_as_root(pid):
             process = process_by_pid(pid)
             if process is not None:
                 found.append(process)
     return found
+
+
+def _runs_as_root(pid: int) -> bool:
+    """Real and effective uid 0, from /proc/<pid>/status (the owner of /proc/<pid>
+    is not enough: a non-dumpable process's entry is root-owned whoever runs it)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Uid:"):
+                    real, effective = line.split()[1:3]
+                    return real == effective == b"0"
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _describe(proc: psutil.Process) -> K3sProcess:

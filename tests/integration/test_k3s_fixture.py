@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -35,6 +40,43 @@ def test_process_shape_and_discovery(tmp_path: Path):
         )
     after = discover(Host(root=str(tmp_path)), show=lambda h, u: {}, scan=lambda: [])
     assert after.installed and not after.running
+
+
+def test_scan_counts_only_root_processes(tmp_path: Path):
+    """Anyone can run a process named k3s-server with "server" as its first
+    argument; when systemd cannot name K3s's main PID, only root's count."""
+    # comm comes from the name execve() was given: a link named k3s-server to
+    # python3, running a script called "server" (so cmdline[1] == "server").
+    folder = Path(tempfile.mkdtemp(prefix="k3sa-lookalike-"))
+    try:
+        folder.chmod(0o755)
+        (folder / "k3s-server").symlink_to(os.path.realpath(sys.executable))
+        (folder / "server").write_text("import time\ntime.sleep(60)\n")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        procs = {
+            who: subprocess.Popen([*prefix, str(folder / "k3s-server"), "server"], cwd=folder)
+            for who, prefix in (("root", []), ("nobody", as_nobody))
+        }
+        try:
+            for proc in procs.values():
+                wait_comm(proc.pid, "k3s-server")
+            found = {p.pid for p in scan_processes()}
+            assert procs["root"].pid in found
+            assert procs["nobody"].pid not in found
+        finally:
+            for proc in procs.values():
+                proc.kill()
+                proc.wait()
+    finally:
+        shutil.rmtree(folder)
+
+
+def wait_comm(pid: int, comm: str) -> None:
+    for _ in range(100):
+        if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} never became {comm}")
 
 
 def test_data_dir_layout(tmp_path: Path):
