@@ -256,7 +256,7 @@ def test_default_server_profile_heals_a_populated_data_dir(root: Path) -> None:
     found = by_key(report.findings())
     assert found[f"/{DATA}/server/tls/server-ca.key"].status is Status.HEALED
     assert found[f"/{DATA}/server/tls/server-ca.key"].cis == "1.1.21"
-    assert found[f"/{DATA}/server/cred/admin.kubeconfig"].cis == "1.1.13"
+    assert found[f"/{DATA}/server/cred/admin.kubeconfig"].cis == "1.1.13/1.1.14"
     assert "removed 0066" in found[f"/{DATA}/server/cred/admin.kubeconfig"].message
     assert found[f"/{DATA}/agent/client-ca.crt"].status is Status.HEALED
     assert found[TLS].status is Status.HEALED  # the recursive owner item (CIS 1.1.19)
