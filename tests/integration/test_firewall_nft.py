@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,21 +225,65 @@ def test_foreign_tables_survive_every_apply(root: Path) -> None:
             assert foreign_text(ns) == before
 
 
-def test_foreign_change_during_heal_is_failed_loudly(root: Path) -> None:
+def test_foreign_change_in_our_own_transaction_is_failed_loudly(root: Path) -> None:
+    """A foreign table changed by the very transaction we committed (the
+    generation moved by one: nobody else committed) is a bug of ours: FAILED."""
     with fresh_netns() as ns:
         control = make_control(root, "nftables")
         backend = run_in(ns, control._backend)
         original = backend.runner.run
 
-        def run_and_meddle(commands: list) -> None:
-            original(commands)
-            sh("nft", "add", "table", "ip", "meddler", ns=ns)
+        def run_with_a_stowaway(commands: list) -> None:
+            original([*commands, {"add": {"table": {"family": "ip", "name": "meddler"}}}])
 
-        backend.runner.run = run_and_meddle
+        backend.runner.run = run_with_a_stowaway
         results, _ = run_in(ns, heal, control)
         assert results and all(r.status is Status.FAILED for r in results)
         assert "FOREIGN FIREWALL STATE CHANGED" in results[0].message
         assert "table ip meddler appeared" in results[0].message
+
+
+def test_foreign_change_by_another_tool_during_heal_is_not_pinned_on_us(root: Path) -> None:
+    """nftables has no lock: kube-proxy may commit between our two snapshots. Its
+    own transaction moves the generation once more, so the heal stands, with the
+    change named, not a false alarm."""
+    with fresh_netns() as ns:
+        control = make_control(root, "nftables")
+        backend = run_in(ns, control._backend)
+        original = backend.runner.run
+
+        def run_then_another_tool(commands: list) -> None:
+            original(commands)
+            sh("nft", "add", "table", "ip", "kube-proxy-ish", ns=ns)
+
+        backend.runner.run = run_then_another_tool
+        results, after = run_in(ns, heal, control)
+        assert results and all(r.status is Status.HEALED for r in results), [r.message for r in results]
+        assert "not ours" in results[0].message and "table ip kube-proxy-ish appeared" in results[0].message
+        assert_clean(after)
+
+
+def test_generation_counts_committed_transactions() -> None:
+    """The counter the attribution above rests on: +1 per transaction, whatever
+    the tool and however many commands it carries; unchanged by listing."""
+    probe = (
+        "import subprocess\n"
+        "from k3s_agent.controls.firewall.nftgen import generation\n"
+        "g = [generation()]\n"
+        "subprocess.run(['nft', 'list', 'ruleset'], check=True, capture_output=True)\n"
+        "g.append(generation())\n"
+        "batch = 'add table ip a\\nadd table ip b\\n'\n"
+        "subprocess.run(['nft', '-f', '-'], input=batch, text=True, check=True)\n"
+        "g.append(generation())\n"
+        "subprocess.run(['iptables-nft', '-w', '-N', 'X'], check=True)\n"
+        "g.append(generation())\n"
+        "print(g)\n"
+    )
+    with fresh_netns() as ns:
+        out = sh(sys.executable, "-c", probe, ns=ns).stdout
+    first, listed, batch, iptables = json.loads(out)
+    assert isinstance(first, int)
+    assert (listed, batch, iptables) == (first, first + 1, first + 2)
 
 
 def test_traffic_allowed_blocked_and_established_survives(root: Path) -> None:

@@ -51,3 +51,20 @@ def test_reordered() -> None:
 def test_structure_drift_passes_through() -> None:
     found = statuses(DESIRED, (Structure("policy", "drop", "accept", False, "chain policy changed"),))
     assert found["policy"] == ("drift", "chain policy changed")
+
+
+def test_parse_generation_reads_gen_id_and_refuses_errors() -> None:
+    """NFT_MSG_NEWGEN carries NFTA_GEN_ID (big-endian); an NLMSG_ERROR or a
+    truncated reply means "unknown", never a made-up generation."""
+    import struct
+
+    from k3s_agent.controls.firewall.nftgen import parse_generation
+
+    attrs = struct.pack("=HH", 8, 1) + struct.pack(">I", 4242) + struct.pack("=HH", 8, 2) + b"\0\0\0\7"
+    body = struct.pack("=BBH", 0, 0, 0) + attrs
+    reply = struct.pack("=IHHII", 16 + len(body), (10 << 8) | 15, 0, 1, 0) + body
+    assert parse_generation(reply) == 4242
+    error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -1) + b"\0" * 16
+    assert parse_generation(error) is None
+    assert parse_generation(reply[:18]) is None
+    assert parse_generation(reply[:24]) is None  # attribute header without its value

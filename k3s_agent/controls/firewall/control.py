@@ -161,7 +161,7 @@ class FirewallControl:
             other = self.leftover()
             if other is not None:
                 other.remove()
-            foreign_changes = backend.commit(ruleset)
+            foreign = backend.commit(ruleset)
         except (NftError, IptError, OSError) as exc:
             return [f.with_status(Status.FAILED, f"{backend.name} commit failed: {exc}") for f in drift]
         except Exception as exc:  # noqa: BLE001 - libiptc raises IPTCError with the kernel's reason
@@ -169,15 +169,19 @@ class FirewallControl:
                 f.with_status(Status.FAILED, f"{backend.name} commit failed: {type(exc).__name__}: {exc}")
                 for f in drift
             ]
-        if foreign_changes:
+        if foreign.ours:
             loud = (
                 "FOREIGN FIREWALL STATE CHANGED during our heal (kube-proxy/flannel/"
-                "network-policy rules must never be touched by us): " + "; ".join(foreign_changes)
+                "network-policy rules must never be touched by us): " + "; ".join(foreign.ours)
             )
             return [f.with_status(Status.FAILED, loud) for f in drift]
-        return [
-            f.with_status(Status.HEALED, f"{backend.name}: rewrote our ruleset atomically") for f in drift
-        ]
+        healed = f"{backend.name}: rewrote our ruleset atomically"
+        if foreign.others:
+            healed += (
+                "; other tables changed meanwhile in other tools' transactions (not ours): "
+                + "; ".join(foreign.others)
+            )
+        return [f.with_status(Status.HEALED, healed) for f in drift]
 
     def watches(self) -> list[Watch]:
         if not desired.configured(self.policy):

@@ -36,6 +36,7 @@ from k3s_agent.controls.firewall.model import (
     COMMENT_PREFIX,
     IPT_CHAIN,
     LOG_PREFIX,
+    ForeignChanges,
     Network,
     Rule,
     Ruleset,
@@ -287,7 +288,7 @@ class IptablesBackend:
         ok = all(s.endswith(": ACCEPT") for s in states)
         return Structure("policy", "ACCEPT", "; ".join(states), ok, "" if ok else "INPUT policy changed")
 
-    def commit(self, ruleset: Ruleset) -> list[str]:
+    def commit(self, ruleset: Ruleset) -> ForeignChanges:
         """Rewrite our chain and jump, one commit per table, under the xtables lock.
 
         Returns what changed outside our chain/jump between our read and our
@@ -305,7 +306,7 @@ class IptablesBackend:
                 table.refresh()
                 label = "ip6tables" if family == 6 else "iptables"
                 changes += [f"{label}: {c}" for c in _diff(before, self._foreign(table, family))]
-        return changes
+        return ForeignChanges(ours=tuple(changes))
 
     def _rewrite(self, table: Any, family: int, ruleset: Ruleset) -> None:
         iptc = self.iptc

@@ -93,6 +93,19 @@ class Ruleset:
         return [r.name for r in self.rules]
 
 
+@dataclasses.dataclass(frozen=True)
+class ForeignChanges:
+    """What changed outside our table/chain across one commit of ours.
+
+    ours: nobody else committed meanwhile, so these came with our commit (a
+    bug to shout about). others: other transactions committed in the same
+    window (kube-proxy syncing, say), so a change cannot be pinned on us.
+    """
+
+    ours: tuple[str, ...] = ()
+    others: tuple[str, ...] = ()
+
+
 # -- parsing and validation of policy values -----------------------------------------
 
 

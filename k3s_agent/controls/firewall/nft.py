@@ -19,7 +19,16 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from k3s_agent.controls.firewall.compare import Entry, Observed, Structure
-from k3s_agent.controls.firewall.model import LOG_PREFIX, NFT_CHAIN, TABLE, Network, Rule, Ruleset
+from k3s_agent.controls.firewall.model import (
+    LOG_PREFIX,
+    NFT_CHAIN,
+    TABLE,
+    ForeignChanges,
+    Network,
+    Rule,
+    Ruleset,
+)
+from k3s_agent.controls.firewall.nftgen import generation
 from k3s_agent.host import Host, HostError
 
 FAMILY = "inet"
@@ -304,8 +313,14 @@ class NftBackend:
         )
         return Observed(tuple(structure), entries)
 
-    def commit(self, ruleset: Ruleset) -> list[str]:
-        """Replace our table in one transaction; return what changed in foreign tables."""
+    def commit(self, ruleset: Ruleset) -> ForeignChanges:
+        """Replace our table in one transaction; return what changed in foreign tables.
+
+        nftables has no lock: kube-proxy may commit while we do. The ruleset
+        generation (+1 per committed transaction) tells them apart: if it moved
+        by exactly one across our commit, ours was the only transaction and any
+        foreign change came with it.
+        """
         # add+delete+add: deleting a table that does not exist fails the batch,
         # adding an existing one is a no-op, so this works from any state.
         commands: list[dict[str, Any]] = [
@@ -329,9 +344,23 @@ class NftBackend:
                         }
                     }
                 )
-        before = self.foreign_snapshot()
+        before, gen_before = self._settled_snapshot()
         self.runner.run(commands)
-        return diff_snapshots(before, self.foreign_snapshot())
+        after, gen_after = self._settled_snapshot()
+        changes = tuple(diff_snapshots(before, after))
+        if changes and gen_before is not None and gen_after is not None and gen_after - gen_before > 1:
+            return ForeignChanges(others=changes)
+        return ForeignChanges(ours=changes)
+
+    def _settled_snapshot(self) -> tuple[dict[str, str], Optional[int]]:
+        """foreign_snapshot() and the generation it shows (None: unknown, or the
+        ruleset kept changing while we listed it)."""
+        for _ in range(3):
+            gen = generation()
+            snapshot = self.foreign_snapshot()
+            if gen is not None and generation() == gen:
+                return snapshot, gen
+        return snapshot, None
 
     def present(self) -> bool:
         """Whether our table exists (used when it is left over from this backend)."""

@@ -30,7 +30,8 @@ def generation() -> Optional[int]:
     body = _NFGENMSG.pack(socket.AF_UNSPEC, 0, 0)
     message = _NLMSG.pack(_NLMSG.size + len(body), request_type, NLM_F_REQUEST, 1, 0) + body
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER) as sock:
+        kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+        with socket.socket(socket.AF_NETLINK, kind, NETLINK_NETFILTER) as sock:
             sock.settimeout(2)
             sock.sendto(message, (0, 0))
             reply = sock.recv(8192)
@@ -49,7 +50,7 @@ def parse_generation(reply: bytes) -> Optional[int]:
     end = min(length, len(reply))
     while offset + _NLA.size <= end:
         nla_len, nla_type = _NLA.unpack_from(reply, offset)
-        if nla_len < _NLA.size:
+        if nla_len < _NLA.size or offset + nla_len > end:
             return None
         if nla_type & 0x3FFF == NFTA_GEN_ID and nla_len >= _NLA.size + 4:
             return int(struct.unpack_from(">I", reply, offset + _NLA.size)[0])
