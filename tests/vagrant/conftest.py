@@ -32,7 +32,8 @@ FIXTURE_DIR = REPO / "tests" / "k3s_fixture"
 CLUSTER_NET = "10.77.0"
 CLUSTER_CIDR = f"{CLUSTER_NET}.0/24"
 ADDRESSES = {"server": f"{CLUSTER_NET}.10", "agent": f"{CLUSTER_NET}.11"}
-# Where the scenario's package-lifecycle step looks for the package file.
+# Where the scenario's package-lifecycle step looks for the package file
+# (vagrant/provision/agent.sh keeps a copy there in the package stage).
 E2E_PACKAGE_DIR = "/var/cache/k3s-agentd-e2e"
 
 
@@ -137,9 +138,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         nodes = {name: VagrantNode(name, str(SSH_CONFIG)) for name in ("server", "agent")}
         wait_ssh(list(nodes.values()))
         mark = time.monotonic()
+        # The package stage (vagrant/provision/agent.sh install-only) left the
+        # package file in E2E_PACKAGE_DIR for the scenario's reinstall step.
         for name, node in nodes.items():
             _install_fixture(node, name)
-            node.copy_in(deb.read_bytes(), f"{E2E_PACKAGE_DIR}/{deb.name}", 0o644)
         # The fixture does not listen: stand-ins on K3s's ports, as K3s would.
         nodes["server"].listen(6443)
         for node in nodes.values():

@@ -1,7 +1,9 @@
 """Run the e2e scenario (tests/e2e/scenario.py) against VMs of vagrant/Vagrantfile.
 
-    cd vagrant && vagrant up && cd ..
-    sudo -E python3 -m tests.vagrant.run_scenario server agent
+    cd vagrant && K3SA_STAGE=package vagrant up && cd ..
+    python3 -m tests.vagrant.run_scenario server agent
+
+(vagrant/e2e.sh does exactly this, then `vagrant provision` for the full cluster.)
 
 It drifts and heals each node for real (sysctl, firewall, sshd, files), kills
 and restarts the daemon, reboots the node and purges/reinstalls the package

@@ -51,6 +51,8 @@ def test_offline_nodes(cluster: Cluster) -> None:
         assert node.run(["dpkg-query", "-W", "-f=${Status}", "k3s-hardening-agent"]).stdout == (
             "install ok installed"
         )
+        kept = node.run(["sh", "-c", f"ls {E2E_PACKAGE_DIR}/*.deb"], check=False).stdout.split()
+        assert kept, f"{name}: the package stage kept no package file in {E2E_PACKAGE_DIR}"
     # The two nodes reach each other on the cluster network, and before any
     # enforcement the K3s ports are open to everyone (so a closed port later
     # is the firewall's doing, not a missing listener).

@@ -15,6 +15,7 @@ import contextlib
 import os
 import shlex
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Optional
@@ -29,7 +30,19 @@ SSH_OPTS = [
     *("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"),
     *("-o", "Ciphers=chacha20-poly1305@openssh.com,aes128-ctr"),
 ]
-CONTROL_DIR = "/run/k3s-agentd-vagrant"
+CONTROL_DIR = "/run/k3s-agentd-vagrant"  # the shared connections' sockets (CI, as root)
+_private_dir: list[str] = []
+
+
+def _control_dir() -> str:
+    """CONTROL_DIR as root; for a user running vagrant/e2e.sh, a fresh private
+    directory (never a predictable path under /tmp that someone else could own)."""
+    if os.geteuid() == 0:
+        os.makedirs(CONTROL_DIR, mode=0o700, exist_ok=True)
+        return CONTROL_DIR
+    if not _private_dir:
+        _private_dir.append(tempfile.mkdtemp(prefix="k3s-agentd-vagrant-"))
+    return _private_dir[0]
 
 
 class VagrantNode:
@@ -38,8 +51,7 @@ class VagrantNode:
     def __init__(self, name: str, ssh_config: str) -> None:
         self.name = name
         self.ssh_config = ssh_config
-        os.makedirs(CONTROL_DIR, exist_ok=True)
-        self.control_path = os.path.join(CONTROL_DIR, f"ssh-{name}.sock")
+        self.control_path = os.path.join(_control_dir(), f"ssh-{name}.sock")
 
     def _argv(self, remote: str, shared: bool = True) -> list[str]:
         if shared:

@@ -6,8 +6,10 @@
 # only). Runs as root inside the VM (Vagrant shell provisioner), on Debian,
 # Ubuntu or Rocky; offline when the package's dependencies are already there.
 # K3SA_INTERVAL=N in the environment sets the cycle interval (seconds).
-# install-only (the CI run): the package as it installs, not started, so the
-# e2e scenario finds the node in its post-install state and drives the rest.
+# install-only (the package stage: CI, vagrant/e2e.sh): the package as it
+# installs, not started, so the e2e scenario finds the node in its
+# post-install state and drives the rest; a copy of the package file is kept
+# in /var/cache/k3s-agentd-e2e for the scenario's remove/reinstall step.
 set -euo pipefail
 role=$1 cidr=$2 pkg=${3:-} what=${4:-enforce}
 
@@ -44,7 +46,10 @@ if systemctl is-enabled -q firewalld.service 2>/dev/null; then
   systemctl disable --now firewalld.service
 fi
 command -v k3s-agentd >/dev/null || { echo "k3s-agentd is not installed" >&2; exit 1; }
-[ "$what" = install-only ] && exit 0
+if [ "$what" = install-only ]; then
+  [ -z "$pkg" ] || install -D -m 0644 -o root -g root "$pkg" "/var/cache/k3s-agentd-e2e/${pkg##*/}"
+  exit 0
+fi
 
 # The node's policy: the role's built-in profile, enforce mode, and the
 # private network named as the cluster network (root-owned, 0644: the daemon

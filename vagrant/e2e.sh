@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The e2e scenario on the users' VMs (real boxes, internet), then the cluster
+# as `vagrant up` builds it:
+#   1. K3SA_STAGE=package vagrant up: the package installed, not started, no K3s
+#      (the post-install state the scenario starts from);
+#   2. tests/vagrant/run_scenario.py on each node, from this machine over SSH:
+#      drift of every kind healed, reload with a broken policy, kill -9, the
+#      watchdog, a reboot, remove/reinstall/purge of the package;
+#   3. vagrant provision: the agent reinstalled in enforce mode with the
+#      cluster network, then real K3s with the hardening flags.
+# Usage: vagrant/e2e.sh [NODE...]   (default: server agent; throw-away VMs only)
+# Needs python3 on this machine (standard library only).
+set -euo pipefail
+cd "$(dirname "$0")"
+nodes=("$@")
+[ ${#nodes[@]} -gt 0 ] || nodes=(server agent)
+K3SA_STAGE=package vagrant up "${nodes[@]}"
+(cd .. && python3 -m tests.vagrant.run_scenario "${nodes[@]}")
+vagrant provision "${nodes[@]}"
+for node in "${nodes[@]}"; do
+  vagrant ssh "$node" -c 'sudo k3s-agentctl status' || true
+done
