@@ -205,6 +205,7 @@ def enforced(cluster: Cluster) -> Cluster:
             node.listen(port)
 
     # (Re)install first: the scenario's last step purged the package.
+    started = time.monotonic()
     _on_both(cluster, provision)
     if "firewall" not in _registry(cluster.nodes["server"]):
         pytest.skip("the firewall control is not in this build: no cluster-network checks to make")
@@ -212,6 +213,7 @@ def enforced(cluster: Cluster) -> Cluster:
         assert node.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active"
     for node in cluster.nodes.values():
         wait_until(lambda n=node: _firewall_settled(n), 120, f"{node.name}'s firewall enforced")
+    cluster.timings["enforce (agent.sh) until firewalls settled"] = time.monotonic() - started
     return cluster
 
 
@@ -262,5 +264,6 @@ def test_heal_firewall_keeps_cluster_and_ssh(enforced: Cluster, name: str) -> No
         lambda: not host_tcp_open(enforced.mgmt[name], port, timeout=2), 90, f"{name}'s firewall healed"
     )
     wait_until(lambda: _firewall_settled(node), 60, f"{name}'s firewall findings ok/healed")
+    enforced.timings[f"firewall heal on {name}, until settled"] = time.monotonic() - started
     _log(f"[{name}] firewall healed in {time.monotonic() - started:.1f}s")
     _check_cluster_ports(enforced, f"after healing {name}")
