@@ -264,6 +264,13 @@ def step_ready(ctx: Context) -> None:
     )
     ctx.log(f"StatusText: {status_text.string}")
     assert "started" in journal(node, "-u", UNIT, f"_PID={props['MainPID']}")
+    # The sandbox as the daemon sees it (its own mount namespace): what it
+    # manages is writable, /etc/rancher included (the package's tmpfiles.d
+    # entry makes it before the first start, so K3s installed later is still
+    # covered); the rest of /etc, the unit directory above all, is not.
+    probe = "for p in /etc/rancher /etc/sysctl.d /etc/systemd/system; do test -w $p && echo $p; done"
+    writable = node.run(["nsenter", "-t", props["MainPID"], "-m", "--", "sh", "-c", probe]).stdout.split()
+    assert writable == ["/etc/rancher", "/etc/sysctl.d"], f"writable in the daemon's sandbox: {writable}"
 
 
 def step_every_control(ctx: Context) -> None:

@@ -58,6 +58,23 @@ def test_deb_version_conffile_and_no_start(built: None) -> None:
         assert path in listing
 
 
+def test_tmpfiles_make_what_the_sandbox_binds(built: None, tmp_path: Path) -> None:
+    """The shipped tmpfiles.d entry, applied by the real systemd-tmpfiles to an empty
+    root: /etc/rancher exists before the agent starts (ReadWritePaths= would drop
+    it otherwise), root-owned 0755, and the xtables lock 0600."""
+    _out("dpkg-deb", "-x", str(DEB), str(tmp_path / "pkg"))
+    conf = tmp_path / "pkg/usr/lib/tmpfiles.d/k3s-agentd.conf"
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "run").mkdir()
+    _out("systemd-tmpfiles", f"--root={root}", "--create", str(conf))
+    rancher = (root / "etc/rancher").stat()
+    assert (oct(rancher.st_mode & 0o7777), rancher.st_uid, rancher.st_gid) == ("0o755", 0, 0)
+    assert oct((root / "run/xtables.lock").stat().st_mode & 0o7777) == "0o600"
+    unit = (tmp_path / "pkg/lib/systemd/system/k3s-agentd.service").read_text()
+    assert "ReadWritePaths=-/etc/rancher" in unit
+
+
 def test_shipped_policy_is_audit_and_valid(built: None, tmp_path: Path) -> None:
     subprocess.run(["dpkg-deb", "-x", str(DEB), str(tmp_path)], check=True)
     policy = (tmp_path / "etc/k3s-agentd/policy.toml").read_text()
