@@ -229,6 +229,15 @@ def _check_cluster_ports(cluster: Cluster, when: str) -> None:
             assert not host_tcp_open(
                 cluster.mgmt[name], port
             ), f"{when}: {name}:{port} open outside the cluster"
+    # And from a VM on that second network: the agent VM, from its management
+    # address, reaches the server's SSH there (so the network works) but not
+    # K3s's ports (the firewall's doing).
+    server_mgmt, agent_mgmt = cluster.mgmt["server"], cluster.mgmt["agent"]
+    assert agent.tcp_open(server_mgmt, 22, source=agent_mgmt), f"{when}: no SSH to the server from outside"
+    for port in K3S_PORTS["server"]:
+        assert not agent.tcp_open(
+            server_mgmt, port, source=agent_mgmt
+        ), f"{when}: server:{port} open to the agent VM's management address"
     for node in cluster.nodes.values():
         assert node.ssh_works(), f"{when}: ssh into {node.name} fails"
 

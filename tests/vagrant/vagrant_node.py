@@ -165,15 +165,17 @@ class VagrantNode:
         except subprocess.TimeoutExpired:
             return False
 
-    def tcp_open(self, host: str, port: int, timeout: float = 3) -> bool:
-        """From inside this node: does a TCP connect to host:port succeed?"""
+    def tcp_open(self, host: str, port: int, timeout: float = 3, source: str = "") -> bool:
+        """From inside this node (from its address `source`, if given): does a TCP
+        connect to host:port succeed?"""
         probe = (
             "import socket,sys\n"
             "s=socket.socket(); s.settimeout(float(sys.argv[3]))\n"
+            "sys.argv[4] and s.bind((sys.argv[4], 0))\n"
             "sys.exit(0 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 1)\n"
         )
         done = self.run(
-            ["python3", "-c", probe, host, str(port), str(timeout)], check=False, timeout=timeout + 30
+            ["python3", "-c", probe, host, str(port), str(timeout), source], check=False, timeout=timeout + 30
         )
         return done.returncode == 0
 
