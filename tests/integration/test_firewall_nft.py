@@ -263,6 +263,29 @@ def test_foreign_change_by_another_tool_during_heal_is_not_pinned_on_us(root: Pa
         assert_clean(after)
 
 
+def test_unknown_generation_counts_every_foreign_change_as_ours(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No generation (netlink refused): nothing tells another tool's commit from
+    ours, so the change is reported loudly, as before the attribution existed."""
+    import k3s_agent.controls.firewall.nft as nft_backend
+
+    monkeypatch.setattr(nft_backend, "generation", lambda: None)
+    with fresh_netns() as ns:
+        control = make_control(root, "nftables")
+        backend = run_in(ns, control._backend)
+        original = backend.runner.run
+
+        def run_then_another_tool(commands: list) -> None:
+            original(commands)
+            sh("nft", "add", "table", "ip", "kube-proxy-ish", ns=ns)
+
+        backend.runner.run = run_then_another_tool
+        results, _ = run_in(ns, heal, control)
+        assert results and all(r.status is Status.FAILED for r in results)
+        assert "FOREIGN FIREWALL STATE CHANGED" in results[0].message
+
+
 def test_generation_counts_committed_transactions() -> None:
     """The counter the attribution above rests on: +1 per transaction, whatever
     the tool and however many commands it carries; unchanged by listing."""

@@ -68,3 +68,11 @@ def test_parse_generation_reads_gen_id_and_refuses_errors() -> None:
     assert parse_generation(error) is None
     assert parse_generation(reply[:18]) is None
     assert parse_generation(reply[:24]) is None  # attribute header without its value
+
+
+def test_transactions_between_survives_the_u32_wrap() -> None:
+    from k3s_agent.controls.firewall.nftgen import transactions_between
+
+    assert transactions_between(41, 42) == 1
+    assert transactions_between(0xFFFFFFFF, 0) == 1
+    assert transactions_between(0xFFFFFFFE, 1) == 3

@@ -28,7 +28,7 @@ from k3s_agent.controls.firewall.model import (
     Rule,
     Ruleset,
 )
-from k3s_agent.controls.firewall.nftgen import generation
+from k3s_agent.controls.firewall.nftgen import generation, transactions_between
 from k3s_agent.host import Host, HostError
 
 FAMILY = "inet"
@@ -318,8 +318,11 @@ class NftBackend:
 
         nftables has no lock: kube-proxy may commit while we do. The ruleset
         generation (+1 per committed transaction) tells them apart: if it moved
-        by exactly one across our commit, ours was the only transaction and any
-        foreign change came with it.
+        by exactly one from before our first listing to after our second, no
+        other transaction committed in that window, and a foreign change came
+        with ours (or from the packet path: elements a rule adds to a dynamic
+        set go through no transaction; docs/firewall.md). Unknown generation:
+        every change counts as ours.
         """
         # add+delete+add: deleting a table that does not exist fails the batch,
         # adding an existing one is a no-op, so this works from any state.
@@ -344,23 +347,15 @@ class NftBackend:
                         }
                     }
                 )
-        before, gen_before = self._settled_snapshot()
+        first = generation()
+        before = self.foreign_snapshot()
         self.runner.run(commands)
-        after, gen_after = self._settled_snapshot()
+        after = self.foreign_snapshot()
+        last = generation() if first is not None else None
         changes = tuple(diff_snapshots(before, after))
-        if changes and gen_before is not None and gen_after is not None and gen_after - gen_before > 1:
+        if changes and first is not None and last is not None and transactions_between(first, last) > 1:
             return ForeignChanges(others=changes)
         return ForeignChanges(ours=changes)
-
-    def _settled_snapshot(self) -> tuple[dict[str, str], Optional[int]]:
-        """foreign_snapshot() and the generation it shows (None: unknown, or the
-        ruleset kept changing while we listed it)."""
-        for _ in range(3):
-            gen = generation()
-            snapshot = self.foreign_snapshot()
-            if gen is not None and generation() == gen:
-                return snapshot, gen
-        return snapshot, None
 
     def present(self) -> bool:
         """Whether our table exists (used when it is left over from this backend)."""

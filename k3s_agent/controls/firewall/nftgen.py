@@ -40,6 +40,11 @@ def generation() -> Optional[int]:
     return parse_generation(reply)
 
 
+def transactions_between(first: int, last: int) -> int:
+    """Commits from generation first to last (a u32: it wraps)."""
+    return (last - first) & 0xFFFFFFFF
+
+
 def parse_generation(reply: bytes) -> Optional[int]:
     if len(reply) < _NLMSG.size + _NFGENMSG.size:
         return None
