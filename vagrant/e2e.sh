@@ -14,6 +14,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 nodes=("$@")
 [ ${#nodes[@]} -gt 0 ] || nodes=(server agent)
+# The scenario starts from a node that has never been provisioned: refuse VMs
+# that exist already (their state is not the post-install one).
+for node in "${nodes[@]}"; do
+  state=$(vagrant status --machine-readable "$node" | awk -F, '$3 == "state" {print $4; exit}')
+  if [ "$state" != not_created ]; then
+    echo "e2e.sh: $node exists ($state); run 'vagrant destroy -f $node' first (the scenario needs a fresh VM)" >&2
+    exit 1
+  fi
+done
 K3SA_STAGE=package vagrant up "${nodes[@]}"
 (cd .. && python3 -m tests.vagrant.run_scenario "${nodes[@]}")
 vagrant provision "${nodes[@]}"

@@ -19,10 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fnmatch
-import grp
 import os
-import pwd
 import shlex
 import signal
 import tempfile
@@ -30,7 +27,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from k3s_agent.controls import fsafe
 from k3s_agent.controls.base import ControlSpec, Lint, Watch
 from k3s_agent.controls.sshd_config import (
     ACCUMULATE,
@@ -44,6 +40,7 @@ from k3s_agent.controls.sshd_config import (
     render,
     winners,
 )
+from k3s_agent.controls.sshd_lockout import lockouts
 from k3s_agent.host import Host, HostError
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
@@ -510,97 +507,6 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     return problems + [
         Lint("", f"{reason} (set allow_lockout = true to accept)") for reason in lockouts(settings, host)
     ]
-
-
-def lockouts(settings: Mapping[str, str], host: Host) -> list[str]:
-    """Ways the settings would leave no way in (sshd defaults where a key is unset)."""
-    pubkey = settings.get("pubkeyauthentication", "yes") != "no"
-    password = settings.get("passwordauthentication", "yes") != "no"
-    keyboard = settings.get("kbdinteractiveauthentication") == "yes"
-    found = []
-    if not (pubkey or password or keyboard):
-        found.append(
-            "PubkeyAuthentication no with PasswordAuthentication no (and no KbdInteractiveAuthentication"
-            " yes) leaves no way to log in"
-        )
-    if "allowusers" in settings or "allowgroups" in settings:
-        need_key = not (password or keyboard)
-        if not any(_can_log_in(user, settings, host, need_key) for user in pwd.getpwall()):
-            what = "an authorized key" if need_key else "a usable account"
-            users, groups = settings.get("allowusers", "-"), settings.get("allowgroups", "-")
-            found.append(
-                f"AllowUsers/AllowGroups admit no existing account with {what} "
-                f"(AllowUsers {users}, AllowGroups {groups})"
-            )
-    return found
-
-
-def _can_log_in(user: pwd.struct_passwd, settings: Mapping[str, str], host: Host, need_key: bool) -> bool:
-    if user.pw_uid == 0 and settings.get("permitrootlogin") in ("no", "forced-commands-only"):
-        return False
-    allowed = settings.get("allowusers")
-    if allowed is not None and not any(_user_matches(user.pw_name, p) for p in allowed.split()):
-        return False
-    groups = settings.get("allowgroups")
-    if groups is not None and not (set(groups.split()) & _groups_of(user)):
-        return False
-    return not need_key or _has_authorized_key(user, settings, host)
-
-
-def _user_matches(name: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(name, pattern.split("@", 1)[0])
-
-
-def _groups_of(user: pwd.struct_passwd) -> set[str]:
-    names = {g.gr_name for g in grp.getgrall() if user.pw_name in g.gr_mem}
-    with contextlib.suppress(KeyError):
-        names.add(grp.getgrgid(user.pw_gid).gr_name)
-    return names
-
-
-def _has_authorized_key(user: pwd.struct_passwd, settings: Mapping[str, str], host: Host) -> bool:
-    files = settings.get("authorizedkeysfile", ".ssh/authorized_keys .ssh/authorized_keys2").split()
-    strict = settings.get("strictmodes", "yes") != "no"
-    for spec in files:
-        path = spec.replace("%h", user.pw_dir).replace("%u", user.pw_name).replace("%%", "%")
-        if not path.startswith("/"):
-            path = os.path.join(user.pw_dir, path)
-        text = _key_file(host, os.path.normpath(path), user, strict)
-        if any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
-            return True
-    return False
-
-
-def _key_file(host: Host, path: str, user: pwd.struct_passwd, strict: bool) -> str:
-    """An authorized_keys file as sshd would use it, else "".
-
-    We read it as root, in a user's home: never through a symlink (a user's
-    ~/.ssh -> /root/.ssh must not pass root's keys off as theirs, nor tell
-    them whether root has any), and under StrictModes only when sshd would
-    accept it: the file and its directories up to the home owned by root or
-    the user and not group/world-writable (sshd's auth_secure_path).
-    """
-    try:
-        data, st = fsafe.read_file(host, path)
-        trusted = not strict or all(_secure(s, user) for s in (st, *_dirs_up_to_home(host, path, user)))
-    except (fsafe.Refused, OSError):
-        return ""
-    return data.decode("utf-8", errors="replace") if trusted else ""
-
-
-def _secure(st: os.stat_result, user: pwd.struct_passwd) -> bool:
-    return st.st_uid in (0, user.pw_uid) and not st.st_mode & 0o022
-
-
-def _dirs_up_to_home(host: Host, path: str, user: pwd.struct_passwd) -> list[os.stat_result]:
-    home = os.path.normpath(user.pw_dir)
-    found = []
-    folder = os.path.dirname(path)
-    while True:
-        found.append(os.stat(host.path(folder), follow_symlinks=False))
-        if folder in (home, "/"):
-            return found
-        folder = os.path.dirname(folder)
 
 
 SPEC = ControlSpec(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -142,20 +143,37 @@ KEY_ONLY = {"PasswordAuthentication": "no", "PubkeyAuthentication": "yes", "Allo
 KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE test\n"
 
 
-def test_keys_behind_a_symlink_are_not_counted(root: Path) -> None:
-    """The lint reads users' homes as root: a linked ~/.ssh (or file) is never
-    followed, so it neither counts someone else's keys nor reveals them."""
+NOBODY = 65534
+
+
+def test_keys_behind_a_users_symlink_are_not_counted(root: Path) -> None:
+    """The lint reads users' homes as root: a link a user could have made (not
+    root's own) is never followed, so it neither counts someone else's keys
+    nor reveals them."""
     write(root, "elsewhere/authorized_keys", KEY_LINE)
     (root / "root").mkdir()
     (root / "root/.ssh").symlink_to("../elsewhere")
+    os.lchown(root / "root/.ssh", NOBODY, NOBODY)
     assert "admit no existing account with an authorized key" in refused(root, KEY_ONLY)
     (root / "root/.ssh").unlink()
     (root / "root/.ssh").mkdir()
     (root / "root/.ssh/authorized_keys").symlink_to("../../elsewhere/authorized_keys")
+    os.lchown(root / "root/.ssh/authorized_keys", NOBODY, NOBODY)
     assert "admit no existing account with an authorized key" in refused(root, KEY_ONLY)
     (root / "root/.ssh/authorized_keys").unlink()
     write(root, "root/.ssh/authorized_keys", KEY_LINE)
     assert load(root, KEY_ONLY)
+
+
+def test_links_only_root_could_make_are_followed(root: Path) -> None:
+    """Fedora CoreOS/Silverblue: /home -> var/home. A root-owned link in a
+    root-owned directory nobody else can write is the system's, and sshd
+    follows it too; the same link in a group-writable directory is not."""
+    write(root, "var/roothome/.ssh/authorized_keys", KEY_LINE)
+    (root / "root").symlink_to("var/roothome")
+    assert load(root, KEY_ONLY)
+    root.chmod(0o775)
+    assert "admit no existing account with an authorized key" in refused(root, KEY_ONLY)
 
 
 @pytest.mark.parametrize("where", ["root/.ssh/authorized_keys", "root/.ssh", "root"])

@@ -11,9 +11,11 @@ would refuse new ones).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -42,6 +44,7 @@ def _control_dir() -> str:
         return CONTROL_DIR
     if not _private_dir:
         _private_dir.append(tempfile.mkdtemp(prefix="k3s-agentd-vagrant-"))
+        atexit.register(shutil.rmtree, _private_dir[0], True)
     return _private_dir[0]
 
 
