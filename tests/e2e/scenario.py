@@ -268,7 +268,7 @@ def step_ready(ctx: Context) -> None:
     # manages is writable, /etc/rancher included (the package's tmpfiles.d
     # entry makes it before the first start, so K3s installed later is still
     # covered); the rest of /etc, the unit directory above all, is not.
-    probe = "for p in /etc/rancher /etc/sysctl.d /etc/systemd/system; do test -w $p && echo $p; done"
+    probe = "for p in /etc/rancher /etc/sysctl.d /etc/systemd/system; do test -w $p && echo $p; done; exit 0"
     writable = node.run(["nsenter", "-t", props["MainPID"], "-m", "--", "sh", "-c", probe]).stdout.split()
     assert writable == ["/etc/rancher", "/etc/sysctl.d"], f"writable in the daemon's sandbox: {writable}"
 
