@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from fwcontrol import SSH_PORT, drift, heal, make_control
@@ -225,42 +226,42 @@ def test_foreign_tables_survive_every_apply(root: Path) -> None:
             assert foreign_text(ns) == before
 
 
-def test_foreign_change_in_our_own_transaction_is_failed_loudly(root: Path) -> None:
-    """A foreign table changed by the very transaction we committed (the
-    generation moved by one: nobody else committed) is a bug of ours: FAILED."""
+def heal_with_meddling(root: Path, meddle: Callable[[str, Callable[[list], None], list], None]) -> tuple:
+    """One heal in a fresh netns whose commit goes through meddle(ns, run, commands)."""
     with fresh_netns() as ns:
         control = make_control(root, "nftables")
         backend = run_in(ns, control._backend)
         original = backend.runner.run
+        backend.runner.run = lambda commands: meddle(ns, original, commands)
+        return run_in(ns, heal, control)
 
-        def run_with_a_stowaway(commands: list) -> None:
-            original([*commands, {"add": {"table": {"family": "ip", "name": "meddler"}}}])
 
-        backend.runner.run = run_with_a_stowaway
-        results, _ = run_in(ns, heal, control)
-        assert results and all(r.status is Status.FAILED for r in results)
-        assert "FOREIGN FIREWALL STATE CHANGED" in results[0].message
-        assert "table ip meddler appeared" in results[0].message
+def another_tool_commits_after_us(ns: str, run: Callable[[list], None], commands: list) -> None:
+    run(commands)
+    sh("nft", "add", "table", "ip", "kube-proxy-ish", ns=ns)
+
+
+def test_foreign_change_in_our_own_transaction_is_failed_loudly(root: Path) -> None:
+    """A foreign table changed by the very transaction we committed (the
+    generation moved by one: nobody else committed) is a bug of ours: FAILED."""
+
+    def stowaway(ns: str, run: Callable[[list], None], commands: list) -> None:
+        run([*commands, {"add": {"table": {"family": "ip", "name": "meddler"}}}])
+
+    results, _ = heal_with_meddling(root, stowaway)
+    assert results and all(r.status is Status.FAILED for r in results)
+    assert "FOREIGN FIREWALL STATE CHANGED" in results[0].message
+    assert "table ip meddler appeared" in results[0].message
 
 
 def test_foreign_change_by_another_tool_during_heal_is_not_pinned_on_us(root: Path) -> None:
     """nftables has no lock: kube-proxy may commit between our two snapshots. Its
     own transaction moves the generation once more, so the heal stands, with the
     change named, not a false alarm."""
-    with fresh_netns() as ns:
-        control = make_control(root, "nftables")
-        backend = run_in(ns, control._backend)
-        original = backend.runner.run
-
-        def run_then_another_tool(commands: list) -> None:
-            original(commands)
-            sh("nft", "add", "table", "ip", "kube-proxy-ish", ns=ns)
-
-        backend.runner.run = run_then_another_tool
-        results, after = run_in(ns, heal, control)
-        assert results and all(r.status is Status.HEALED for r in results), [r.message for r in results]
-        assert "not ours" in results[0].message and "table ip kube-proxy-ish appeared" in results[0].message
-        assert_clean(after)
+    results, after = heal_with_meddling(root, another_tool_commits_after_us)
+    assert results and all(r.status is Status.HEALED for r in results), [r.message for r in results]
+    assert "not ours" in results[0].message and "table ip kube-proxy-ish appeared" in results[0].message
+    assert_clean(after)
 
 
 def test_unknown_generation_counts_every_foreign_change_as_ours(
@@ -271,19 +272,9 @@ def test_unknown_generation_counts_every_foreign_change_as_ours(
     import k3s_agent.controls.firewall.nft as nft_backend
 
     monkeypatch.setattr(nft_backend, "generation", lambda: None)
-    with fresh_netns() as ns:
-        control = make_control(root, "nftables")
-        backend = run_in(ns, control._backend)
-        original = backend.runner.run
-
-        def run_then_another_tool(commands: list) -> None:
-            original(commands)
-            sh("nft", "add", "table", "ip", "kube-proxy-ish", ns=ns)
-
-        backend.runner.run = run_then_another_tool
-        results, _ = run_in(ns, heal, control)
-        assert results and all(r.status is Status.FAILED for r in results)
-        assert "FOREIGN FIREWALL STATE CHANGED" in results[0].message
+    results, _ = heal_with_meddling(root, another_tool_commits_after_us)
+    assert results and all(r.status is Status.FAILED for r in results)
+    assert "FOREIGN FIREWALL STATE CHANGED" in results[0].message
 
 
 def test_generation_counts_committed_transactions() -> None:
