@@ -99,7 +99,10 @@ class FirewallControl:
             return []
         assert self.inputs is not None
         management = desired.symbols(self.policy, self.inputs)["@management"]
-        return guard.lockout_problems(ruleset, self.inputs.ssh_ports, management)
+        # The interfaces are read afresh every time, in this thread's network
+        # namespace: a NIC renamed or added since the last heal is walked too.
+        interfaces = self.host.net_interfaces()
+        return guard.lockout_problems(ruleset, self.inputs.ssh_ports, management, interfaces)
 
     # -- the contract ---------------------------------------------------------------------
 
