@@ -140,8 +140,10 @@ def test_apply_refuses_and_writes_nothing_then_allowed_heals_keep_ssh(root: Path
                 assert nothing_written(server, backend), case
                 assert sshd.login(client, SERVER_IP) == OPERATOR, (case, sshd.last_error)
             for case in sorted(ALLOWED):
-                results, after = run_in(server, heal, make_control(root, backend, items=ALLOWED[case]))
+                control = make_control(root, backend, items=ALLOWED[case])
+                results, after = run_in(server, heal, control)
                 assert all(r.status is Status.HEALED for r in results), (case, results)
+                assert run_in(server, control.describe)["lockout_guard_interfaces"] == [NIC]
                 assert not [f for f in after if f.status is not Status.OK], (case, after)
                 # A real login over a new session, v4 and v6, as the operator with a key ...
                 assert sshd.login(client, SERVER_IP) == OPERATOR, (case, sshd.last_error)

@@ -216,6 +216,7 @@ class FirewallControl:
         if self.inputs is not None:
             facts["ssh_ports"] = list(self.inputs.ssh_ports)
             facts["ssh_ports_found_by"] = self.ssh_how or "fixed"
+            facts["lockout_guard_interfaces"] = list(guard.probe_interfaces(self.host.net_interfaces()))
             facts["k3s_config"] = list(self.inputs.k3s.sources)
             facts["k3s_conditions"] = sorted(self.inputs.k3s.conditions())
             facts["nodes"] = [str(n) for n in desired.symbols(self.policy, self.inputs)["@nodes"]]
