@@ -2,10 +2,10 @@
 
 `OperatorSshd(ns, port)` starts /usr/sbin/sshd inside `ns` (see fwnet), with
 key-only login for an operator account `k3sop` (uid 4242, /bin/sh) that
-exists only for that sshd: sshd runs in a mount namespace of its own where
-copies of /etc/passwd, /etc/shadow and /etc/group with the account added are
-bind-mounted over the real ones, and a private tmpfs on /run holds its
-privilege-separation directory. Nothing of the host's accounts or /run changes.
+exists only for that sshd: sshd runs in a mount namespace of its own with a
+private tmpfs on /run (its privilege-separation directory) and an overlay on
+/etc holding copies of passwd, shadow and group with the account added.
+Nothing of the host's accounts or /run changes.
 `login(client_ns, address)` runs the OpenSSH client in another namespace and
 returns what `id -un` printed on the server ("k3sop" when the way in works).
 """
@@ -137,10 +137,20 @@ class OperatorSshd:
 
 
 def _serve(folder: str) -> None:
-    """In the fresh mount namespace: the account files and /run swapped in, then exec sshd."""
-    for name in _ACCOUNT_FILES:
-        subprocess.run(["mount", "--bind", os.path.join(folder, name), f"/etc/{name}"], check=True)
+    """In the fresh mount namespace: /run and the account files swapped in, then exec sshd.
+
+    /etc gets an overlay whose upper layer holds our copies: a bind mount on
+    /etc/passwd itself would vanish as soon as anything on the host replaces
+    the file (useradd renames a new one in; the kernel detaches mounts on a
+    dentry that is renamed over, since Linux 3.18), and the operator with it.
+    """
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"], check=True)
+    for part in ("upper", "work"):
+        os.makedirs(f"/run/etc-overlay/{part}")
+    layers = "lowerdir=/etc,upperdir=/run/etc-overlay/upper,workdir=/run/etc-overlay/work"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", layers, "/etc"], check=True)
+    for name in _ACCOUNT_FILES:
+        shutil.copy2(os.path.join(folder, name), f"/etc/{name}")
     os.mkdir("/run/sshd", 0o755)
     os.execv(SSHD, [SSHD, "-D", "-e", "-f", os.path.join(folder, "sshd_config")])
 
