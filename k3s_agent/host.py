@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -190,6 +191,21 @@ class Host:
         for stale in sorted(os.listdir(folder))[:-BACKUPS_KEPT]:
             _unlink_quietly(os.path.join(folder, stale))
         return dest
+
+    # -- network -----------------------------------------------------------
+
+    def net_interfaces(self) -> list[str]:
+        """Names of the network interfaces of the calling thread's network namespace.
+
+        if_nameindex(3) asks the kernel over a socket, so the answer is the
+        namespace this thread is in (a test's netns, the node's in the daemon);
+        /sys/class/net would show the namespace sysfs was mounted in instead.
+        Empty when the kernel does not answer.
+        """
+        try:
+            return [name for _, name in socket.if_nameindex()]
+        except OSError:
+            return []
 
     # -- commands ----------------------------------------------------------
 

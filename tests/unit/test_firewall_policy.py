@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -105,26 +106,20 @@ def test_nodes_unknown_means_rule_opens_nothing(root: Path) -> None:
 
 
 def test_guard_walks_rules_in_order() -> None:
+    # (the full table is tests/unit/test_firewall_guard.py)
     ssh = Rule("ssh", proto="tcp", ports=((22, 22),))
     head = desired.head_rules()
     ok = Ruleset((*head, ssh))
-    assert guard.lockout_problems(ok, [22], [N("0.0.0.0/0"), N("::/0")]) == []
-    assert guard.lockout_problems(ok, [2222], [N("10.0.0.0/8")]) == [
-        "ssh port 2222 from 10.0.0.0/8 would be dropped"
+    nics = ["lo", "ens3"]
+    assert guard.lockout_problems(ok, [22], [N("0.0.0.0/0"), N("::/0")], nics) == []
+    assert guard.lockout_problems(ok, [2222], [N("10.0.0.0/8")], nics) == [
+        "ssh port 2222 from 10.0.0.0/8 on ens3 would be dropped by the default policy (default_input = drop)"
     ]
     deny = Rule("deny", action="reject", sources=(N("10.1.0.0/16"),))
     shadowed = Ruleset((*head, deny, ssh))
-    assert guard.lockout_problems(shadowed, [22], [N("10.0.0.0/8")]) == [
-        "ssh port 22 from 10.0.0.0/8 would be rejected"
+    assert guard.lockout_problems(shadowed, [22], [N("10.0.0.0/8")], nics) == [
+        "ssh port 22 from 10.0.0.0/8 on ens3 would be rejected by item 'deny'"
     ]
-    narrow = Ruleset((*head, Rule("ssh", proto="tcp", ports=((22, 22),), sources=(N("10.0.0.0/16"),))))
-    assert guard.lockout_problems(narrow, [22], [N("10.0.0.0/8")])  # covers only part of it
-    assert guard.lockout_problems(Ruleset((ssh,)), [22], [N("10.0.0.0/8")]) == [
-        "established connections would be dropped",
-        "established connections (IPv6) would be dropped",
-        "loopback would be dropped",
-    ]
-    assert guard.lockout_problems(Ruleset((ssh,), default_input="accept"), [22], []) == []
 
 
 def local_policy(root: Path, text: str) -> Path:
@@ -139,7 +134,9 @@ def test_lint_refuses_a_policy_without_ssh(root: Path) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(Host(root=str(root)), path=str(path))
     message = str(info.value)
-    assert "controls.firewall: lock-out guard refused the ruleset: ssh port 22" in message
+    # (the port is whatever sshd listens on here, 22 when none is found)
+    refused = r"controls\.firewall: lock-out guard refused the ruleset: ssh port \d+ from 0\.0\.0\.0/0 on "
+    assert re.search(refused, message)
     assert "allow_lockout = true" in message
     path = local_policy(root, '[controls.firewall]\ndisable = ["ssh"]\nallow_lockout = true\n')
     assert "ssh" not in load_policy(Host(root=str(root)), path=str(path)).controls["firewall"].items

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 from k3s_agent.controls.base import ControlSpec, Lint
-from k3s_agent.controls.firewall import desired, guard
+from k3s_agent.controls.firewall import desired, guard, hostnet
 from k3s_agent.controls.firewall.control import FirewallControl
 from k3s_agent.controls.firewall.k3s import K3sFacts
 from k3s_agent.controls.firewall.model import (
@@ -46,21 +46,29 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     for name, item in control.items.items():
         if item.get("ports") and item.get("proto", "any") not in ("tcp", "udp"):
             problems.append(Lint(name, 'ports need proto = "tcp" or "udp"'))
-    # Lock-out at load time, with the ports the policy names (22 if none): the
-    # runtime guard repeats this with the ports sshd really listens on.
     if not control.option("allow_lockout", False):
-        ports = tuple(control.option("ssh_ports", [])) or (22,)
-        facts = K3sFacts((), (), "vxlan", False, False, ())
-        inputs = desired.Inputs(k3s=facts, ssh_ports=ports, local_subnets=())
-        try:
-            ruleset = desired.build(control, inputs)
-        except ValueError as exc:
-            return [*problems, Lint("", f"cannot build the ruleset: {exc}")]
-        management = desired.symbols(control, inputs)["@management"]
-        refusal = guard.refusal(guard.lockout_problems(ruleset, ports, management))
-        if refusal:
-            problems.append(Lint("", refusal))
+        problems += _lockout(control, host)
     return problems
+
+
+def _lockout(control: ControlPolicy, host: Host) -> list[Lint]:
+    """The lock-out guard at load time, on this node's interfaces and sshd ports.
+
+    The same walk as every heal's (control.guard_problems), with the ports
+    sshd really listens on (hostnet.ssh_ports: the policy's, `sshd -T`,
+    sshd's sockets, an enabled ssh.socket); K3s's facts are left out, so
+    rules that need them are inactive here, as on a node without K3s.
+    """
+    ports, _ = hostnet.ssh_ports(host, list(control.option("ssh_ports", [])))
+    facts = K3sFacts((), (), "vxlan", False, False, ())
+    inputs = desired.Inputs(k3s=facts, ssh_ports=tuple(ports), local_subnets=())
+    try:
+        ruleset = desired.build(control, inputs)
+    except ValueError as exc:
+        return [Lint("", f"cannot build the ruleset: {exc}")]
+    management = desired.symbols(control, inputs)["@management"]
+    refusal = guard.refusal(guard.lockout_problems(ruleset, ports, management, host.net_interfaces()))
+    return [Lint("", refusal)] if refusal else []
 
 
 SPEC = ControlSpec(

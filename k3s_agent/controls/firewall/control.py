@@ -99,7 +99,10 @@ class FirewallControl:
             return []
         assert self.inputs is not None
         management = desired.symbols(self.policy, self.inputs)["@management"]
-        return guard.lockout_problems(ruleset, self.inputs.ssh_ports, management)
+        # The interfaces are read afresh every time, in this thread's network
+        # namespace: a NIC renamed or added since the last heal is walked too.
+        interfaces = self.host.net_interfaces()
+        return guard.lockout_problems(ruleset, self.inputs.ssh_ports, management, interfaces)
 
     # -- the contract ---------------------------------------------------------------------
 
@@ -213,6 +216,7 @@ class FirewallControl:
         if self.inputs is not None:
             facts["ssh_ports"] = list(self.inputs.ssh_ports)
             facts["ssh_ports_found_by"] = self.ssh_how or "fixed"
+            facts["lockout_guard_interfaces"] = list(guard.probe_interfaces(self.host.net_interfaces()))
             facts["k3s_config"] = list(self.inputs.k3s.sources)
             facts["k3s_conditions"] = sorted(self.inputs.k3s.conditions())
             facts["nodes"] = [str(n) for n in desired.symbols(self.policy, self.inputs)["@nodes"]]

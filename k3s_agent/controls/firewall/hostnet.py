@@ -1,9 +1,11 @@
 """Facts about this host's network that the ruleset depends on.
 
 - the TCP ports sshd really listens on: `sshd -T` (the effective config,
-  sshd(8) -T) and the listening sockets owned by an sshd process (psutil);
-  the union, because either can miss one (a socket-activated sshd has no
-  listening sshd process; `sshd -T` cannot see a port given with -p).
+  sshd(8) -T), the listening sockets owned by an sshd process (psutil) and
+  the ListenStream= ports of an enabled ssh.socket/sshd.socket; the union,
+  because each can miss one (a socket-activated sshd has no listening sshd
+  process and systemd, not sshd_config, says where it listens; `sshd -T`
+  cannot see a port given with -p).
 - the subnets this node is attached to, as the default for "cluster nodes"
   when the policy gives no node_cidrs: nodes of one cluster usually share a
   subnet, and the CNI's own interfaces are left out.
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import os
 import re
@@ -20,9 +23,22 @@ import psutil
 from k3s_agent.controls.firewall.model import Network, collapse
 from k3s_agent.controls.sshd import sshd_answer
 from k3s_agent.controls.sshd_config import parse_effective
-from k3s_agent.host import Host
+from k3s_agent.host import Host, HostError
+from k3s_agent.k3s.unit import UNIT_DIRS, parse_ini
 
 SSHD_CONFIG = "/etc/ssh/sshd_config"
+SOCKET_UNITS = ("ssh.socket", "sshd.socket")  # Debian/Ubuntu, Fedora/Arch
+# Generators write units and drop-ins here (Ubuntu's sshd-socket-generator
+# turns sshd_config's Port/ListenAddress into ssh.socket.d/addresses.conf);
+# systemd.generator(7): generator.early > /etc > generator > /run > ... > generator.late.
+_SOCKET_DIRS = (
+    "/run/systemd/generator.early",
+    *UNIT_DIRS[:1],
+    "/run/systemd/generator",
+    *UNIT_DIRS[1:],
+    "/run/systemd/generator.late",
+)
+_WANTS = ("/etc/systemd/system/sockets.target.wants", "/usr/lib/systemd/system/sockets.target.wants")
 # Interfaces created by K3s/flannel/CNI/containers: their subnets are not "nodes".
 _CNI_IFACES = re.compile(r"^(lo|cni\d*|flannel.*|veth.*|cali.*|docker.*|kube-.*|tunl.*|vxlan.*|wg.*|br-.*)$")
 
@@ -68,12 +84,57 @@ def sshd_listening_ports(proc: str = "/proc") -> list[int]:
     return sorted(ports)
 
 
+def socket_unit_ports(host: Host) -> list[int]:
+    """TCP ports of an enabled ssh.socket/sshd.socket (ListenStream=, drop-ins applied).
+
+    systemd.socket(5): ListenStream= is a port, ADDRESS:PORT or [V6]:PORT (a
+    path or @name is a UNIX socket); an empty value resets the list. Drop-ins
+    apply in file-name order, the first directory of the load path winning a name.
+    """
+    ports: set[int] = set()
+    for unit in SOCKET_UNITS:
+        if not any(os.path.lexists(host.path(f"{wants}/{unit}")) for wants in _WANTS):
+            continue  # installed but not enabled: systemd does not listen for it
+        listen: list[str] = []
+        for path in _unit_files(host, unit):
+            try:
+                text = host.read_text(path) or ""
+            except (HostError, OSError):
+                continue  # masked (a link to /dev/null) or unreadable
+            for section, key, value in parse_ini(text):
+                if section == "Socket" and key == "ListenStream":
+                    listen = [] if not value else [*listen, value]
+        ports.update(p for p in map(_stream_port, listen) if p)
+    return sorted(ports)
+
+
+def _stream_port(value: str) -> int:
+    """The TCP port of one ListenStream= value; 0 for a UNIX or vsock socket."""
+    match = re.fullmatch(r"(?:.*:)?(\d{1,5})", value)
+    if value.startswith(("/", "@", "vsock:")) or not match:
+        return 0
+    port = int(match.group(1))
+    return port if 1 <= port <= 65535 else 0
+
+
+def _unit_files(host: Host, unit: str) -> list[str]:
+    """The unit's fragment (first in the load path), then its drop-ins in file-name order."""
+    fragment = next((f"{d}/{unit}" for d in _SOCKET_DIRS if os.path.lexists(host.path(f"{d}/{unit}"))), None)
+    dropins: dict[str, str] = {}
+    for folder in _SOCKET_DIRS:
+        for found in glob.glob(os.path.join(glob.escape(host.path(f"{folder}/{unit}.d")), "*.conf")):
+            name = os.path.basename(found)
+            dropins.setdefault(name, f"{folder}/{unit}.d/{name}")
+    return ([fragment] if fragment else []) + [dropins[name] for name in sorted(dropins)]
+
+
 def ssh_ports(host: Host, configured: list[int]) -> tuple[list[int], str]:
-    """(ports, how they were found): configured + sshd -T + listening; 22 if nothing."""
+    """(ports, how they were found): configured + sshd -T + listening + ssh.socket; 22 if nothing."""
     from_config = sshd_config_ports(host)
     listening = sshd_listening_ports(host.proc)
-    ports = sorted(set(configured) | set(from_config) | set(listening))
-    how = f"policy {configured}, sshd -T {from_config}, listening {listening}"
+    activated = socket_unit_ports(host)
+    ports = sorted(set(configured) | set(from_config) | set(listening) | set(activated))
+    how = f"policy {configured}, sshd -T {from_config}, listening {listening}, ssh.socket {activated}"
     if not ports:
         return [22], how + ": nothing found, assuming 22"
     return ports, how

@@ -168,6 +168,11 @@ def check_name(key: str) -> Optional[str]:
 def check_interface(value: Any) -> Optional[str]:
     if not _IFACE.fullmatch(str(value)):
         return f"{value!r} is not an interface name (at most 15 characters, optional trailing *)"
+    if str(value).endswith("+"):
+        # iptables reads a trailing + as a prefix, nft as a literal name: one
+        # policy must mean the same on both backends.
+        prefix = str(value)[:-1] + "*"
+        return f"{value!r}: write a prefix as {prefix!r} (a trailing + is a prefix to iptables only)"
     return None
 
 
