@@ -344,7 +344,7 @@ def guard(
     """Can at least one operator still log in from every management network?"""
     chosen, total = candidates(host, accounts, operators)
     addresses = [(net, probe_address(net)) for net in networks]
-    locked_out: list[str] = []
+    locked_out: dict[str, list[str]] = {}  # reason -> accounts, so 20 alike read as one line
     calls = 0
     for account, reason in chosen:
         if reason is None:
@@ -352,8 +352,14 @@ def guard(
             calls += used
             if reason is None:
                 return Verdict(True, "", calls)
-        locked_out.append(f"{account.name}: {reason}")
-    return Verdict(False, _refusal(operators, chosen, total, addresses, locked_out, accounts), calls)
+        locked_out.setdefault(reason, []).append(account.name)
+    lines = [f"{_names(names)}: {reason}" for reason, names in locked_out.items()]
+    return Verdict(False, _refusal(operators, chosen, total, addresses, lines, accounts), calls)
+
+
+def _names(names: list[str], shown: int = 8) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _from_everywhere(
