@@ -219,14 +219,16 @@ class SshdControl:
         plan = self.plan()
         with self._candidate(plan) as candidate:
             error = self._test(candidate)
-            refusal = None if error is not None or self.allow_lockout else self.lockout(plan, candidate)
+            refusal = None if error is not None else self.lockout(plan, candidate)
         if error is not None:
             return results + [
                 f.with_status(Status.FAILED, f"sshd -t refused the candidate: {error}") for f in todo
             ]
-        if refusal is not None:
+        if refusal is not None and not self.allow_lockout:
             message = f"not written: {refusal} (set allow_lockout = true to accept)"
             return results + [f.with_status(Status.FAILED, message) for f in todo]
+        # Let through, but said in the heal message (and so in the journal).
+        override = f"; allow_lockout = true let this through: {refusal}" if refusal else ""
         try:
             note = self._write(plan)
         except (OSError, HostError) as exc:
@@ -238,7 +240,7 @@ class SshdControl:
         except (OSError, HostError) as exc:
             message = f"{note}, but the reload failed: {exc}"
             return results + [f.with_status(Status.FAILED, message) for f in todo]
-        return results + [f.with_status(Status.HEALED, f"{note}; {reloaded}") for f in todo]
+        return results + [f.with_status(Status.HEALED, f"{note}; {reloaded}{override}") for f in todo]
 
     def _only_foreign_extras(self, finding: Finding) -> bool:
         """AllowUsers & co. accumulate: extra names from another file are not ours to remove."""

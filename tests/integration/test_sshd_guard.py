@@ -346,6 +346,8 @@ def test_heal_is_refused_exactly_when_no_operator_could_log_in(
     if not case.refused:
         assert {r.status for r in results} == {Status.HEALED}, results[0].message
         assert dropin.exists()
+        overridden = "allow_lockout = true let this through: lock-out:" in results[0].message
+        assert overridden == bool(case.options.get("allow_lockout"))
         return
     message = results[0].message
     assert {r.status for r in results} == {Status.FAILED}, message
