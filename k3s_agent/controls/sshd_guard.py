@@ -205,7 +205,9 @@ def forbids_shell(command: str) -> bool:
 
 
 def _locked(p: Probe, where: Where) -> Optional[str]:
-    # auth.c allowed_user: without PAM, a password starting with "!" locks the account (keys too).
+    # auth.c allowed_user(): `if (!options.use_pam && platform_locked_account(pw))` refuses the
+    # account, keys too; configure.ac sets LOCKED_PASSWD_PREFIX "!" on Linux. With PAM, a locked
+    # password only stops password login (arlimus.github.io, "SSH and locked users").
     if p.one("usepam", "no") == "no" and p.account.hash_prefix == "!":
         return f"its password is locked (!) and {where('usepam', 'no')}: sshd refuses the account"
     return None
