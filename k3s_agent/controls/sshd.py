@@ -287,6 +287,11 @@ class SshdControl:
             return None
         return candidate.unroot(_first_lines(proc.stderr or proc.stdout) or f"exit status {proc.returncode}")
 
+    def would_lock_out(self, plan: Plan) -> Optional[str]:
+        """The guard's refusal of a plan; None when it passes or sshd -t refuses it (apply says why)."""
+        with self._candidate(plan) as candidate:
+            return None if self._test(candidate) is not None else self.lockout(plan, candidate)
+
     def lockout(self, plan: Plan, candidate: Candidate) -> Optional[str]:
         """The lock-out guard's refusal of a candidate sshd -t accepted; None when an operator gets in.
 
@@ -618,13 +623,9 @@ def _effective_lockout(control: ControlPolicy, host: Host) -> Optional[str]:
     if not ctl.installed():
         return None
     try:
-        plan = ctl.plan()
+        return ctl.would_lock_out(ctl.plan())
     except HostError:
         return None
-    with ctl._candidate(plan) as candidate:
-        if ctl._test(candidate) is not None:
-            return None
-        return ctl.lockout(plan, candidate)
 
 
 def _cidr(value: Any) -> Optional[str]:
