@@ -19,6 +19,7 @@ import dataclasses
 import fnmatch
 import ipaddress
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Callable, Optional, Union
 
@@ -43,6 +44,7 @@ MAX_ACCOUNTS = 20
 NO_SHELL_COMMANDS = frozenset(
     {"false", "true", "nologin", "sftp-server", "internal-sftp", "exit", "logout", "sync"}
 )
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.@$-]*")
 RSA_CERT_ALGORITHMS = frozenset(
     {
         "ssh-rsa-cert-v01@openssh.com",
@@ -399,7 +401,8 @@ def candidates(
             else:
                 chosen.append((account, login_shell(host, account)))
         return chosen, len(operators)
-    logins = [a for a in accounts.all() if login_shell(host, a) is None]
+    # A name sshd -C cannot take (a comma or = would split the spec) is not asked about.
+    logins = [a for a in accounts.all() if _SAFE_NAME.fullmatch(a.name) and login_shell(host, a) is None]
     logins.sort(key=lambda a: (0 if a.uid >= 1000 else 1 if a.uid == 0 else 2, a.uid, a.name))
     return [(a, None) for a in logins[:MAX_ACCOUNTS]], len(logins)
 
