@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import ipaddress
 import os
 import shlex
 import signal
@@ -27,7 +28,9 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
+from k3s_agent.controls import sshd_guard
 from k3s_agent.controls.base import ControlSpec, Lint, Watch
+from k3s_agent.controls.sshd_accounts import read_accounts
 from k3s_agent.controls.sshd_config import (
     ACCUMULATE,
     ALGORITHM_LISTS,
@@ -36,15 +39,17 @@ from k3s_agent.controls.sshd_config import (
     desired_value,
     effective_value,
     global_lines,
+    normalize,
     parse_effective,
     render,
     winners,
 )
+from k3s_agent.controls.sshd_guard import GuardError, Network, Where, keyword_name
 from k3s_agent.controls.sshd_lockout import lockouts
 from k3s_agent.host import Host, HostError
-from k3s_agent.model import Finding, Status
+from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
-from k3s_agent.policy.schema import Field, matches
+from k3s_agent.policy.schema import Field, list_of, matches
 
 NAME = "sshd"
 MAIN = "/etc/ssh/sshd_config"
@@ -70,6 +75,19 @@ class Plan:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A plan laid out in a private temp dir for sshd -t / -T -C."""
+
+    main: str  # the temp sshd_config to pass to -f
+    renames: Mapping[str, str]  # temp path -> the real path it stands for
+
+    def unroot(self, message: str) -> str:
+        for temp, real in self.renames.items():
+            message = message.replace(temp, real)
+        return message
+
+
 class SshdControl:
     name = NAME
 
@@ -86,6 +104,9 @@ class SshdControl:
         self.sshd = sshd if sshd is not None else host.which("sshd")
         self.reload = reload or Reloader(host)
         self.facts: dict[str, object] = {}
+        self.allow_lockout = bool(policy.option("allow_lockout", False))
+        self.operators = [str(name) for name in policy.option("operators", [])]
+        self.networks = management_networks(policy)
 
     # -- observe ----------------------------------------------------------------
 
@@ -196,11 +217,18 @@ class SshdControl:
         if not todo:
             return results
         plan = self.plan()
-        error = self.validate(plan)
+        with self._candidate(plan) as candidate:
+            error = self._test(candidate)
+            refusal = None if error is not None else self.lockout(plan, candidate)
         if error is not None:
             return results + [
                 f.with_status(Status.FAILED, f"sshd -t refused the candidate: {error}") for f in todo
             ]
+        if refusal is not None and not self.allow_lockout:
+            message = f"not written: {refusal} (set allow_lockout = true to accept)"
+            return results + [f.with_status(Status.FAILED, message) for f in todo]
+        # Let through, but said in the heal message (and so in the journal).
+        override = f"; allow_lockout = true let this through: {refusal}" if refusal else ""
         try:
             note = self._write(plan)
         except (OSError, HostError) as exc:
@@ -212,7 +240,7 @@ class SshdControl:
         except (OSError, HostError) as exc:
             message = f"{note}, but the reload failed: {exc}"
             return results + [f.with_status(Status.FAILED, message) for f in todo]
-        return results + [f.with_status(Status.HEALED, f"{note}; {reloaded}") for f in todo]
+        return results + [f.with_status(Status.HEALED, f"{note}; {reloaded}{override}") for f in todo]
 
     def _only_foreign_extras(self, finding: Finding) -> bool:
         """AllowUsers & co. accumulate: extra names from another file are not ours to remove."""
@@ -234,6 +262,12 @@ class SshdControl:
 
     def validate(self, plan: Plan) -> Optional[str]:
         """sshd -t over the candidate in a private temp dir; None when sshd accepts it."""
+        with self._candidate(plan) as candidate:
+            return self._test(candidate)
+
+    @contextlib.contextmanager
+    def _candidate(self, plan: Plan) -> Iterator[Candidate]:
+        """The plan as files sshd can read, in a private temp dir removed afterwards."""
         with tempfile.TemporaryDirectory(prefix="k3s-agentd-sshd.") as tmp:
             candidate_main = os.path.join(tmp, "sshd_config")
             renames = {candidate_main: MAIN}
@@ -245,13 +279,42 @@ class SshdControl:
                 renames[candidate_dropin] = DROPIN
                 main_text = self._main_with_candidate(candidate_dropin)
             _write_private(candidate_main, main_text)
-            proc = self._sshd(["-t", "-f", candidate_main])
+            yield Candidate(candidate_main, renames)
+
+    def _test(self, candidate: Candidate) -> Optional[str]:
+        proc = self._sshd(["-t", "-f", candidate.main])
         if proc.returncode == 0:
             return None
-        message = _first_lines(proc.stderr or proc.stdout) or f"exit status {proc.returncode}"
-        for temp, real in renames.items():
-            message = message.replace(temp, real)
-        return message
+        return candidate.unroot(_first_lines(proc.stderr or proc.stdout) or f"exit status {proc.returncode}")
+
+    def would_lock_out(self, plan: Plan) -> Optional[str]:
+        """The guard's refusal of a plan; None when it passes or sshd -t refuses it (apply says why)."""
+        with self._candidate(plan) as candidate:
+            return None if self._test(candidate) is not None else self.lockout(plan, candidate)
+
+    def lockout(self, plan: Plan, candidate: Candidate) -> Optional[str]:
+        """The lock-out guard's refusal of a candidate sshd -t accepted; None when an operator gets in.
+
+        sshd itself answers for each (operator, management address): `sshd -T
+        -C user=U,host=A,addr=A -f <candidate>`; sshd_guard judges the answers.
+        """
+
+        def ask(user: str, address: str) -> Mapping[str, list[str]]:
+            spec = f"user={user},host={address},addr={address}"
+            proc = self._sshd(["-T", "-C", spec, "-f", candidate.main], cached=False)
+            if proc.returncode != 0:
+                why = _first_lines(proc.stderr or proc.stdout) or f"exit status {proc.returncode}"
+                raise GuardError(f"sshd -T -C {spec}: {candidate.unroot(why)}")
+            return parse_effective(proc.stdout)
+
+        try:
+            accounts = read_accounts(self.host)
+            where = explainer(self.host, plan)
+            verdict = sshd_guard.guard(self.host, accounts, self.operators, self.networks, ask, where)
+        except (GuardError, HostError) as exc:
+            return f"lock-out guard: sshd could not be asked ({exc})"
+        self.facts["guard_probes"] = verdict.probed
+        return None if verdict.ok else verdict.text
 
     def _main_with_candidate(self, candidate_dropin: str) -> str:
         """sshd_config with each Include that reads our drop-in spelled out, ours swapped in."""
@@ -265,8 +328,8 @@ class SshdControl:
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def _sshd(self, args: list[str]) -> Any:
-        if args and args[0] == "-T":
+    def _sshd(self, args: list[str], cached: bool = True) -> Any:
+        if cached and args and args[0] == "-T":
             answer = sshd_answer(self.host, str(self.sshd), args)
             if answer is not None:
                 return answer
@@ -284,6 +347,43 @@ class SshdControl:
 
     def describe(self) -> dict[str, object]:
         return {"sshd": self.sshd, "items": len(self.values), **self.facts}
+
+
+def management_networks(policy: ControlPolicy) -> list[Network]:
+    """The sshd section's management_sources; anywhere (0.0.0.0/0 and ::/0) by default.
+
+    Not the firewall's management_sources: the runtime guard is built from
+    its own section only (a control knows no other control), and the
+    load-time lint must judge the same networks the runtime guard does.
+    """
+    sources = policy.option("management_sources") or []
+    return [ipaddress.ip_network(s, strict=False) for s in sources] or list(sshd_guard.ANYWHERE)
+
+
+def explainer(host: Host, plan: Plan) -> Where:
+    """(keyword, effective value) -> "Keyword value (file:line[ in Match ...])" over the candidate."""
+    reader = ConfigReader(host, {plan.target: plan.text})
+    directives = reader.read(MAIN)
+
+    def where(keyword: str, value: str) -> str:
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        found = [(d, "") for d in directives if d.keyword == keyword]
+        if keyword not in ACCUMULATE:
+            found = found[:1]
+        found += [(d, f" in {m}") for d, m in reader.conditional if d.keyword == keyword]
+        same = [(d, m) for d, m in found if _same_value(keyword, d.value, value)]
+        cited = same or found
+        if not cited:
+            return f"{keyword_name(keyword)} {shown} (sshd's default)"
+        return f"{keyword_name(keyword)} {shown} (" + ", ".join(d.where + m for d, m in cited) + ")"
+
+    return where
+
+
+def _same_value(keyword: str, written: str, effective: str) -> bool:
+    if keyword in ACCUMULATE:
+        return bool(set(written.split()) & set(effective.split()))
+    return normalize(keyword, written).lower() == normalize(keyword, effective).lower()
 
 
 # -- the managed block ---------------------------------------------------------------------
@@ -504,9 +604,40 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
         seen.setdefault(key.lower(), key)
     if control.option("allow_lockout", False):
         return problems
-    return problems + [
-        Lint("", f"{reason} (set allow_lockout = true to accept)") for reason in lockouts(settings, host)
-    ]
+    reasons = lockouts(settings, host)
+    if not reasons and control.mode is Mode.ENFORCE:
+        refusal = _effective_lockout(control, host)
+        reasons = [refusal] if refusal else []
+    return problems + [Lint("", f"{reason} (set allow_lockout = true to accept)") for reason in reasons]
+
+
+def _effective_lockout(control: ControlPolicy, host: Host) -> Optional[str]:
+    """The runtime guard, run at load time over the candidate this policy would write.
+
+    Only where sshd is installed (elsewhere nothing would be written) and
+    only in enforce mode (audit writes nothing: the shipped audit policy must
+    load on a node nobody has set up keys on yet). A candidate sshd -t
+    refuses is left to apply, which fails it with sshd's message.
+    """
+    ctl = SshdControl(control, host)
+    if not ctl.installed():
+        return None
+    try:
+        return ctl.would_lock_out(ctl.plan())
+    except HostError:
+        return None
+
+
+def _cidr(value: Any) -> Optional[str]:
+    try:
+        ipaddress.ip_network(str(value), strict=True)
+    except ValueError as exc:
+        return f"{value!r}: not a network in CIDR form ({exc})"
+    return None
+
+
+# A name sshd -C can take (no comma, =, space) and useradd would make.
+_ACCOUNT = matches(r"[A-Za-z0-9_.][A-Za-z0-9_.@-]*\$?", "an account name")
 
 
 SPEC = ControlSpec(
@@ -514,6 +645,12 @@ SPEC = ControlSpec(
     build=SshdControl,
     options={
         "allow_lockout": Field(bool, doc="accept settings that would leave no way to log in"),
+        "operators": Field(
+            list, list_of(str, _ACCOUNT), doc="accounts that must keep a way in (default: any login account)"
+        ),
+        "management_sources": Field(
+            list, list_of(str, _cidr), doc="networks operators log in from (default: 0.0.0.0/0 and ::/0)"
+        ),
     },
     item_fields={
         "value": Field((str, int, bool, list), _value_check, required=True, doc="the keyword's value"),

@@ -102,6 +102,9 @@ class ConfigReader:
         self.host = host
         self.overlay = dict(overlay or {})
         self.files: list[str] = []
+        # Directives inside Match blocks, each with its Match line's criteria:
+        # never the global value, but what `sshd -T -C` may apply to one connection.
+        self.conditional: list[tuple[Directive, str]] = []
 
     def read(self, main: str) -> list[Directive]:
         """Global-context directives in the order sshd reads them."""
@@ -136,8 +139,11 @@ class ConfigReader:
         if text is None or depth > MAX_INCLUDE_DEPTH:
             return
         self.files.append(path)
-        for number, keyword, value in global_lines(text):
-            if keyword == "include":
+        for number, keyword, value, match in config_lines(text):
+            if match is not None:
+                if keyword != "include":
+                    self.conditional.append((Directive(keyword, value, path, number), match))
+            elif keyword == "include":
                 for pattern in shlex.split(value):
                     for target in self.include_targets(pattern):
                         self._read_file(target, out, depth + 1)
@@ -145,17 +151,24 @@ class ConfigReader:
                 out.append(Directive(keyword, value, path, number))
 
 
-def global_lines(text: str) -> Iterator[tuple[int, str, str]]:
-    """(line number, keyword, value) of the lines outside Match blocks."""
-    in_match = False
+def config_lines(text: str) -> Iterator[tuple[int, str, str, Optional[str]]]:
+    """(line number, keyword, value, the criteria of the Match block it is in or None)."""
+    match: Optional[str] = None
     for number, line in enumerate(text.splitlines(), 1):
         parsed = split_line(line)
         if parsed is None:
             continue
         keyword, value = parsed
         if keyword == "match":
-            in_match = value.strip().lower() != "all"
-        elif not in_match:
+            match = None if value.strip().lower() == "all" else f"Match {value.strip()}"
+        else:
+            yield number, keyword, value, match
+
+
+def global_lines(text: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, keyword, value) of the lines outside Match blocks."""
+    for number, keyword, value, match in config_lines(text):
+        if match is None:
             yield number, keyword, value
 
 

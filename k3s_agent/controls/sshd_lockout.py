@@ -1,31 +1,47 @@
 """The sshd lock-out guard: would these settings leave nobody a way in?
 
-A policy lint (docs/sshd.md, "Lock-out guard"). It looks at the accounts of
-this host (getpwall/getgrall) and, when only keys can log in, at their
-authorized_keys files, which it reads as root inside users' homes: so it
-reads them the way sshd would use them and never through a link a user made.
+The settings-only fallback lint (when sshd cannot be asked) and the safe
+reading of users' authorized_keys files that sshd_guard builds on: read as
+root inside users' homes, so read the way sshd would use them and never
+through a link a user made. Accounts come from sshd_accounts (through the
+Host, not NSS).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import fnmatch
-import grp
 import os
-import pwd
 import stat
 from collections.abc import Mapping
 from typing import Optional
 
 from k3s_agent.controls import fsafe
+from k3s_agent.controls.sshd_accounts import Account, read_accounts
 from k3s_agent.host import Host
 
 # Links followed while resolving a key file's path (the kernel allows 40).
 MAX_LINKS = 16
+DEFAULT_KEY_FILES = ".ssh/authorized_keys .ssh/authorized_keys2"
+# Bounds on what one account's key files cost us (sshd has no limit; we need one key).
+MAX_KEY_FILES, MAX_KEYS, MAX_KEY_BYTES = 8, 1000, 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthorizedKey:
+    """One usable line of an authorized_keys file."""
+
+    keytype: str  # ssh-ed25519, ssh-rsa, sk-ssh-ed25519@openssh.com, ...
+    options: Mapping[str, str]  # from, command, cert-authority, ... (flags map to "")
 
 
 def lockouts(settings: Mapping[str, str], host: Host) -> list[str]:
-    """Ways the settings would leave no way in (sshd defaults where a key is unset)."""
+    """Ways the policy's own settings would leave no way in (sshd defaults where a key is unset).
+
+    The fallback when sshd cannot be asked (not installed where the policy is
+    checked); where it can, sshd_guard judges the effective per-connection
+    configuration instead.
+    """
     pubkey = settings.get("pubkeyauthentication", "yes") != "no"
     password = settings.get("passwordauthentication", "yes") != "no"
     keyboard = settings.get("kbdinteractiveauthentication") == "yes"
@@ -37,7 +53,8 @@ def lockouts(settings: Mapping[str, str], host: Host) -> list[str]:
         )
     if "allowusers" in settings or "allowgroups" in settings:
         need_key = not (password or keyboard)
-        if not any(_can_log_in(user, settings, host, need_key) for user in pwd.getpwall()):
+        accounts = read_accounts(host).all()
+        if not any(_can_log_in(user, settings, host, need_key) for user in accounts):
             what = "an authorized key" if need_key else "a usable account"
             users, groups = settings.get("allowusers", "-"), settings.get("allowgroups", "-")
             found.append(
@@ -47,14 +64,14 @@ def lockouts(settings: Mapping[str, str], host: Host) -> list[str]:
     return found
 
 
-def _can_log_in(user: pwd.struct_passwd, settings: Mapping[str, str], host: Host, need_key: bool) -> bool:
-    if user.pw_uid == 0 and settings.get("permitrootlogin") in ("no", "forced-commands-only"):
+def _can_log_in(user: Account, settings: Mapping[str, str], host: Host, need_key: bool) -> bool:
+    if user.uid == 0 and settings.get("permitrootlogin") in ("no", "forced-commands-only"):
         return False
     allowed = settings.get("allowusers")
-    if allowed is not None and not any(_user_matches(user.pw_name, p) for p in allowed.split()):
+    if allowed is not None and not any(_user_matches(user.name, p) for p in allowed.split()):
         return False
     groups = settings.get("allowgroups")
-    if groups is not None and not (set(groups.split()) & _groups_of(user)):
+    if groups is not None and not (set(groups.split()) & user.groups):
         return False
     return not need_key or _has_authorized_key(user, settings, host)
 
@@ -63,27 +80,82 @@ def _user_matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern.split("@", 1)[0])
 
 
-def _groups_of(user: pwd.struct_passwd) -> set[str]:
-    names = {g.gr_name for g in grp.getgrall() if user.pw_name in g.gr_mem}
-    with contextlib.suppress(KeyError):
-        names.add(grp.getgrgid(user.pw_gid).gr_name)
-    return names
+def _has_authorized_key(user: Account, settings: Mapping[str, str], host: Host) -> bool:
+    files = settings.get("authorizedkeysfile", DEFAULT_KEY_FILES).split()
+    return bool(authorized_keys(host, user, files, settings.get("strictmodes", "yes") != "no"))
 
 
-def _has_authorized_key(user: pwd.struct_passwd, settings: Mapping[str, str], host: Host) -> bool:
-    files = settings.get("authorizedkeysfile", ".ssh/authorized_keys .ssh/authorized_keys2").split()
-    strict = settings.get("strictmodes", "yes") != "no"
+def key_file_paths(user: Account, files: list[str]) -> list[str]:
+    """AuthorizedKeysFile entries for one user: `none` is no file; %h, %u, %U, %% expanded;
+    relative paths are under the home (sshd_config(5) TOKENS)."""
+    paths = []
     for spec in files:
-        path = spec.replace("%h", user.pw_dir).replace("%u", user.pw_name).replace("%%", "%")
-        if not path.startswith("/"):
-            path = os.path.join(user.pw_dir, path)
-        text = _key_file(host, os.path.normpath(path), user, strict)
-        if any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
-            return True
-    return False
+        if spec.lower() == "none":
+            continue
+        path = (
+            spec.replace("%%", "\0")
+            .replace("%h", user.home)
+            .replace("%u", user.name)
+            .replace("%U", str(user.uid))
+            .replace("\0", "%")
+        )
+        paths.append(os.path.normpath(path if path.startswith("/") else os.path.join(user.home, path)))
+    return paths
 
 
-def _key_file(host: Host, path: str, user: pwd.struct_passwd, strict: bool) -> str:
+def authorized_keys(host: Host, user: Account, files: list[str], strict: bool) -> list[AuthorizedKey]:
+    """The keys sshd would take from the user's key files (bounded, never through a user's link)."""
+    found: list[AuthorizedKey] = []
+    for path in key_file_paths(user, files)[:MAX_KEY_FILES]:
+        for line in _key_file(host, path, user, strict).splitlines()[:MAX_KEYS]:
+            key = parse_key_line(line)
+            if key is not None:
+                found.append(key)
+    return found
+
+
+def parse_key_line(line: str) -> Optional[AuthorizedKey]:
+    """sshd(8) AUTHORIZED_KEYS FILE FORMAT: [options] keytype base64 [comment]."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    words = _split_outside_quotes(text, " \t")
+    if len(words) >= 2 and _is_keytype(words[0]):
+        return AuthorizedKey(words[0], {})
+    if len(words) >= 3 and _is_keytype(words[1]):
+        return AuthorizedKey(words[1], _options(words[0]))
+    return None
+
+
+def _is_keytype(word: str) -> bool:
+    return word.startswith(("ssh-", "ecdsa-", "sk-")) or word.endswith("@openssh.com")
+
+
+def _options(text: str) -> dict[str, str]:
+    found = {}
+    for part in _split_outside_quotes(text, ","):
+        name, _, value = part.partition("=")
+        found[name.strip().lower()] = value.strip().strip('"')
+    return found
+
+
+def _split_outside_quotes(text: str, separators: str) -> list[str]:
+    words, current, quoted = [], "", False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch in separators and not quoted:
+            if current:
+                words.append(current)
+            current = ""
+        else:
+            current += ch
+    if current:
+        words.append(current)
+    return words
+
+
+def _key_file(host: Host, path: str, user: Account, strict: bool) -> str:
     """An authorized_keys file as sshd would use it, else "".
 
     Read as root, in a user's home, so never through a link the user could
@@ -95,11 +167,12 @@ def _key_file(host: Host, path: str, user: pwd.struct_passwd, strict: bool) -> s
     auth_secure_path).
     """
     real = trusted_path(host, path) if path.startswith("/") else None
-    home = trusted_path(host, user.pw_dir) if user.pw_dir.startswith("/") else None
+    home = trusted_path(host, user.home) if user.home.startswith("/") else None
     if real is None or home is None:
         return ""
     try:
-        data, st = fsafe.read_file(host, real)  # no link left on the way: one swapped in now is refused
+        # no link left on the way: one swapped in now is refused
+        data, st = fsafe.read_file(host, real, MAX_KEY_BYTES)
         trusted = not strict or all(_secure(s, user) for s in (st, *_dirs_up_to(host, real, home)))
     except (fsafe.Refused, OSError):
         return ""
@@ -138,8 +211,8 @@ def _root_only(host: Host, folder: str) -> bool:
     return st.st_uid == 0 and not st.st_mode & 0o022
 
 
-def _secure(st: os.stat_result, user: pwd.struct_passwd) -> bool:
-    return st.st_uid in (0, user.pw_uid) and not st.st_mode & 0o022
+def _secure(st: os.stat_result, user: Account) -> bool:
+    return st.st_uid in (0, user.uid) and not st.st_mode & 0o022
 
 
 def _dirs_up_to(host: Host, path: str, home: str) -> list[os.stat_result]:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sshdroot
+from sshdroot import write_main
 
 from k3s_agent.controls.sshd import DROPIN, MAIN, Reloader, SshdControl, block_span
 from k3s_agent.host import Host
@@ -41,41 +43,17 @@ exit 0
 
 @pytest.fixture(scope="session")
 def host_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("hostkey")
-    key = folder / "ssh_host_ed25519_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    return key
+    return sshdroot.host_key(tmp_path_factory.mktemp("hostkey"))
 
 
 @pytest.fixture
 def ssh_root(root: Path, host_key: Path) -> Path:
-    """A Debian 12 style /etc/ssh under the temporary root, with rooted paths."""
-    ssh = root / "etc/ssh"
-    (ssh / "sshd_config.d").mkdir(parents=True)
-    shutil.copy(host_key, ssh / "ssh_host_ed25519_key")
-    os.chmod(ssh / "ssh_host_ed25519_key", 0o600)
-    # sshd refuses -t/-T without its privilege separation dir (Debian's unit
-    # creates it at start); an empty root-owned dir in /run, harmless here.
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    write_main(root, "")
+    """A Debian 12 style /etc/ssh under the temporary root, with rooted paths,
+    and an operator "ops" with a key (the lock-out guard must let the heals through)."""
+    sshdroot.install_sshd(root, host_key)
+    sshdroot.add_account(root, "root", 0)
+    sshdroot.add_account(root, "ops", 1000, keys=(sshdroot.ED25519,))
     return root
-
-
-def write_main(root: Path, before_include: str, after: str = "") -> Path:
-    main = root / MAIN.lstrip("/")
-    main.write_text(
-        f"{before_include}"
-        f"Include {root}/etc/ssh/sshd_config.d/*.conf\n"
-        f"HostKey {root}/etc/ssh/ssh_host_ed25519_key\n"
-        f"PidFile {root}/run/sshd.pid\n"
-        "KbdInteractiveAuthentication no\n"
-        "UsePAM yes\n"
-        "X11Forwarding yes\n"
-        "Subsystem sftp /usr/lib/openssh/sftp-server\n"
-        f"{after}"
-    )
-    os.chmod(main, 0o644)
-    return main
 
 
 @pytest.fixture
@@ -201,7 +179,7 @@ def test_edited_main_file_above_the_include_is_detected_and_healed(
 
 def test_main_config_without_include_gets_the_marked_block(ssh_root: Path, systemctl_log: Path) -> None:
     main = ssh_root / MAIN.lstrip("/")
-    main.write_text(f"HostKey {ssh_root}/etc/ssh/ssh_host_ed25519_key\nX11Forwarding yes\n")
+    main.write_text(f"HostKey {ssh_root}/etc/ssh/ssh_host_ed25519_key\nUsePAM yes\nX11Forwarding yes\n")
     os.chmod(main, 0o640)
     ctl = control(ssh_root, systemctl_log, {"X11Forwarding": "no"})
     assert ctl.plan().target == MAIN and "does not include" in ctl.plan().reason

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pytest
 
 from k3s_agent.controls import sshd_lockout
+from k3s_agent.controls.sshd_accounts import Account
 from k3s_agent.host import Host, HostError
 
 
@@ -53,7 +54,7 @@ def test_fifo_authorized_keys_cannot_hang_the_lockout_lint(tmp_path: Path) -> No
     (home / ".ssh").mkdir(parents=True)
     fifo = home / ".ssh/authorized_keys"
     os.mkfifo(fifo)
-    user = pwd.struct_passwd(("mallory", "x", 4242, 4242, "", "/home/mallory", "/bin/sh"))
+    user = Account("mallory", 4242, 4242, "/home/mallory", "/bin/sh")
     box = _finishes(lambda: sshd_lockout._has_authorized_key(user, {}, Host(root=str(tmp_path))), fifo)
     assert not box["stuck"], "the lint blocked on a FIFO"
     assert box.get("value") is False

@@ -21,6 +21,13 @@ from k3s_agent.policy.loader import Layer, compose
 from k3s_agent.policy.schema import PolicyError
 
 
+@pytest.fixture(autouse=True)
+def accounts(root: Path) -> None:
+    """The temp root's own accounts: the guard reads passwd/group through the Host, not NSS."""
+    write(root, "etc/passwd", "root:x:0:0:root:/root:/bin/bash\n")
+    write(root, "etc/group", "root:x:0:\n")
+
+
 def write(root: Path, rel: str, text: str) -> None:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,414 @@
+"""The sshd lock-out guard, table-driven, against the real sshd (-t and -T -C) over a temporary root.
+
+Each case is a policy (items and section options), the temp root's own
+accounts (etc/passwd, etc/shadow, etc/group, authorized_keys) and possibly
+someone else's drop-in. At run time a refused candidate is a failed heal that
+writes nothing; at load time (enforce) the same refusal is a policy error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+import sshdroot
+from sshdroot import ED25519, HASH, RSA, add_account
+
+from k3s_agent.controls.sshd import DROPIN, SshdControl
+from k3s_agent.host import Host
+from k3s_agent.model import Mode, Status
+from k3s_agent.policy.loader import Layer, compose
+from k3s_agent.policy.model import ControlPolicy
+from k3s_agent.policy.schema import PolicyError
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        shutil.which("sshd", path="/usr/sbin:/usr/bin") is None, reason="needs openssh-server"
+    ),
+]
+
+# The default profile's authentication settings, and one drift to heal (the main file sets yes).
+PROFILE = {"PermitRootLogin": "no", "PasswordAuthentication": "no", "PubkeyAuthentication": "yes"}
+DRIFT = {"X11Forwarding": "no"}
+FOREIGN = "etc/ssh/sshd_config.d/50-local.conf"
+Setup = Callable[[Path], None]
+
+
+def ops(**kwargs: Any) -> Setup:
+    """The operator account "ops" (uid 1000), with kwargs for add_account."""
+    return lambda root: add_account(root, "ops", 1000, **{"keys": (ED25519,), **kwargs}) and None
+
+
+def foreign(text: str) -> Setup:
+    return lambda root: (root / FOREIGN).write_text(text) and None
+
+
+def both(*setups: Setup) -> Setup:
+    def run(root: Path) -> None:
+        for setup in setups:
+            setup(root)
+
+    return run
+
+
+def many_users(count: int) -> Setup:
+    def run(root: Path) -> None:
+        for n in range(count):
+            add_account(root, f"user{n:02d}", 2000 + n)
+
+    return run
+
+
+def keys_in_etc(root: Path) -> None:
+    add_account(root, "ops", 1000)
+    (root / "etc/ssh/keys").mkdir()
+    (root / "etc/ssh/keys/ops").write_text(ED25519 + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    setup: Setup
+    items: dict[str, Any] = dataclasses.field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    refused: tuple[str, ...] = ()  # substrings of the refusal; () = the heal goes through
+
+
+CASES = [
+    # -- the holes of issue 11 ---------------------------------------------------------------
+    Case(
+        "no-key-password-off",
+        ops(keys=()),
+        PROFILE,
+        refused=(
+            "ops: ",
+            "no usable method",
+            "publickey: no authorized key",
+            "PasswordAuthentication no (/etc/ssh/sshd_config.d/01-k3s-agentd.conf:",
+        ),
+    ),
+    Case(
+        "authorized-keys-file-none",
+        ops(),
+        {**PROFILE, "AuthorizedKeysFile": "none"},
+        refused=("AuthorizedKeysFile none (/etc/ssh/sshd_config.d/01-k3s-agentd.conf:",),
+    ),
+    Case(
+        "allow-users-only-nologin",
+        both(
+            ops(), lambda r: add_account(r, "svc", 999, keys=(ED25519,), shell="/usr/sbin/nologin") and None
+        ),
+        {**PROFILE, "AllowUsers": "svc"},
+        refused=("AllowUsers svc", "does not admit ops"),
+    ),
+    Case(
+        "allow-users-only-locked-no-pam",
+        both(
+            ops(),
+            foreign("UsePAM no\n"),
+            lambda r: add_account(r, "lock", 1001, password="!" + HASH) and None,
+        ),
+        {"PasswordAuthentication": "yes", "AllowUsers": "lock", **DRIFT},
+        refused=("lock: ", "locked (!)", "UsePAM no (/etc/ssh/sshd_config.d/50-local.conf:1)"),
+    ),
+    Case(
+        "accepted-algorithms-exclude-key",
+        ops(keys=(RSA,)),
+        {**PROFILE, "PubkeyAcceptedAlgorithms": ["ssh-ed25519"]},
+        refused=("key types ssh-rsa not in PubkeyAcceptedAlgorithms ssh-ed25519",),
+    ),
+    Case(
+        "match-address-star-pubkey-no",
+        both(ops(), foreign("Match Address *\n  PubkeyAuthentication no\n")),
+        PROFILE,
+        refused=("PubkeyAuthentication no (/etc/ssh/sshd_config.d/50-local.conf:2 in Match Address *)",),
+    ),
+    Case(
+        "max-sessions-0",
+        ops(),
+        {**PROFILE, "MaxSessions": 0},
+        refused=("MaxSessions 0 (/etc/ssh/sshd_config.d/01-k3s-agentd.conf:", "allows no session"),
+    ),
+    Case(
+        "listen-loopback-only",
+        ops(),
+        {**PROFILE, "ListenAddress": "127.0.0.1"},
+        refused=("ListenAddress 127.0.0.1:22", "nothing an IPv4 management address can reach"),
+    ),
+    Case(
+        "listen-v4-node-address-v6-management",
+        ops(),
+        {**PROFILE, "ListenAddress": "10.1.2.3"},
+        refused=("from ::/0", "ListenAddress 10.1.2.3:22", "nothing an IPv6 management address can reach"),
+    ),
+    Case(
+        "force-command-false",
+        ops(),
+        {**PROFILE, "ForceCommand": "/bin/false"},
+        refused=("ForceCommand /bin/false", "gives no shell"),
+    ),
+    Case(
+        "force-command-internal-sftp",
+        ops(),
+        {**PROFILE, "ForceCommand": "internal-sftp -l INFO"},
+        refused=("ForceCommand internal-sftp",),
+    ),
+    Case(
+        "address-family-inet-default-management",
+        ops(),
+        {**PROFILE, "AddressFamily": "inet"},
+        refused=("from ::/0 (probed as 2001:db8::10)", "AddressFamily inet", "does not listen on IPv6"),
+    ),
+    Case(
+        "address-family-inet-v6-management",
+        ops(),
+        {**PROFILE, "AddressFamily": "inet"},
+        {"management_sources": ["fd00:10::/64"]},
+        refused=("from fd00:10::/64 (probed as fd00:10::1)",),
+    ),
+    Case(
+        "deny-users-star",
+        ops(),
+        {**PROFILE, "DenyUsers": "*"},
+        refused=("DenyUsers * (/etc/ssh/sshd_config.d/01-k3s-agentd.conf:", "denies ops"),
+    ),
+    Case(
+        "deny-users-at-management-net",
+        ops(),
+        {**PROFILE, "DenyUsers": "ops@10.0.0.0/8"},
+        {"management_sources": ["10.0.0.0/8"]},
+        refused=("denies ops",),
+    ),
+    Case(
+        "root-only-key-permit-root-no",
+        lambda r: add_account(r, "root", 0, keys=(ED25519,)) and None,
+        PROFILE,
+        refused=("root: ", "PermitRootLogin no", "shuts root out"),
+    ),
+    Case(
+        "operator-missing",
+        ops(),
+        PROFILE,
+        {"operators": ["alice"]},
+        refused=("no operator", "alice: not in /etc/passwd"),
+    ),
+    Case(
+        "operator-nologin",
+        both(
+            ops(), lambda r: add_account(r, "svc", 999, keys=(ED25519,), shell="/usr/sbin/nologin") and None
+        ),
+        PROFILE,
+        {"operators": ["svc"]},
+        refused=("svc: its shell is /usr/sbin/nologin",),
+    ),
+    Case(
+        "key-from-elsewhere",
+        ops(keys=('from="10.0.0.0/8" ' + ED25519,)),
+        PROFILE,
+        refused=("restricted (from=/command=) away from 192.0.2.10",),
+    ),
+    Case(
+        "match-user-force-nologin",
+        both(ops(), foreign("Match User ops\n  ForceCommand /usr/sbin/nologin\n")),
+        PROFILE,
+        refused=(
+            "ForceCommand /usr/sbin/nologin (/etc/ssh/sshd_config.d/50-local.conf:2 in Match User ops)",
+        ),
+    ),
+    Case(
+        "allow-groups-not-ops",
+        ops(groups=("admins",)),
+        {**PROFILE, "AllowGroups": "wheel"},
+        refused=("AllowGroups wheel", "admits no group of ops"),
+    ),
+    Case(
+        "locked-password-no-pam-key",
+        both(ops(), foreign("UsePAM no\n")),
+        PROFILE,
+        refused=("its password is locked (!)",),
+    ),
+    Case(
+        "kbd-interactive-without-pam",
+        both(ops(keys=(), password=HASH), foreign("UsePAM no\n")),
+        {**PROFILE, "KbdInteractiveAuthentication": "yes"},
+        refused=("keyboard-interactive needs PAM",),
+    ),
+    Case(
+        "auth-methods-key-and-password",
+        ops(),
+        {**PROFILE, "PasswordAuthentication": "yes", "AuthenticationMethods": "publickey,password"},
+        refused=("AuthenticationMethods publickey,password", "password: its password is locked"),
+    ),
+    Case(
+        "empty-password",
+        ops(keys=(), password=""),
+        {**PROFILE, "PasswordAuthentication": "yes"},
+        refused=("its password is empty and PermitEmptyPasswords no",),
+    ),
+    Case(
+        "capped-account-probe",
+        many_users(24),
+        PROFILE,
+        refused=("only the first 20 of 25 accounts were probed",),
+    ),
+    # -- ways in the guard must see ----------------------------------------------------------
+    Case("default-profile-with-key", ops(), PROFILE),
+    Case("password-login", ops(keys=(), password=HASH), {**PROFILE, "PasswordAuthentication": "yes"}),
+    Case(
+        "kbd-interactive-with-pam",
+        ops(keys=(), password=HASH),
+        {**PROFILE, "KbdInteractiveAuthentication": "yes"},
+    ),
+    Case(
+        "rsa-key-rsa-sha2-accepted",
+        ops(keys=(RSA,)),
+        {**PROFILE, "PubkeyAcceptedAlgorithms": ["rsa-sha2-512", "ssh-ed25519"]},
+    ),
+    Case(
+        "address-family-inet-v4-management",
+        ops(),
+        {**PROFILE, "AddressFamily": "inet"},
+        {"management_sources": ["10.0.0.0/8"]},
+    ),
+    Case(
+        "listen-node-address",
+        ops(),
+        {**PROFILE, "ListenAddress": "10.1.2.3"},
+        {"management_sources": ["10.0.0.0/8"]},
+    ),
+    Case(
+        "deny-users-other-net",
+        ops(),
+        {**PROFILE, "DenyUsers": "ops@10.0.0.0/8"},
+        {"management_sources": ["192.168.0.0/16"]},
+    ),
+    Case(
+        "key-from-management-net",
+        ops(keys=('from="10.0.0.0/8" ' + ED25519,)),
+        PROFILE,
+        {"management_sources": ["10.0.0.0/8"]},
+    ),
+    Case("force-command-recorder", ops(), {**PROFILE, "ForceCommand": "/usr/bin/tlog-rec-session"}),
+    Case("allow-groups-ops", ops(groups=("admins",)), {**PROFILE, "AllowGroups": "admins"}),
+    Case("locked-password-key-with-pam", ops(password="!"), PROFILE),
+    Case(
+        "keys-file-tokens",
+        keys_in_etc,
+        {**PROFILE, "AuthorizedKeysFile": "/etc/ssh/keys/%u", "StrictModes": "no"},
+    ),
+    Case(
+        "match-address-other-net",
+        both(ops(), foreign("Match Address 172.16.0.0/12\n  PubkeyAuthentication no\n")),
+        PROFILE,
+    ),
+    Case("operator-listed-ok", both(ops(), many_users(3)), PROFILE, {"operators": ["ops"]}),
+    Case("allow-lockout-lets-it-through", ops(), {**PROFILE, "DenyUsers": "*"}, {"allow_lockout": True}),
+]
+
+
+@pytest.fixture(scope="session")
+def host_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sshdroot.host_key(tmp_path_factory.mktemp("hostkey"))
+
+
+def _root(root: Path, host_key: Path, case: Case) -> Path:
+    sshdroot.install_sshd(root, host_key)
+    if "root-only" not in case.name:
+        add_account(root, "root", 0)
+    case.setup(root)
+    return root
+
+
+def _control(root: Path, case: Case) -> SshdControl:
+    items = {k: {"value": v} for k, v in {**DRIFT, **case.items}.items()}
+    policy = ControlPolicy("sshd", Mode.ENFORCE, True, case.options, items)
+    return SshdControl(policy, Host(root=str(root)), sshd=sshdroot.SSHD, reload=lambda: "reload skipped")
+
+
+def test_the_table_has_the_holes_and_the_ways_in() -> None:
+    assert sum(1 for c in CASES if c.refused) >= 20 and sum(1 for c in CASES if not c.refused) >= 10
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_heal_is_refused_exactly_when_no_operator_could_log_in(
+    root: Path, host_key: Path, case: Case
+) -> None:
+    ctl = _control(_root(root, host_key, case), case)
+    drift = [f for f in ctl.check() if f.status is Status.DRIFT]
+    assert drift, "every case heals at least X11Forwarding"
+    results = ctl.apply(drift)
+    dropin = root / DROPIN.lstrip("/")
+    if not case.refused:
+        assert {r.status for r in results} == {Status.HEALED}, results[0].message
+        assert dropin.exists()
+        overridden = "allow_lockout = true let this through: lock-out:" in results[0].message
+        assert overridden == bool(case.options.get("allow_lockout"))
+        return
+    message = results[0].message
+    assert {r.status for r in results} == {Status.FAILED}, message
+    assert message.startswith("not written: lock-out:") and "allow_lockout = true" in message
+    for part in case.refused:
+        assert part in message, f"{part!r} not in: {message}"
+    assert not dropin.exists()  # nothing written, nothing reloaded
+
+
+def _load(root: Path, case: Case, mode: str = "enforce") -> Optional[str]:
+    section = {"items": {k: {"value": v} for k, v in {**DRIFT, **case.items}.items()}, **case.options}
+    layer = Layer(
+        "/etc/k3s-agentd/policy.d/10-ssh.toml",
+        {"extends": "none", "mode": mode, "controls": {"sshd": section}},
+    )
+    try:
+        compose(Host(root=str(root)), [layer])
+    except PolicyError as exc:
+        return str(exc)
+    return None
+
+
+LOAD_CASES = [
+    c
+    for c in CASES
+    if c.name
+    in (
+        "no-key-password-off",
+        "match-address-star-pubkey-no",
+        "deny-users-star",
+        "default-profile-with-key",
+        "allow-lockout-lets-it-through",
+    )
+]
+
+
+@pytest.mark.parametrize("case", LOAD_CASES, ids=[c.name for c in LOAD_CASES])
+def test_the_same_guard_refuses_the_policy_at_load_time(root: Path, host_key: Path, case: Case) -> None:
+    error = _load(_root(root, host_key, case), case)
+    if not case.refused:
+        assert error is None
+        return
+    assert error is not None and "10-ssh.toml: controls.sshd: lock-out:" in error
+    assert all(part in error for part in case.refused), error
+    assert "(set allow_lockout = true to accept)" in error
+    assert _load(root, case, mode="audit") is None  # audit writes nothing: the policy loads
+
+
+def test_a_locked_out_heal_names_every_probed_account(root: Path, host_key: Path) -> None:
+    case = Case("two", both(ops(keys=()), lambda r: add_account(r, "dev", 1001) and None), PROFILE)
+    ctl = _control(_root(root, host_key, case), case)
+    message = ctl.apply([f for f in ctl.check() if f.status is Status.DRIFT])[0].message
+    # people first, then root; accounts locked out alike are named together
+    assert "ops, dev: from 0.0.0.0/0 (probed as 192.0.2.10): no usable method" in message
+    assert "; root: from 0.0.0.0/0 (probed as 192.0.2.10): PermitRootLogin no" in message
+
+
+def test_an_operator_that_gets_in_is_found_with_two_sshd_calls(root: Path, host_key: Path) -> None:
+    case = Case("fast", both(ops(), many_users(30)), PROFILE, {"operators": ["ops"]})
+    ctl = _control(_root(root, host_key, case), case)
+    assert {r.status for r in ctl.apply([f for f in ctl.check() if f.status is Status.DRIFT])} == {
+        Status.HEALED
+    }
+    assert ctl.facts["guard_probes"] == 2  # one v4 and one v6 management address
