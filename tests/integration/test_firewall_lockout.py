@@ -73,7 +73,9 @@ ALLOWED: dict[str, dict[str, Any]] = {
 
 def policy_file(root: Path, items: dict[str, dict[str, Any]]) -> Path:
     """A local policy extending the server profile with these items (TOML from JSON values)."""
-    lines = ['version = 1\nextends = "k3s-cis-server"\n']
+    # sshd in audit: its own lock-out guard (tested elsewhere) would refuse a
+    # temp root that has no accounts; these tests are about the firewall's.
+    lines = ['version = 1\nextends = "k3s-cis-server"\n[controls.sshd]\nmode = "audit"\n']
     for name, fields in items.items():
         lines.append(f"[controls.firewall.items.{name}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
