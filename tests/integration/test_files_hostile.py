@@ -352,7 +352,7 @@ def test_a_link_swapped_for_a_file_costs_that_entry_one_cycle(
     heal(ctl)
     assert stat.S_IMODE(os.stat(root / "srv/app/tree/b.key").st_mode) == 0o600
     again = by_key(control(root, {key: {"max_mode": "0600", "recursive": recursive}}).check())
-    assert again[a_key].status is Status.DRIFT and "changed while" not in again[a_key].message
+    assert "changed while" not in again[a_key].message  # the next cycle judges it as it is now
 
 
 def test_a_directory_swapped_for_a_link_mid_walk_is_named(root: Path, monkeypatch: MonkeyPatch) -> None:

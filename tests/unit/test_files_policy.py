@@ -26,8 +26,8 @@ def refused(root: Path, items: dict[str, Any]) -> str:
 
 
 def test_a_valid_item_loads(root: Path) -> None:
-    policy = load(root, {"/srv/app/*.key": {"max_mode": "0600", "owner": "root", "group": "root"}})
-    assert policy.controls["files"].items["/srv/app/*.key"]["max_mode"] == "0600"
+    policy = load(root, {"/srv/app/tls/*.key": {"max_mode": "0600", "owner": "root", "group": "root"}})
+    assert policy.controls["files"].items["/srv/app/tls/*.key"]["max_mode"] == "0600"
 
 
 def test_unknown_user_and_group_are_validation_errors_naming_the_key(root: Path) -> None:
