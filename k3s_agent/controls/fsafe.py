@@ -10,7 +10,8 @@ final symlink; with O_DIRECTORY it fails with ENOTDIR).
 
 Mount points are marked on every entry (a different st_dev from the parent
 directory, or a mount point listed in /proc/self/mountinfo: a bind mount of the
-same file system keeps st_dev) so that nothing is changed through a mount and
+same file system keeps st_dev; os.statx, for STATX_ATTR_MOUNT_ROOT, only
+comes with Python 3.15, gh-83714) so that nothing is changed through a mount and
 no walk enters one. Walks are iterative and capped (MAX_DEPTH, MAX_ENTRIES);
 an entry that changes between two looks is marked, never fatal.
 """
@@ -280,11 +281,12 @@ def _expand_at(fd: int, prefix: str, parts: list[str], mounts: Optional[MountTab
     # Recursion is bounded by the pattern's depth (item keys are at most 64 levels).
     head, rest = parts[0], parts[1:]
     names = names_in(fd, head)[0] if has_magic(head) else [head]
+    dev = os.fstat(fd).st_dev
     for name in names:
         path = f"{prefix}/{name}"
         if not rest:
             try:
-                yield entry_at(fd, name, path, os.fstat(fd).st_dev, mounts)
+                yield entry_at(fd, name, path, dev, mounts)
             except FileNotFoundError:
                 continue
             continue
