@@ -225,7 +225,7 @@ def entry_at(
     """lstat (and readlink) one name in a directory. FileNotFoundError when it is gone;
     a link that is no link by the time we read it is marked, not raised."""
     st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-    mount = (parent_dev is not None and st.st_dev != parent_dev) or (mounts is not None and mounts.has(path))
+    mount = is_mount(st, parent_dev, path, mounts)
     if not stat.S_ISLNK(st.st_mode):
         return Entry(path, st, mount=mount)
     try:
@@ -236,6 +236,19 @@ def entry_at(
         # EINVAL: a symlink at lstat, something else now (readlink(2)).
         problem = f"changed while we looked (a symlink, then not); {NEXT_CYCLE}"
         return Entry(path, st, mount=mount, problem=problem)
+
+
+def is_mount(st: os.stat_result, parent_dev: Optional[int], path: str, mounts: Optional[MountTable]) -> bool:
+    """A mount point: listed in mountinfo, or a directory on another device than its parent.
+
+    st_dev is asked of directories only: on an overlayfs whose layers sit on
+    different file systems a regular file reports its layer's st_dev
+    (Documentation/filesystems/overlayfs.rst, "Overlay objects"), and a file
+    can only be a mount point by a bind mount, which mountinfo lists.
+    """
+    if mounts is not None and mounts.has(path):
+        return True
+    return stat.S_ISDIR(st.st_mode) and parent_dev is not None and st.st_dev != parent_dev
 
 
 def names_in(fd: int, pattern: Optional[str] = None, limit: int = -1) -> tuple[list[str], bool]:
@@ -400,7 +413,7 @@ def change(
     try:
         seen = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         _refuse_kind(path, seen)
-        if seen.st_dev != os.fstat(dfd).st_dev or (mounts is not None and mounts.has(path)):
+        if is_mount(seen, os.fstat(dfd).st_dev, path, mounts):
             raise Refused(f"{path} is a mount point; never changed through")
         flags = _FILE_FLAGS | (os.O_DIRECTORY if stat.S_ISDIR(seen.st_mode) else 0)
         try:

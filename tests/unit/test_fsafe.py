@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,22 @@ def test_a_huge_mountinfo_is_read_up_to_the_cap(tmp_path: Path, monkeypatch: pyt
     mounts = table(tmp_path, many, "/")
     assert mounts.truncated and 0 < len(mounts.points) < 5
     assert all(p.startswith("/srv/m") and len(p) == len("/srv/m0000") for p in mounts.points)  # no cut line
+
+
+def fake_stat(mode: int, dev: int) -> os.stat_result:
+    return os.stat_result((mode, 1, dev, 1, 0, 0, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    ("mode", "dev", "listed", "expected"),
+    [
+        (stat.S_IFDIR | 0o755, 2, False, True),  # another file system mounted on a directory
+        (stat.S_IFDIR | 0o755, 1, False, False),
+        (stat.S_IFDIR | 0o755, 1, True, True),  # a bind mount of the same file system
+        (stat.S_IFREG | 0o644, 1, True, True),  # a file bind-mounted over a file
+        (stat.S_IFREG | 0o644, 2, False, False),  # overlayfs: a lower layer's st_dev, no mount
+    ],
+)
+def test_is_mount(mode: int, dev: int, listed: bool, expected: bool) -> None:
+    mounts = fsafe.MountTable(frozenset({"/srv/app/x"} if listed else set()))
+    assert fsafe.is_mount(fake_stat(mode, dev), 1, "/srv/app/x", mounts) is expected
