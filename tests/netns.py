@@ -1,9 +1,11 @@
-"""Run test code inside a fresh network namespace (real kernel, isolated).
+"""Run test code inside a fresh network or mount namespace (real kernel, isolated).
 
 `in_netns(fn, *args)` forks, unshares the network namespace in the child
 (CLONE_NEWNET), runs fn there and returns its (pickled) result or re-raises
 its exception. /proc/sys/net in the child is the new namespace's, so real
 net.* sysctls, iptables and nftables can be changed without touching the host.
+`in_mountns` does the same with a private mount namespace (CLONE_NEWNS, every
+mount made private), so `mount --bind` in fn never reaches the host's table.
 """
 
 from __future__ import annotations
@@ -16,23 +18,42 @@ import traceback
 from typing import Any, Callable
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def unshare_net() -> None:
-    if _libc.unshare(CLONE_NEWNET) != 0:
+def _unshare(flags: int) -> None:
+    if _libc.unshare(flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
+def unshare_net() -> None:
+    _unshare(CLONE_NEWNET)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
+
+
+def unshare_mounts() -> None:
+    _unshare(CLONE_NEWNS)
+    # systemd makes / shared: without this our mounts would propagate to the host.
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+
+
 def in_netns(fn: Callable[..., Any], *args: Any, timeout: float = 120) -> Any:
+    return _in_child(unshare_net, "netns", fn, *args)
+
+
+def in_mountns(fn: Callable[..., Any], *args: Any) -> Any:
+    return _in_child(unshare_mounts, "mount ns", fn, *args)
+
+
+def _in_child(enter: Callable[[], None], where: str, fn: Callable[..., Any], *args: Any) -> Any:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         os.close(read_fd)
         try:
-            unshare_net()
-            subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
+            enter()
             payload = ("ok", fn(*args))
         except BaseException as exc:
             payload = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
@@ -48,10 +69,10 @@ def in_netns(fn: Callable[..., Any], *args: Any, timeout: float = 120) -> Any:
         data = src.read()
     os.waitpid(pid, 0)
     if not data:
-        raise RuntimeError("netns child died without a result")
+        raise RuntimeError(f"{where} child died without a result")
     kind, value = pickle.loads(data)
     if kind == "error":
-        raise AssertionError(f"in netns: {value}")
+        raise AssertionError(f"in {where}: {value}")
     return value
 
 

@@ -18,8 +18,8 @@ import os
 import pwd
 import re
 import stat
-from collections.abc import Sequence
-from typing import Any, Optional
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, Optional
 
 from k3s_agent.controls import fsafe
 from k3s_agent.controls.base import ControlSpec, Lint, Watch
@@ -49,7 +49,7 @@ def _mode_check(value: Any) -> Optional[str]:
 def _user_check(value: Any) -> Optional[str]:
     try:
         pwd.getpwnam(value)
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: an embedded NUL
         return f"no user {value!r} on this host"
     return None
 
@@ -57,14 +57,35 @@ def _user_check(value: Any) -> Optional[str]:
 def _group_check(value: Any) -> Optional[str]:
     try:
         grp.getgrnam(value)
-    except KeyError:
+    except (KeyError, ValueError):
         return f"no group {value!r} on this host"
     return None
 
 
+TYPES = {"file": "regular file", "dir": "directory", "any": "file or directory"}
+
+
+def _type_check(value: Any) -> Optional[str]:
+    return None if value in TYPES else 'must be "file", "dir" or "any"'
+
+
+_MAX_LEVELS = 64  # also bounds the glob expansion's recursion
+_NAME_MAX, _PATH_MAX = 255, 4095  # bytes, as the kernel counts (limits.h)
+
+
 def _key_check(key: str) -> Optional[str]:
+    # First: a NUL or an escape sequence must not reach a syscall, a log line or a terminal.
+    bad = next((ch for ch in key if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0), None)
+    if bad is not None:
+        return f"contains control character U+{ord(bad):04X}"
     if not key.startswith("/"):
         return "must be an absolute path or glob"
+    if len(key.encode("utf-8", "surrogatepass")) > _PATH_MAX:
+        return f"longer than {_PATH_MAX} bytes (PATH_MAX)"
+    if key.count("/") > _MAX_LEVELS:
+        return f"more than {_MAX_LEVELS} levels deep"
+    if any(len(p.encode("utf-8", "surrogatepass")) > _NAME_MAX for p in key.split("/")):
+        return f"a component is longer than {_NAME_MAX} bytes (NAME_MAX)"
     parts = key.split("/")[1:]
     if key != "/" and any(p in ("", ".", "..") for p in parts):
         return "must be a normalised path (no //, . or .., no trailing /)"
@@ -89,6 +110,7 @@ class Rule:
     recursive: bool = False
     required: bool = False
     cis: Optional[str] = None
+    type: str = "any"
 
     @classmethod
     def from_item(cls, pattern: str, item: dict[str, Any]) -> Rule:
@@ -104,7 +126,18 @@ class Rule:
             recursive=bool(item.get("recursive", False)),
             required=bool(item.get("required", False)),
             cis=item.get("cis"),
+            type=item.get("type", "any"),
         )
+
+    def mismatch(self, st: os.stat_result) -> Optional[str]:
+        """Why an entry is not what the item expects (a directory where a file should be)."""
+        if self.type == "file" and not stat.S_ISREG(st.st_mode):
+            want = TYPES["file"]
+        elif self.type == "dir" and not stat.S_ISDIR(st.st_mode):
+            want = TYPES["dir"]
+        else:
+            return None
+        return f'a {fsafe.kind_of(st.st_mode)} where a {want} is expected (type = "{self.type}"); not changed'
 
     def describe(self) -> str:
         bits = []
@@ -180,6 +213,29 @@ def precedence(rule: Rule) -> tuple[int, int]:
 
 # -- the control ------------------------------------------------------------------------
 
+LEFT = "left for an operator"
+
+
+def unfixable(entry: fsafe.Entry) -> Optional[str]:
+    """Why a deviating entry must not be changed by us (None: it may)."""
+    if entry.problem:
+        return entry.problem
+    if entry.mount:
+        return "a mount point: never changed through"
+    if stat.S_ISREG(entry.st.st_mode) and entry.st.st_nlink > 1:
+        # A chmod here would change every name of this inode (a planted hard link
+        # would let us loosen a file elsewhere); fs.protected_hardlinks is not everywhere.
+        return f"{entry.st.st_nlink} hard links: a change here would change every name of this file"
+    return None
+
+
+def notes_on(entry: fsafe.Entry) -> str:
+    """What to add to `observed` about an entry we judge but would not change."""
+    notes = [" (mount point)"] if entry.mount else []
+    if stat.S_ISREG(entry.st.st_mode) and entry.st.st_nlink > 1:
+        notes.append(f", {entry.st.st_nlink} hard links")
+    return "".join(notes)
+
 
 class FilesControl:
     name = NAME
@@ -193,6 +249,7 @@ class FilesControl:
         self.owner_of: dict[str, Rule] = {}  # finding key -> rule, from the last check
         self.declined: dict[str, str] = {}  # finding key -> why apply must leave it
         self.entries_seen = 0
+        self.mounts = fsafe.MountTable()
 
     # -- observe ------------------------------------------------------------------
 
@@ -201,15 +258,25 @@ class FilesControl:
         owner_of: dict[str, Rule] = {}
         self.entries_seen = 0
         self.declined = {}
+        self.mounts = fsafe.MountTable.read(self.host)
         for rule in self.plain:
-            for finding in self._check_plain(rule, owner_of):
+            for finding in self._guarded(rule, lambda r=rule: self._check_plain(r, owner_of)):
                 owner_of[finding.key] = rule
                 findings.append(finding)
         for rule in self.recursive:
-            findings.append(self._check_recursive(rule))
+            findings += self._guarded(rule, lambda r=rule: [self._check_recursive(r)])
             owner_of[rule.pattern] = rule
         self.owner_of = owner_of
         return findings
+
+    def _guarded(self, rule: Rule, check: Callable[[], list[Finding]]) -> list[Finding]:
+        """One item's findings; an error the kernel gives for this item fails this item only."""
+        try:
+            return check()
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in a key the loader did not vet
+            self.declined[rule.pattern] = "could not look at it"
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return [self._base(rule, rule.pattern).with_status(Status.FAILED, f"{rule.pattern!r}: {reason}")]
 
     def _base(self, rule: Rule, key: str) -> Finding:
         return Finding(NAME, key, Status.OK, desired=rule.describe(), cis=rule.cis)
@@ -222,22 +289,30 @@ class FilesControl:
         return base.with_status(Status.ABSENT, "not present on this node")
 
     def _check_plain(self, rule: Rule, claimed: dict[str, Rule]) -> list[Finding]:
-        findings, matched = [], False
+        findings, matched = [], 0
         try:
-            for entry in fsafe.expand(self.host, rule.pattern):
-                matched = True
+            for entry in fsafe.expand(self.host, rule.pattern, self.mounts):
+                matched += 1
+                if matched > fsafe.MAX_ENTRIES:
+                    self.declined[rule.pattern] = LEFT
+                    base = self._base(rule, rule.pattern)
+                    findings.append(base.with_status(Status.DRIFT, f"{fsafe.too_many()} (this cycle)"))
+                    break
                 if entry.path in claimed:
                     continue  # a more specific item governs this path
                 self.entries_seen += 1
                 findings.append(self._judge(rule, entry))
         except fsafe.Refused as exc:
-            self.declined[rule.pattern] = "left for an operator"
+            self.declined[rule.pattern] = LEFT
             return [self._base(rule, rule.pattern).with_status(Status.DRIFT, str(exc))]
         return findings if matched else [self._nothing(rule)]
 
     def _judge(self, rule: Rule, entry: fsafe.Entry) -> Finding:
         base = self._base(rule, entry.path)
         kind = stat.S_IFMT(entry.st.st_mode)
+        if entry.problem:
+            self.declined[entry.path] = "left for the next cycle"
+            return base.with_status(Status.DRIFT, entry.problem)
         if entry.link is not None:
             return dataclasses.replace(
                 base,
@@ -251,47 +326,72 @@ class FilesControl:
             return dataclasses.replace(
                 base, status=Status.DRIFT, observed=what, message=f"a {what}, not a file or directory"
             )
+        found = dataclasses.replace(base, observed=observed(entry.st) + notes_on(entry))
+        mismatch = rule.mismatch(entry.st)
+        if mismatch:
+            self.declined[entry.path] = LEFT
+            return found.with_status(Status.DRIFT, mismatch)
         problems = rule.problems(entry.st)
-        found = dataclasses.replace(base, observed=observed(entry.st))
-        return found.with_status(Status.DRIFT, "; ".join(problems)) if problems else found
+        if not problems:
+            return found
+        reason = unfixable(entry)
+        if reason:
+            self.declined[entry.path] = LEFT
+            problems.append(reason)
+        return found.with_status(Status.DRIFT, "; ".join(problems))
 
     def _check_recursive(self, rule: Rule) -> Finding:
         base = self._base(rule, rule.pattern)
-        deviations, total = [], 0
+        notes, deviations, mounts, total = [], [], [], 0
         try:
             for entry in self._tree(rule):
+                if entry.problem:  # a race or a cap: said first, so it is never cut off
+                    notes.append(f"{entry.path}: {entry.problem}")
+                    continue
                 total += 1
+                if entry.mount and stat.S_ISDIR(entry.st.st_mode):
+                    mounts.append(entry.path)
                 problems = rule.problems(entry.st) if entry.link is None else []
                 if problems:
-                    deviations.append(f"{entry.path}: {'; '.join(problems)}")
+                    reason = unfixable(entry)
+                    shown = [reason, *problems] if reason else problems
+                    deviations.append(f"{entry.path}: {'; '.join(shown)}")
         except fsafe.Refused as exc:
-            self.declined[rule.pattern] = "left for an operator"
+            self.declined[rule.pattern] = LEFT
             return base.with_status(Status.DRIFT, str(exc))
         self.entries_seen += total
-        if total == 0:
+        if total == 0 and not notes:
             return self._nothing(rule)
-        found = dataclasses.replace(base, observed=f"{len(deviations)} of {total} entries deviate")
-        if not deviations:
-            return dataclasses.replace(found, observed=f"{total} entries comply")
-        shown = deviations[:_SHOWN_PER_FINDING]
-        more = len(deviations) - len(shown)
+        skipped = f"; {len(mounts)} mount point not entered ({', '.join(mounts[:3])})" if mounts else ""
+        found = dataclasses.replace(base, observed=f"{len(deviations)} of {total} entries deviate{skipped}")
+        if not deviations and not notes:
+            return dataclasses.replace(found, observed=f"{total} entries comply{skipped}")
+        shown = notes + deviations[:_SHOWN_PER_FINDING]
+        more = len(deviations) - min(len(deviations), _SHOWN_PER_FINDING)
         return found.with_status(Status.DRIFT, "; ".join(shown) + (f"; and {more} more" if more else ""))
 
-    def _tree(self, rule: Rule) -> Any:
+    def _tree(self, rule: Rule) -> Iterator[fsafe.Entry]:
         """Every match of the pattern and everything below it.
 
         Symlinks below the top are yielded (and counted) but never judged or
         descended: their own owner/mode mean nothing and the target is not ours.
+        Mount points are yielded but never entered.
         """
-        for top in fsafe.expand(self.host, rule.pattern):
+        for top in fsafe.expand(self.host, rule.pattern, self.mounts):
+            if top.problem:
+                raise fsafe.Raced(f"{top.path}: {top.problem}")
             if top.link is not None:
                 raise fsafe.Refused(f"{top.path} is a symlink (-> {top.link}); not followed")
+            mismatch = rule.mismatch(top.st)
+            if mismatch:
+                raise fsafe.Refused(f"{top.path} is {mismatch}")
             yield top
-            yield from fsafe.walk(self.host, top)
+            yield from fsafe.walk(self.host, top, self.mounts)
 
     # -- heal ---------------------------------------------------------------------
 
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
+        self.mounts = fsafe.MountTable.read(self.host)  # fresh: a mount may have come since check
         return [self._heal(finding) for finding in drift]
 
     def _heal(self, finding: Finding) -> Finding:
@@ -305,7 +405,7 @@ class FilesControl:
                 return self._heal_tree(rule, finding)
             note = self._fix(rule, finding.key)
         except fsafe.Refused as exc:
-            return finding.with_status(Status.DRIFT, f"{exc}; left for an operator")
+            return finding.with_status(Status.DRIFT, f"{exc}; {LEFT}")
         except OSError as exc:
             return finding.with_status(Status.FAILED, f"{finding.key}: {exc.strerror}")
         return finding.with_status(Status.HEALED, note or "already compliant")
@@ -313,7 +413,11 @@ class FilesControl:
     def _heal_tree(self, rule: Rule, finding: Finding) -> Finding:
         notes, refused = [], []
         for entry in list(self._tree(rule)):
-            if entry.link is not None or not rule.problems(entry.st):
+            if entry.link is not None or not (entry.problem or rule.problems(entry.st)):
+                continue
+            reason = unfixable(entry)
+            if reason:
+                refused.append(f"{entry.path}: {reason}")
                 continue
             try:
                 notes.append(f"{entry.path}: {self._fix(rule, entry.path)}")
@@ -330,7 +434,7 @@ class FilesControl:
         )
 
     def _fix(self, rule: Rule, path: str) -> str:
-        before, after = fsafe.change(self.host, path, rule.uid, rule.gid, rule.mode_for)
+        before, after = fsafe.change(self.host, path, rule.uid, rule.gid, rule.mode_for, self.mounts)
         return describe_change(before, after)
 
     def watches(self) -> list[Watch]:
@@ -348,7 +452,12 @@ class FilesControl:
         return [Watch("path", f) for f in sorted(folders)]
 
     def describe(self) -> dict[str, object]:
-        return {"items": len(self.rules), "entries_checked": self.entries_seen}
+        return {
+            "items": len(self.rules),
+            "entries_checked": self.entries_seen,
+            "mount_points_known": len(self.mounts.points),
+            "mount_table_truncated": self.mounts.truncated,
+        }
 
 
 def describe_change(before: os.stat_result, after: os.stat_result) -> str:
@@ -370,22 +479,55 @@ def describe_change(before: os.stat_result, after: os.stat_result) -> str:
 
 # -- policy lint -------------------------------------------------------------------------
 
-# A recursive chown/chmod this close to the root would wreck a node.
-_MIN_RECURSIVE_DEPTH = 3
+# A path, or a glob's fixed part, must be at least this many levels deep: "/",
+# "/etc", "/*", "/etc/*", "/usr/bin/*", "/var/lib/*" or "/etc/shadow" would
+# change system files on every node. K3s's files are all deeper.
+_MIN_FIXED_LEVELS = 3
+# Paths where a non-root owner hands a user the system (and `nobody`, the
+# overflow user shared by unrelated daemons, should own nothing anywhere).
+_SYSTEM_DIRS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/root")
+_OVERFLOW_UID = 65534
+
+
+def fixed_levels(key: str) -> int:
+    """How many leading components of a key are literal: "/etc/ssh/*.conf" -> 2."""
+    parts = [p for p in key.split("/") if p]
+    return next((i for i, part in enumerate(parts) if fsafe.has_magic(part)), len(parts))
+
+
+def _too_shallow(key: str) -> Optional[Lint]:
+    if fixed_levels(key) >= _MIN_FIXED_LEVELS:
+        return None
+    return Lint(
+        key,
+        f"{key} is too close to / (a path needs {_MIN_FIXED_LEVELS} levels and a glob "
+        f"{_MIN_FIXED_LEVELS} literal ones before its first wildcard): it would change system files",
+    )
+
+
+def _bad_owner(key: str, owner: Optional[str]) -> Optional[Lint]:
+    if not owner or _user_check(owner):
+        return None
+    uid = pwd.getpwnam(owner).pw_uid
+    if uid == _OVERFLOW_UID or owner == "nobody":
+        return Lint(key, f"gives {key} to user {owner}, which every unprivileged daemon may run as")
+    if uid != 0 and any(key == d or key.startswith(d + "/") for d in _SYSTEM_DIRS):
+        return Lint(key, f"gives system path {key} to user {owner}: that user could then change the node")
+    return None
 
 
 def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     problems = []
     for key, item in control.items.items():
+        # Section-level (key ""): no accept_risk can make these mean anything.
         if "mode" in item and "max_mode" in item:
-            # Section-level: no accept_risk can make two modes mean one thing.
             problems.append(Lint("", f'items."{key}": set either mode or max_mode, not both'))
         if not any(k in item for k in ("mode", "max_mode", "owner", "group")):
             what = "mode, max_mode, owner or group"
             problems.append(Lint("", f'items."{key}": says nothing to enforce (no {what})'))
-        depth = len([p for p in key.split("/") if p])
-        if item.get("recursive") and depth < _MIN_RECURSIVE_DEPTH:
-            problems.append(Lint(key, f"recursive change of {key} reaches far beyond K3s's files"))
+        if item.get("recursive") and item.get("type") == "file":
+            problems.append(Lint("", f'items."{key}": recursive needs type = "dir" or "any"'))
+        problems += [p for p in (_too_shallow(key), _bad_owner(key, item.get("owner"))) if p]
     return problems
 
 
@@ -399,6 +541,7 @@ SPEC = ControlSpec(
         "group": Field(str, _group_check, doc="group name, resolved on this host"),
         "recursive": Field(bool, doc="also everything below (mode: regular files only)"),
         "required": Field(bool, doc="missing = drift (default: missing = absent)"),
+        "type": Field(str, _type_check, doc='"file", "dir" or "any" (default); a mismatch is reported'),
     },
     item_key=_key_check,
     lint=lint,

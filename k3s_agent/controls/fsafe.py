@@ -7,6 +7,13 @@ with fchmod/fchown on a descriptor whose type and identity were checked with
 fstat after opening it, so a file swapped between check and apply is refused
 rather than changed through a link (open(2): O_NOFOLLOW fails with ELOOP on a
 final symlink; with O_DIRECTORY it fails with ENOTDIR).
+
+Mount points are marked on every entry (a different st_dev from the parent
+directory, or a mount point listed in /proc/self/mountinfo: a bind mount of the
+same file system keeps st_dev; os.statx, for STATX_ATTR_MOUNT_ROOT, only
+comes with Python 3.15, gh-83714) so that nothing is changed through a mount and
+no walk enters one. Walks are iterative and capped (MAX_DEPTH, MAX_ENTRIES);
+an entry that changes between two looks is marked, never fatal.
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ import dataclasses
 import errno
 import fnmatch
 import os
+import re
 import stat
 from collections.abc import Iterator
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from k3s_agent.host import Host
 
@@ -26,6 +34,16 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # tty must never become our controlling terminal.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _MAGIC = frozenset("*?[")
+# A walk goes this many levels below its top and looks at this many entries per
+# item (matches of a glob, or a tree), then stops with a note. K3s's trees are a
+# few levels deep and a few thousand entries wide; a 1,200-level tree or a
+# million files is someone's mistake or attack, and must neither recurse nor stall a cycle.
+MAX_DEPTH = 64
+MAX_ENTRIES = 100_000
+# /proc/self/mountinfo on a busy node (a few hundred pods, a dozen mounts each)
+# is well under 1 MiB; past this cap the tail is dropped (st_dev still works).
+MOUNTINFO_LIMIT = 8 << 20
+NEXT_CYCLE = "checked again next cycle"
 
 ModeFn = Callable[[os.stat_result], Optional[int]]
 
@@ -38,6 +56,10 @@ class LinkInPath(Refused):
     """A path component is a symlink: the walk stops there and never follows it."""
 
 
+class Raced(Refused):
+    """An entry changed between two looks (a link swapped in or out, removed and remade)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One existing path found under a pattern, with its lstat at the time we saw it."""
@@ -45,6 +67,66 @@ class Entry:
     path: str  # host-absolute
     st: os.stat_result
     link: Optional[str] = None  # readlink() when the entry is a symlink
+    mount: bool = False  # a mount point: never changed through, never entered
+    # Why this entry cannot be judged this cycle: it changed while we looked,
+    # or a walk stopped here (a cap). Set on the entry itself or on a marker.
+    problem: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MountTable:
+    """The mount points of our mount namespace, as host-rooted real paths."""
+
+    points: frozenset[str] = frozenset()
+    root: str = "/"
+    truncated: bool = False
+
+    @classmethod
+    def read(cls, host: Host) -> MountTable:
+        """/proc/self/mountinfo, read bounded; empty when there is none (st_dev still works)."""
+        root = os.path.realpath(host.root)
+        try:
+            data, truncated = read_capped(host.proc_path("self/mountinfo"), MOUNTINFO_LIMIT)
+        except OSError:
+            return cls(root=root)
+        lines = data.split(b"\n")
+        if truncated:
+            lines = lines[:-1]  # the last line may be cut
+        return cls(frozenset(_mount_points(lines)), root, truncated)
+
+    def has(self, path: str) -> bool:
+        """Is this host path a mount point?"""
+        real = path if self.root == "/" else self.root + path
+        return real in self.points
+
+
+def _mount_points(lines: list[bytes]) -> Iterator[str]:
+    # proc(5): field 5 is the mount point, with space, tab, newline and
+    # backslash escaped as \ooo octal.
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) > 4:
+            yield _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[4].decode("utf-8", "surrogateescape"))
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def read_capped(path: str, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of a regular or proc file (no final symlink); and whether it was cut."""
+    fd = os.open(path, _FILE_FLAGS)
+    try:
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    return data[:limit], len(data) > limit
 
 
 def has_magic(pattern: str) -> bool:
@@ -77,27 +159,37 @@ def open_dir(host: Host, absolute: str) -> int:
     try:
         for part in [p for p in absolute.split("/") if p]:
             walked += "/" + part
-            fd = _step(fd, part, walked)
+            child = open_child(fd, part, walked)
+            os.close(fd)
+            fd = child
         return fd
     except BaseException:
         os.close(fd)
         raise
 
 
-def _step(fd: int, part: str, walked: str) -> int:
-    """Open one child directory of fd with O_NOFOLLOW, closing fd; raise on a link."""
+def open_child(fd: int, part: str, walked: str) -> int:
+    """Open one child directory of fd with O_NOFOLLOW (fd stays open); raise on a link."""
     try:
-        child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        return os.open(part, _DIR_FLAGS, dir_fd=fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(part, dir_fd=fd)
-                raise LinkInPath(f"{walked} is a symlink (-> {target}); not followed") from None
-            raise Refused(f"{walked} is a {kind_of(st.st_mode)}, not a directory") from None
+            raise _not_a_directory(fd, part, walked) from None
         raise
-    os.close(fd)
-    return child
+
+
+def _not_a_directory(fd: int, part: str, walked: str) -> Refused:
+    """Why opening `part` as a directory failed: a link, another type, or a race."""
+    try:
+        st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(part, dir_fd=fd)
+            return LinkInPath(f"{walked} is a symlink (-> {target}); not followed")
+    except OSError:  # gone, or a link no more (readlink: EINVAL)
+        return Raced(f"{walked} changed while we looked; {NEXT_CYCLE}")
+    if stat.S_ISDIR(st.st_mode):  # a link when we opened it, a directory again now
+        return Raced(f"{walked} changed while we looked; {NEXT_CYCLE}")
+    return Refused(f"{walked} is a {kind_of(st.st_mode)}, not a directory")
 
 
 def read_file(host: Host, absolute: str, limit: int = 1 << 20) -> tuple[bytes, os.stat_result]:
@@ -127,49 +219,92 @@ def read_file(host: Host, absolute: str, limit: int = 1 << 20) -> tuple[bytes, o
         os.close(fd)
 
 
-def entry_at(dirfd: int, name: str, path: str) -> Entry:
+def entry_at(
+    dirfd: int, name: str, path: str, parent_dev: Optional[int] = None, mounts: Optional[MountTable] = None
+) -> Entry:
+    """lstat (and readlink) one name in a directory. FileNotFoundError when it is gone;
+    a link that is no link by the time we read it is marked, not raised."""
     st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-    link = os.readlink(name, dir_fd=dirfd) if stat.S_ISLNK(st.st_mode) else None
-    return Entry(path, st, link)
+    mount = is_mount(st, parent_dev, path, mounts)
+    if not stat.S_ISLNK(st.st_mode):
+        return Entry(path, st, mount=mount)
+    try:
+        return Entry(path, st, os.readlink(name, dir_fd=dirfd), mount=mount)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise  # ENOENT (FileNotFoundError): gone
+        # EINVAL: a symlink at lstat, something else now (readlink(2)).
+        problem = f"changed while we looked (a symlink, then not); {NEXT_CYCLE}"
+        return Entry(path, st, mount=mount, problem=problem)
 
 
-def expand(host: Host, pattern: str) -> Iterator[Entry]:
+def is_mount(st: os.stat_result, parent_dev: Optional[int], path: str, mounts: Optional[MountTable]) -> bool:
+    """A mount point: listed in mountinfo, or a directory on another device than its parent.
+
+    st_dev is asked of directories only: on an overlayfs whose layers sit on
+    different file systems a regular file reports its layer's st_dev
+    (Documentation/filesystems/overlayfs.rst, "Overlay objects"), and a file
+    can only be a mount point by a bind mount, which mountinfo lists.
+    """
+    if mounts is not None and mounts.has(path):
+        return True
+    return stat.S_ISDIR(st.st_mode) and parent_dev is not None and st.st_dev != parent_dev
+
+
+def names_in(fd: int, pattern: Optional[str] = None, limit: int = -1) -> tuple[list[str], bool]:
+    """Sorted names in a directory (matching a glob component, if given), at most `limit`
+    of them (-1: one past MAX_ENTRIES, so a caller counting entries sees the cap passed),
+    and whether some were left out. Read lazily: a directory of millions of names costs
+    no more than the cap."""
+    limit = MAX_ENTRIES + 1 if limit < 0 else limit
+    names: list[str] = []
+    with os.scandir(fd) as entries:
+        for item in entries:
+            if pattern is not None and not _glob_match(item.name, pattern):
+                continue
+            if len(names) >= limit:
+                return sorted(names), True
+            names.append(item.name)
+    return sorted(names), False
+
+
+def _glob_match(name: str, pattern: str) -> bool:
+    # As in glob(3), a wildcard does not match a leading dot.
+    return fnmatch.fnmatchcase(name, pattern) and (pattern.startswith(".") or not name.startswith("."))
+
+
+def expand(host: Host, pattern: str, mounts: Optional[MountTable] = None) -> Iterator[Entry]:
     """Existing paths matching an absolute glob (*, ?, [..] within one component).
 
     Like glob(3), a wildcard does not match a leading dot. Symlinked
     directories are never descended; a literal component that is a link
-    raises LinkInPath.
+    raises LinkInPath. Each entry says whether it is a mount point.
     """
     parts = [p for p in pattern.split("/") if p]
     if not parts:
         return
     fd = os.open(host.path("/"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        yield from _expand_at(fd, "", parts)
+        yield from _expand_at(fd, "", parts, mounts)
     finally:
         os.close(fd)
 
 
-def _expand_at(fd: int, prefix: str, parts: list[str]) -> Iterator[Entry]:
+def _expand_at(fd: int, prefix: str, parts: list[str], mounts: Optional[MountTable]) -> Iterator[Entry]:
+    # Recursion is bounded by the pattern's depth (item keys are at most 64 levels).
     head, rest = parts[0], parts[1:]
-    if has_magic(head):
-        names = sorted(
-            n
-            for n in os.listdir(fd)
-            if fnmatch.fnmatchcase(n, head) and (head.startswith(".") or not n.startswith("."))
-        )
-    else:
-        names = [head]
+    names = names_in(fd, head)[0] if has_magic(head) else [head]
+    dev = os.fstat(fd).st_dev
     for name in names:
         path = f"{prefix}/{name}"
         if not rest:
             try:
-                yield entry_at(fd, name, path)
+                yield entry_at(fd, name, path, dev, mounts)
             except FileNotFoundError:
                 continue
             continue
         try:
-            child = _step(os.dup(fd), name, path)
+            child = open_child(fd, name, path)
         except FileNotFoundError:
             continue
         except LinkInPath:
@@ -179,55 +314,107 @@ def _expand_at(fd: int, prefix: str, parts: list[str]) -> Iterator[Entry]:
         except Refused:
             continue
         try:
-            yield from _expand_at(child, path, rest)
+            yield from _expand_at(child, path, rest, mounts)
         finally:
             os.close(child)
 
 
-def walk(host: Host, top: Entry) -> Iterator[Entry]:
-    """Everything below a directory entry, depth first, never following a link."""
-    if not stat.S_ISDIR(top.st.st_mode):
+def too_many() -> str:
+    return f"more than {MAX_ENTRIES} entries; not all checked"
+
+
+@dataclasses.dataclass
+class _Level:
+    """One open directory on the walk's stack."""
+
+    fd: int
+    path: str
+    dev: int
+    names: Iterator[str]
+    depth: int
+
+
+def walk(host: Host, top: Entry, mounts: Optional[MountTable] = None) -> Iterator[Entry]:
+    """Everything below a directory entry, depth first, never following a link nor
+    entering a mount point. Iterative: one open fd per level. Stops with a marker
+    entry (problem set) below MAX_DEPTH levels and after MAX_ENTRIES entries."""
+    if not stat.S_ISDIR(top.st.st_mode) or top.mount:
         return
-    fd = open_dir(host, top.path)
+    stack: list[_Level] = []
+    seen = 0
     try:
-        yield from _walk_at(fd, top.path)
+        stack.append(_level(open_dir(host, top.path), top.path, 1, MAX_ENTRIES + 1))
+        while stack:
+            level = stack[-1]
+            name = next(level.names, None)
+            if name is None:
+                os.close(stack.pop().fd)
+                continue
+            try:
+                entry = entry_at(level.fd, name, f"{level.path}/{name}", level.dev, mounts)
+            except FileNotFoundError:
+                continue  # gone since the listing
+            seen += 1
+            if seen > MAX_ENTRIES:
+                yield Entry(level.path, os.fstat(level.fd), problem=too_many())
+                return
+            yield entry
+            below = _descend(level, entry, MAX_ENTRIES - seen + 1)
+            if isinstance(below, _Level):
+                stack.append(below)
+            elif below is not None:
+                yield below
     finally:
+        for level in stack:
+            os.close(level.fd)
+
+
+def _level(fd: int, path: str, depth: int, limit: int) -> _Level:
+    try:
+        names, _ = names_in(fd, limit=limit)  # the caller asks for one past the cap: enough to know
+        return _Level(fd, path, os.fstat(fd).st_dev, iter(names), depth)
+    except BaseException:
         os.close(fd)
+        raise
 
 
-def _walk_at(fd: int, prefix: str) -> Iterator[Entry]:
-    for name in sorted(os.listdir(fd)):
-        try:
-            entry = entry_at(fd, name, f"{prefix}/{name}")
-        except FileNotFoundError:
-            continue
-        yield entry
-        if not stat.S_ISDIR(entry.st.st_mode):
-            continue
-        try:
-            child = _step(os.dup(fd), name, entry.path)
-        except (FileNotFoundError, Refused):
-            continue  # gone, or swapped for a link since the lstat: not followed
-        try:
-            yield from _walk_at(child, entry.path)
-        finally:
-            os.close(child)
+def _descend(level: _Level, entry: Entry, limit: int) -> Union[_Level, Entry, None]:
+    """The next level below a directory entry, a marker saying why not, or None."""
+    if not stat.S_ISDIR(entry.st.st_mode) or entry.mount or entry.problem:
+        return None
+    if level.depth >= MAX_DEPTH:
+        return dataclasses.replace(entry, problem=f"deeper than {MAX_DEPTH} levels; not checked below")
+    try:
+        child = open_child(level.fd, os.path.basename(entry.path), entry.path)
+    except FileNotFoundError:
+        return None  # removed since the lstat
+    except Refused as exc:  # a link or a file now: not followed
+        return dataclasses.replace(entry, problem=f"changed while we looked ({exc}); {NEXT_CYCLE}")
+    return _level(child, entry.path, level.depth + 1, limit)
 
 
 def change(
-    host: Host, path: str, uid: int = -1, gid: int = -1, mode_for: Optional[ModeFn] = None
+    host: Host,
+    path: str,
+    uid: int = -1,
+    gid: int = -1,
+    mode_for: Optional[ModeFn] = None,
+    mounts: Optional[MountTable] = None,
 ) -> tuple[os.stat_result, os.stat_result]:
     """fchown then fchmod one regular file or directory; returns (before, after) stat.
 
     mode_for(stat) gives the mode to set (or None to keep it); it is
     computed from the fstat of the descriptor we hold, after the chown (which
-    may clear set-id bits), never from an earlier look.
+    may clear set-id bits), never from an earlier look. A mount point (by
+    st_dev, or listed in `mounts`) is refused: a change there lands elsewhere.
     """
     parent, name = os.path.split(path)
     dfd = open_dir(host, parent or "/")
     try:
         seen = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         _refuse_kind(path, seen)
+        if is_mount(seen, os.fstat(dfd).st_dev, path, mounts):
+            raise Refused(f"{path} is a mount point; never changed through")
         flags = _FILE_FLAGS | (os.O_DIRECTORY if stat.S_ISDIR(seen.st_mode) else 0)
         try:
             fd = os.open(name, flags, dir_fd=dfd)
