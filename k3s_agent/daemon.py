@@ -21,7 +21,7 @@ from typing import Any, Optional
 from k3s_agent import __version__
 from k3s_agent.engine import CycleReport, Engine
 from k3s_agent.host import Host, HostError
-from k3s_agent.log import MESSAGE_IDS, configure, finding_fields
+from k3s_agent.log import MESSAGE_IDS, configure, finding_fields, finding_message, refusal_message
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.loader import load_policy
 from k3s_agent.policy.model import Policy
@@ -70,6 +70,9 @@ class Daemon:
         self.document: dict[str, Any] = {}
         self.watchers: list[Any] = []
         self.last_cycle = 0.0
+        self.last_sweep = 0.0
+        self.trigger = "sweep"  # why the next cycle runs: "sweep" or "event" (a watch fired)
+        self.wake_reasons: set[str] = set()
 
     # -- policy ---------------------------------------------------------------------
 
@@ -82,8 +85,8 @@ class Daemon:
         except PolicyError as exc:
             # Start with the last policy that was good, so a bad edit followed by a
             # reboot does not leave the node unguarded.
-            self._refused(exc)
             policy = load_last_good(self.host)
+            self._refused(exc, "starting with the last good policy" if policy else "and no last good policy")
             if policy is None:
                 raise
             self.log.warning("running the last good policy", sources=",".join(policy.sources))
@@ -95,7 +98,7 @@ class Daemon:
         try:
             policy = self._load()
         except PolicyError as exc:
-            self._refused(exc)
+            self._refused(exc, "keeping the one in force")
             return
         save_last_good(self.host, policy)
         self.policy, self.policy_error = policy, None
@@ -108,11 +111,11 @@ class Daemon:
             sources=",".join(policy.sources),
         )
 
-    def _refused(self, exc: PolicyError) -> None:
+    def _refused(self, exc: PolicyError, keeping: str) -> None:
         self.policy_error = str(exc)
         self.counters["policy_reload_failures_total"] += 1
         self.log.error(
-            "policy refused, keeping the one in force",
+            refusal_message(exc.problems, keeping),
             message_id=MESSAGE_IDS["policy_refused"],
             problems=str(exc),
         )
@@ -127,7 +130,8 @@ class Daemon:
 
     def _on_event(self, event: str, finding: Finding) -> None:
         self.heartbeat = time.monotonic()
-        if finding.status is Status.HEALED:
+        healed = event == Status.HEALED.value  # a contested item's heal too
+        if healed:
             self.counters["heals_total"] += 1
         elif finding.status is Status.FAILED:
             self.counters["heal_failures_total"] += 1
@@ -136,13 +140,15 @@ class Daemon:
         # Every heal is an event; other states are logged when they change, so an
         # audit-mode node does not repeat the same drift every interval.
         item = (finding.control, finding.key)
-        if finding.status is not Status.HEALED and self.last_logged.get(item) == finding.status:
+        if not healed and self.last_logged.get(item) == finding.status:
             return
         self.last_logged[item] = finding.status
         level = "warning" if finding.status in (Status.FAILED, Status.CONTESTED) else "info"
-        getattr(self.log, level)(f"{finding.control} {finding.key}: {event}", **finding_fields(finding))
+        getattr(self.log, level)(finding_message(event, finding), **finding_fields(finding))
 
     def wake(self, why: str = "") -> None:
+        """Run a cycle soon; why="watch" for a watched path or netlink change."""
+        self.wake_reasons.add(why)
         self.wake_event.set()
 
     # -- the loop ------------------------------------------------------------------
@@ -179,13 +185,18 @@ class Daemon:
 
     def cycle(self) -> None:
         self.last_cycle = time.monotonic()
-        self.last = self.engine.run_cycle(enforce=True)
+        trigger, self.trigger = self.trigger, "sweep"
+        if trigger == "sweep":
+            self.last_sweep = self.last_cycle
+        self.last = self.engine.run_cycle(enforce=True, trigger=trigger)
         self.heartbeat = time.monotonic()
         self.document = build_document(self.last, self.policy, self._daemon_facts())
         self._publish()
 
     def _sleep(self) -> None:
-        deadline = time.monotonic() + self.policy.interval
+        """Wait for the next sweep (one interval after the last sweep, however many
+        event cycles ran since) or an earlier wake-up; sets self.trigger."""
+        deadline = self.last_sweep + self.policy.interval
         while not self.stopping and not self.reload_requested:
             self.heartbeat = time.monotonic()
             remaining = deadline - time.monotonic()
@@ -198,6 +209,9 @@ class Daemon:
                 gap = self.last_cycle + MIN_EVENT_GAP - time.monotonic()
                 self._nap(min(gap, deadline - time.monotonic()))
                 self.wake_event.clear()
+                reasons, self.wake_reasons = self.wake_reasons, set()
+                if reasons <= {"watch"} and time.monotonic() < deadline:
+                    self.trigger = "event"  # a manual `wake` or a due sweep heals everything
                 return
 
     def _nap(self, seconds: float) -> None:
@@ -250,8 +264,8 @@ class Daemon:
         paths = [self.host.path(w.target) for w in watches if w.kind == "path"]
         netlink = [w.target for w in watches if w.kind == "netlink"]
         self.watchers = [
-            PathWatcher(paths, lambda _path: self.wake()),
-            NetlinkWatcher(netlink, lambda _kind: self.wake()),
+            PathWatcher(paths, lambda _path: self.wake("watch")),
+            NetlinkWatcher(netlink, lambda _kind: self.wake("watch")),
         ]
         for watcher in self.watchers:
             watcher.start()

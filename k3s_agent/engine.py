@@ -86,49 +86,91 @@ class _Guard:
         return box["value"]
 
 
+Item = tuple[str, str]  # (control, item key)
+TRIGGERS = ("sweep", "event")
+
+
+@dataclasses.dataclass
+class _Fight:
+    """What the tracker knows about one item."""
+
+    settled: Optional[tuple[Any, int]] = None  # (desired, plan) we last saw it right at; None: not since
+    undos: deque[float] = dataclasses.field(default_factory=deque)
+    contested: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Contest:
+    """A contested item, for the report: how often, and until when it stays contested."""
+
+    undos: int
+    last: float
+    until: float
+
+    def describe(self, window: float) -> str:
+        return (
+            f"undone {self.undos} time(s) within {window:g}s by something on the host (last at "
+            f"{_clock_time(self.last)}); contested until {_clock_time(self.until)} unless undone again"
+        )
+
+
 class ContestTracker:
-    """Notices an item healed again and again: something on the host undoes our work."""
+    """Tells an undo by someone else from our own work, and keeps a fight visible.
 
-    def __init__(self, settings: ContestSettings, interval: float, clock: Callable[[], float]):
+    An undo is an item we last saw right (observed ok, or healed and re-checked)
+    found drifted again while what we want is unchanged: the item's desired
+    value and the control's whole plan (every item's desired value, so a rule
+    that only moved because we added another is our change, not an undo). So
+    the first convergence after start (never seen right), a change of our own
+    desired state, an item we never touched (a whole-table rewrite re-writes
+    items that were ok: they are not healed, they never drift) and a heal that
+    did not stick (never seen right) do not count. `threshold` undos within
+    `window` make the item contested; it stays contested until a whole window
+    passes without an undo, even while every sweep heals it.
+    """
+
+    def __init__(self, settings: ContestSettings, clock: Callable[[], float]):
         self.settings = settings
-        self.interval = interval
         self.clock = clock
-        self.heals: dict[tuple[str, str], deque[float]] = {}
-        self.backoff_until: dict[tuple[str, str], float] = {}
-        self.strikes: dict[tuple[str, str], int] = {}
+        self.items: dict[Item, _Fight] = {}
 
-    def in_backoff(self, item: tuple[str, str]) -> Optional[float]:
-        until = self.backoff_until.get(item)
-        return until if until is not None and self.clock() < until else None
+    def settled(self, item: Item, desired: Any, plan: int) -> None:
+        """We see the item right (ok now, or healed and verified)."""
+        self.items.setdefault(item, _Fight()).settled = (desired, plan)
 
-    def record_heal(self, item: tuple[str, str]) -> bool:
-        """Note a heal; True when the item is now contested (and backs off).
+    def unsettled(self, item: Item) -> None:
+        """The item is in a state we do not hold right (failed, waived, declined ...)."""
+        fight = self.items.get(item)
+        if fight is not None:
+            fight.settled = None
 
-        Heals stay counted for the whole window, so after a backoff one more
-        undo is enough to back off again, twice as long.
-        """
-        now = self.clock()
-        times = self._recent(item, now)
-        times.append(now)
-        if len(times) < self.settings.threshold:
-            return False
-        strikes = self.strikes.get(item, 0) + 1
-        self.strikes[item] = strikes
-        delay = min(self.interval * (2**strikes), self.settings.backoff_max)
-        self.backoff_until[item] = now + delay
-        return True
+    def drifted(self, item: Item, desired: Any, plan: int) -> bool:
+        """The item drifted; True when that is an undo (counted once per drift)."""
+        fight = self.items.setdefault(item, _Fight())
+        undo = fight.settled is not None and fight.settled == (desired, plan)
+        fight.settled = None
+        if undo:
+            now = self.clock()
+            self._expire(fight, now)
+            fight.undos.append(now)
+            fight.contested = fight.contested or len(fight.undos) >= self.settings.threshold
+        return undo
 
-    def record_ok(self, item: tuple[str, str]) -> None:
-        """An item with no heal for a whole window is forgiven its strikes."""
-        if item in self.strikes and not self._recent(item, self.clock()):
-            self.strikes.pop(item, None)
-            self.backoff_until.pop(item, None)
+    def contest(self, item: Item) -> Optional[Contest]:
+        """The item's fight if it is contested; forgiven after a window with no undo."""
+        fight = self.items.get(item)
+        if fight is None or not fight.contested:
+            return None
+        self._expire(fight, self.clock())
+        if not fight.undos:
+            fight.contested = False  # a whole window without an undo: forgiven
+            return None
+        last = fight.undos[-1]
+        return Contest(len(fight.undos), last, last + self.settings.window)
 
-    def _recent(self, item: tuple[str, str], now: float) -> deque[float]:
-        times = self.heals.setdefault(item, deque())
-        while times and now - times[0] > self.settings.window:
-            times.popleft()
-        return times
+    def _expire(self, fight: _Fight, now: float) -> None:
+        while fight.undos and now - fight.undos[0] > self.settings.window:
+            fight.undos.popleft()
 
 
 class Engine:
@@ -153,7 +195,7 @@ class Engine:
         self.controls: dict[str, Control] = {}
         self.build_errors: dict[str, str] = {}
         self.guards: dict[str, _Guard] = {}
-        self.contest = ContestTracker(policy.contest, policy.interval, clock)
+        self.contest = ContestTracker(policy.contest, clock)
         self._build()
 
     def _build(self) -> None:
@@ -169,7 +211,18 @@ class Engine:
 
     # -- one cycle -------------------------------------------------------------------
 
-    def run_cycle(self, enforce: bool = True, only: Optional[Sequence[str]] = None) -> CycleReport:
+    def run_cycle(
+        self, enforce: bool = True, only: Optional[Sequence[str]] = None, trigger: str = "sweep"
+    ) -> CycleReport:
+        """One pass over the controls.
+
+        `trigger` says why: "sweep" (the interval, a reload, a manual run) heals
+        every drifted item; "event" (a watched file or netlink change) skips the
+        heal of a contested item, which the next sweep heals anyway: a fight
+        costs one heal per interval, never one per event.
+        """
+        if trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {TRIGGERS}, not {trigger!r}")
         self.cycles += 1
         started = self.clock()
         t0 = time.monotonic()
@@ -177,56 +230,75 @@ class Engine:
         for name in self.guards:
             if only and name not in only:
                 continue
-            reports.append(self._run_control(name, enforce))
+            reports.append(self._run_control(name, enforce, trigger == "sweep"))
             self.on_progress(name)  # the daemon's watchdog heartbeat
         return CycleReport(self.cycles, started, time.monotonic() - t0, reports)
 
-    def _run_control(self, name: str, enforce: bool) -> ControlReport:
+    def _run_control(self, name: str, enforce: bool, sweep: bool) -> ControlReport:
         section = self.policy.controls[name]
         t0 = time.monotonic()
         if name in self.build_errors:
             findings = self._failed_items(section, self.build_errors[name])
             return ControlReport(name, section.mode, findings, 0.0, self.build_errors[name])
         control, guard = self.controls[name], self.guards[name]
-        error = None
+        error, healed = None, set()
         try:
             findings = list(guard.call("check", control.check))
             findings = self._apply_waivers(findings)
             if enforce and section.mode is Mode.ENFORCE:
-                findings = self._heal(name, control, guard, findings)
+                findings, healed = self._heal(name, control, guard, findings, sweep)
         except Exception as exc:  # noqa: BLE001 - recorded against the control's items
             error = _describe(exc)
             findings = self._failed_items(section, error)
-        self._emit(findings)
+        self._emit(findings, healed)
         facts = self._facts(control)
         return ControlReport(name, section.mode, findings, time.monotonic() - t0, error, facts)
 
-    def _heal(self, name: str, control: Control, guard: _Guard, findings: list[Finding]) -> list[Finding]:
-        drift, held = [], {}
+    def _heal(
+        self, name: str, control: Control, guard: _Guard, findings: list[Finding], sweep: bool
+    ) -> tuple[list[Finding], set[str]]:
+        """Heal the drifted items, verify, track undos; returns the findings and the keys healed."""
+        plan = _plan(findings)
+        drift = []
         for f in findings:
-            if f.status is not Status.DRIFT:
-                if f.status is Status.OK:
-                    self.contest.record_ok((name, f.key))
-                continue
-            until = self.contest.in_backoff((name, f.key))
-            if until is None:
-                drift.append(f)
+            item = (name, f.key)
+            if f.status is Status.OK:
+                self.contest.settled(item, f.desired, plan)
+            elif f.status is not Status.DRIFT:
+                self.contest.unsettled(item)
             else:
-                held[f.key] = f.with_status(
-                    Status.CONTESTED,
-                    f"{f.message}; something keeps undoing this, next heal after "
-                    + time.strftime("%H:%M:%S", time.localtime(until)),
-                )
-        if not drift:
-            return [held.get(f.key, f) for f in findings]
-        results = {r.key: r for r in guard.call("apply", control.apply, drift)}
-        after = {f.key: f for f in guard.call("check", control.check)}
-        verified = {f.key: self._verify(name, f, results.get(f.key), after.get(f.key)) for f in drift}
-        return [verified.get(f.key) or held.get(f.key) or f for f in findings]
+                self.contest.drifted(item, f.desired, plan)
+                # The sweep heals every drifted item, contested or not: hardening
+                # never lapses for longer than one interval.
+                if sweep or self.contest.contest(item) is None:
+                    drift.append(f)
+        verified: dict[str, Finding] = {}
+        if drift:
+            results = {r.key: r for r in guard.call("apply", control.apply, drift)}
+            after = {f.key: f for f in guard.call("check", control.check)}
+            verified = {f.key: self._verify(f, results.get(f.key), after.get(f.key)) for f in drift}
+        healed = {key for key, f in verified.items() if f.status is Status.HEALED}
+        for key in healed:
+            self.contest.settled((name, key), verified[key].desired, plan)
+        out = [self._contested(name, verified.get(f.key) or f) for f in findings]
+        return out, healed
 
-    def _verify(
-        self, name: str, before: Finding, result: Optional[Finding], after: Optional[Finding]
-    ) -> Finding:
+    def _contested(self, name: str, finding: Finding) -> Finding:
+        """A contested item reads `contested` (ok, healed or waiting) until it is forgiven."""
+        if finding.status not in (Status.OK, Status.HEALED, Status.DRIFT):
+            return finding  # failed, waived ... say more than "contested"
+        contest = self.contest.contest((name, finding.key))
+        if contest is None:
+            return finding
+        fight = contest.describe(self.policy.contest.window)
+        now = {
+            Status.OK: "ok now",
+            Status.HEALED: f"healed ({finding.message})",
+            Status.DRIFT: f"{finding.message}; healed at the next sweep",
+        }[finding.status]
+        return finding.with_status(Status.CONTESTED, f"{now}; {fight}")
+
+    def _verify(self, before: Finding, result: Optional[Finding], after: Optional[Finding]) -> Finding:
         claimed = result.status if result is not None else Status.HEALED
         message = result.message if result is not None else ""
         if claimed is not Status.HEALED:
@@ -236,14 +308,7 @@ class Engine:
         if after is None or after.status not in (Status.OK, Status.ABSENT):
             seen = "gone" if after is None else f"{after.status}: {after.message}"
             return before.with_status(Status.FAILED, f"heal did not stick (re-check: {seen})")
-        healed = dataclasses.replace(after, status=Status.HEALED, message=message or "healed")
-        if self.contest.record_heal((name, before.key)):
-            return healed.with_status(
-                Status.CONTESTED,
-                f"healed {self.policy.contest.threshold} times within "
-                f"{self.policy.contest.window:g}s: something on the host keeps undoing it",
-            )
-        return healed
+        return dataclasses.replace(after, status=Status.HEALED, message=message or "healed")
 
     def _apply_waivers(self, findings: list[Finding]) -> list[Finding]:
         today = self.today()
@@ -263,10 +328,22 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - facts are informational
             return {"error": _describe(exc)}
 
-    def _emit(self, findings: list[Finding]) -> None:
+    def _emit(self, findings: list[Finding], healed: set[str]) -> None:
+        """One event per item not ok; "healed" for every heal, a contested item's too."""
         for f in findings:
-            if f.status is not Status.OK:
+            if f.key in healed:
+                self.on_event(Status.HEALED.value, f)
+            elif f.status is not Status.OK:
                 self.on_event(f.status.value, f)
+
+
+def _plan(findings: Sequence[Finding]) -> int:
+    """A fingerprint of everything a control wants (each item's desired value)."""
+    return hash(tuple(sorted((f.key, repr(f.desired)) for f in findings)))
+
+
+def _clock_time(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when))
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,7 +2,10 @@
 
 Every event type has a stable MESSAGE_ID so operators can `journalctl
 MESSAGE_ID=...` and alert on it; findings carry CONTROL, ITEM, CIS_ID,
-EXPECTED, ACTUAL fields.
+EXPECTED, ACTUAL fields. The MESSAGE text itself says what and why (a plain
+`journalctl -u k3s-agentd` is what operators read first): one line, at most
+MESSAGE_LIMIT characters, control characters from data escaped (a policy key
+or a file name may hold a newline meant to forge a second journal line).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import unicodedata
 from typing import Any, Optional
 
 import structlog
@@ -31,6 +35,8 @@ MESSAGE_IDS = {
     "cycle": "b6f1e77b4e164077a0d146cd31c7faae",
 }
 
+MESSAGE_LIMIT = 1000  # characters of MESSAGE; the structured fields keep everything
+
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 
 
@@ -45,12 +51,37 @@ class JournaldRenderer:
         self.send = send
 
     def __call__(self, _logger: Any, method: str, event: dict[str, Any]) -> str:
-        message = str(event.pop("event", ""))
+        message = one_line(str(event.pop("event", "")))
         fields = {k.upper(): _text(v) for k, v in event.items() if v is not None}
         fields["PRIORITY"] = str(_PRIORITY.get(method, 6))
         fields.setdefault("SYSLOG_IDENTIFIER", "k3s-agentd")
         self.send(message, **fields)
         raise structlog.DropEvent
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """Text made safe for a one-line message: control characters (and line/paragraph
+    separators, bidi overrides) escaped, cut at `limit` characters."""
+    safe = "".join(_escape(c) for c in text[: limit + 1])  # bounded work on any input
+    if len(safe) <= limit:
+        return safe
+    return f"{safe[:limit]}... [cut, {len(text)} characters in all]"
+
+
+def _escape(char: str) -> str:
+    if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp"):
+        return char
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char)
+    if named:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _clean_event(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Console twin of the journald renderer's one-line message."""
+    event["event"] = one_line(str(event.get("event", "")))
+    return event
 
 
 def _text(value: Any) -> str:
@@ -72,6 +103,7 @@ def configure(journal: Optional[bool] = None, verbose: bool = False) -> structlo
         processors.append(JournaldRenderer(send))
     else:
         processors += [
+            _clean_event,
             structlog.processors.TimeStamper(fmt="%Y-%m-%dT%H:%M:%S", utc=False),
             structlog.dev.ConsoleRenderer(colors=False),
         ]
@@ -94,3 +126,17 @@ def finding_fields(finding: Finding) -> dict[str, Any]:
         "actual": None if finding.observed is None else str(finding.observed),
         "detail": finding.message or None,
     }
+
+
+def finding_message(event: str, finding: Finding) -> str:
+    """The journal line of a finding: what happened to which item, and why."""
+    line = f"{finding.control} {finding.key}: {event}"
+    if finding.status.value != event:
+        line += f" ({finding.status.value})"  # a contested item healed again
+    return f"{line}: {finding.message}" if finding.message else line
+
+
+def refusal_message(problems: list[str], keeping: str) -> str:
+    """The journal line of a refused policy: every problem (file: key: reason) and what runs instead."""
+    count = f"{len(problems)} problems" if len(problems) != 1 else "1 problem"
+    return f"policy refused ({count}), {keeping}: " + "; ".join(problems)

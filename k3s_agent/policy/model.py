@@ -52,9 +52,9 @@ class ControlPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class ContestSettings:
-    threshold: int = 3  # heals of the same item ...
+    threshold: int = 3  # undos of one item by someone else ...
     window: float = 600.0  # ... within this many seconds = contested
-    backoff_max: float = 3600.0
+    backoff_max: float = 3600.0  # accepted, no longer used: a contested item is still healed every sweep
 
 
 @dataclasses.dataclass(frozen=True)

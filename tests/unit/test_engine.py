@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from k3s_agent.controls.base import ControlSpec, Watch
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
@@ -170,24 +172,101 @@ def test_expired_waiver_turns_back_into_a_normal_item() -> None:
     assert statuses(report, "knob") == {"b": Status.HEALED}
 
 
-def test_fight_is_contested_then_backs_off() -> None:
+H, C, F, OK = Status.HEALED, Status.CONTESTED, Status.FAILED, Status.OK
+
+# Steps: S sweep / E event cycle (each 10 s after the last), u someone undoes item b,
+# w<v> we want b = v from now on, a we add item z (our plan changes; b moves and
+# drifts with it), f the next heal does not stick, t<n> n more seconds pass.
+# threshold 3, window 600.
+CONTEST_CASES = [
+    ("first convergence + two undos in a minute", "bad", "S u S u S", [H, H, H], 3),
+    ("three undos are contested", "bad", "S u S u S u S", [H, H, H, C], 4),
+    ("ok at start, three undos", "ok", "S u S u S u S", [OK, H, H, C], 3),
+    ("our own desired changes do not count", "bad", "S u S w2 S w3 S u S", [H, H, H, H, H], 5),
+    ("our plan change moves b: not an undo", "bad", "S u S u S a S", [H, H, H, H], 4),
+    ("heal that did not stick: not seen right", "bad", "f S S u S u S", [F, H, H, H], 4),
+    ("contested: still healed every sweep", "bad", "S u S u S u S u S u S", [H, H, H, C, C, C], 6),
+    ("contested: the event heal is dropped", "bad", "S u S u S u S u E S", [H, H, H, C, C, C], 5),
+    ("not contested: the event heal runs", "bad", "S u E u E", [H, H, H], 3),
+    ("contested while ok inside the window", "bad", "S u S u S u S t570 S", [H, H, H, C, C], 4),
+    ("forgiven after a whole clean window", "bad", "S u S u S u S t600 S", [H, H, H, C, OK], 4),
+    ("undos further apart than the window", "bad", "S u S u S t600 u S", [H, H, H, H], 4),
+]
+
+
+@pytest.mark.parametrize(
+    ("start", "steps", "seen", "heals"), [c[1:] for c in CONTEST_CASES], ids=[c[0] for c in CONTEST_CASES]
+)
+def test_contest(start: str, steps: str, seen: list[Status], heals: int) -> None:
     now = [1000.0]
-    knob = Knob({"b": 0}, {"b": 1})
+    knob = Knob({"b": 1 if start == "ok" else 0}, {"b": 1})
+    engine = make_engine({"knob": knob}, {"knob": ["b", "z"]}, clock=lambda: now[0])
+    got = []
+    for step in steps.split():
+        if step == "u":
+            knob.world["b"] = -1
+        elif step.startswith("w"):
+            knob.want["b"] = int(step[1:])  # b now drifts from what we want
+        elif step == "a":
+            knob.want["z"] = knob.world["z"] = 1
+            knob.world["b"] = -1
+        elif step == "f":
+            knob.stick = False
+        elif step.startswith("t"):
+            now[0] += float(step[1:])
+        else:
+            now[0] += 10
+            report = engine.run_cycle(trigger="sweep" if step == "S" else "event")
+            got.append(statuses(report, "knob")["b"])
+            knob.stick = True
+    assert got == seen
+    assert knob.applied.count("b") == heals
+
+
+def test_contested_item_says_why_and_until_when() -> None:
+    now = [1000.0]
+    knob = Knob({"b": 1}, {"b": 1})
     engine = make_engine({"knob": knob}, {"knob": ["b"]}, clock=lambda: now[0])
-    seen = []
-    for _ in range(5):
-        knob.world["b"] = 0  # something on the host undoes us every cycle
-        seen.append(statuses(engine.run_cycle(), "knob")["b"])
-        now[0] += 60
-    assert seen[:3] == [Status.HEALED, Status.HEALED, Status.CONTESTED]
-    # cycle 4 is inside the backoff: not even tried; cycle 5 tries once, is undone
-    # again and backs off twice as long
-    assert seen[3:] == [Status.CONTESTED, Status.CONTESTED]
-    assert knob.applied == ["b", "b", "b", "b"]
-    assert engine.contest.strikes[("knob", "b")] == 2
-    now[0] += 3600
-    knob.world["b"] = 0
-    assert statuses(engine.run_cycle(), "knob")["b"] is Status.HEALED
+    events: list[tuple[str, Status]] = []
+    engine.on_event = lambda event, finding: events.append((event, finding.status))
+    engine.run_cycle()  # seen right once
+    for _ in range(3):
+        knob.world["b"] = 0
+        now[0] += 10
+        finding = engine.run_cycle().controls[0].findings[0]
+    assert finding.status is Status.CONTESTED
+    assert "healed (set); undone 3 time(s) within 600s by something on the host" in finding.message
+    assert "contested until" in finding.message
+    assert knob.world["b"] == 1
+    # every heal is reported as one, a contested item's too
+    assert events == [("healed", Status.HEALED)] * 2 + [("healed", Status.CONTESTED)]
+
+
+def test_whole_table_rewrite_does_not_count_unchanged_items() -> None:
+    """A control that rewrites every item on any heal: only the drifted one is healed or counted."""
+
+    class Table(Knob):
+        def apply(self, drift: Sequence[Finding]) -> list[Finding]:
+            self.world.update(self.want)  # rewrites a and c too
+            self.applied += [f.key for f in drift]
+            return [f.with_status(Status.HEALED, "table rewritten") for f in drift]
+
+    now = [1000.0]
+    table = Table({"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 1})
+    engine = make_engine({"knob": table}, {"knob": ["a", "b", "c"]}, clock=lambda: now[0])
+    for _ in range(4):
+        table.world["b"] = 0
+        now[0] += 10
+        report = engine.run_cycle()
+        now[0] += 1
+        engine.run_cycle(trigger="event")  # our own rewrite woke the loop once more
+    assert statuses(report, "knob") == {"a": OK, "b": C, "c": OK}
+    assert table.applied == ["b"] * 4
+
+
+def test_unknown_trigger_is_refused() -> None:
+    with pytest.raises(ValueError, match="trigger"):
+        make_engine({"knob": Knob({}, {})}, {"knob": []}).run_cycle(trigger="timer")
 
 
 def test_facts_come_from_describe() -> None:

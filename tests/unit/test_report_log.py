@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+from k3s_agent.daemon import Daemon
 from k3s_agent.engine import ControlReport, CycleReport
-from k3s_agent.log import MESSAGE_IDS, JournaldRenderer, finding_fields
+from k3s_agent.host import Host
+from k3s_agent.log import (
+    MESSAGE_IDS,
+    MESSAGE_LIMIT,
+    JournaldRenderer,
+    finding_fields,
+    finding_message,
+    one_line,
+)
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ContestSettings, Policy
 from k3s_agent.report import build_document, exit_code, render_prometheus, render_table
@@ -82,3 +92,72 @@ def test_message_ids_are_unique_and_journald_shaped() -> None:
     ids = list(MESSAGE_IDS.values())
     assert len(ids) == len(set(ids))
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("plain", "plain"),
+        ("two\nlines", "two\\nlines"),
+        ("cr\r tab\t nul\x00 esc\x1b[31m del\x7f", "cr\\r tab\\t nul\\x00 esc\\x1b[31m del\\x7f"),
+        ("c1\x85 ls\u2028 ps\u2029 rtl\u202e", "c1\\x85 ls\\u2028 ps\\u2029 rtl\\u202e"),
+        ("ünïcode ok", "ünïcode ok"),
+    ],
+)
+def test_one_line_escapes_control_characters(text: str, line: str) -> None:
+    assert one_line(text) == line
+
+
+def test_one_line_is_bounded() -> None:
+    line = one_line("x" * 5000 + "\n", limit=100)
+    assert line.startswith("x" * 100 + "... [cut, 5001 characters in all]")
+    assert len(one_line("\n" * 5000)) < MESSAGE_LIMIT + 50  # escaping cannot grow it past the cap
+
+
+def capture_log() -> tuple[Any, list[tuple[str, dict[str, str]]]]:
+    """A logger whose journald renderer hands each entry to a list, not to journald."""
+    sent: list[tuple[str, dict[str, str]]] = []
+    renderer = JournaldRenderer(lambda message, **fields: sent.append((message, fields)))
+    processors = [structlog.processors.add_log_level, renderer]
+    return structlog.wrap_logger(structlog.PrintLogger(), processors=processors), sent
+
+
+GOOD = 'extends = "none"\n[controls.sysctl.items."kernel.panic"]\nvalue = 10\n'
+
+
+@pytest.mark.root  # policy files must be root-owned
+def test_refused_policy_message_names_file_key_and_reason(root: Path) -> None:
+    policy = root / "etc/k3s-agentd/policy.toml"
+    policy.write_text(GOOD)
+    log, sent = capture_log()
+    daemon = Daemon(Host(root=str(root)), None, log)
+    # a key with a newline in it: it must not forge a second journal line
+    policy.write_text(GOOD + '[controls.sysctl.items."net.ipv4.x\\nFAKE: ok"]\nvalue = 0\n')
+    daemon.reload()
+    message, fields = sent[-1]
+    assert message.startswith(f"policy refused (1 problem), keeping the one in force: {policy}: ")
+    assert 'controls.sysctl.items."net.ipv4.x\\nFAKE: ok"' in message  # the key, escaped
+    assert "is not a dotted sysctl name" in message  # the reason
+    assert "\n" not in message
+    assert fields["MESSAGE_ID"] == MESSAGE_IDS["policy_refused"] and fields["PRIORITY"] == "3"
+    assert "\n" in fields["PROBLEMS"]  # the structured field keeps the raw text
+
+
+@pytest.mark.parametrize(
+    ("event", "finding", "message"),
+    [
+        (
+            "failed",
+            Finding("files", "/etc/x", Status.FAILED, message="heal did not stick (re-check: drift: 0644)"),
+            "files /etc/x: failed: heal did not stick (re-check: drift: 0644)",
+        ),
+        (
+            "healed",
+            Finding("sysctl", "kernel.panic", Status.CONTESTED, message="healed (set); undone 3 time(s)"),
+            "sysctl kernel.panic: healed (contested): healed (set); undone 3 time(s)",
+        ),
+        ("drift", Finding("sshd", "permitrootlogin", Status.DRIFT), "sshd permitrootlogin: drift"),
+    ],
+)
+def test_finding_message_says_what_and_why(event: str, finding: Finding, message: str) -> None:
+    assert finding_message(event, finding) == message
