@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from typing import Optional, Protocol
 
@@ -35,9 +36,13 @@ SSH_OPTIONS = (
     *("-F", "/dev/null"),  # this machine's (or the peer VM's) ssh_config plays no part
     *("-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"),
     *("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"),
-    *("-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"),
+    *("-o", "LogLevel=ERROR"),
 )
 _EXIT = "ssh-exit="
+# login_failures() tries a failed login again, 1 s apart, this many times in
+# all: sshd re-executes itself on the agent's reload and refuses connections
+# for a moment. A lock-out lasts.
+LOGIN_ATTEMPTS = 3
 
 
 class Peer(Protocol):
@@ -119,10 +124,14 @@ def operator_login(node: Node, timeout: float = 10.0, address: Optional[str] = N
     """One NEW SSH login as `operator` with its key, from the node's peer: (it worked, ssh's output).
 
     `address` defaults to the peer's view of the node (its IPv4 address).
+    ConnectTimeout (TCP connect and sshd's banner) is 5 s, or a third of
+    `timeout` when that is longer: an emulated VM's sshd takes seconds to
+    re-execute itself for a connection.
     """
     peer = peer_of(node)
     target = address or peer.address
-    ssh = ["ssh", *SSH_OPTIONS, "-i", peer.key_path, f"{OPERATOR}@{target}", "true"]
+    connect = ["-o", f"ConnectTimeout={max(5, int(timeout // 3))}"]
+    ssh = ["ssh", *SSH_OPTIONS, *connect, "-i", peer.key_path, f"{OPERATOR}@{target}", "true"]
     # ssh's exit status travels in the output: the peer's own transport (an
     # SSH hop to the other VM) has exit codes of its own, 255 included.
     wrapped = ["/bin/sh", "-c", f'"$@" 2>&1; echo "{_EXIT}$?"', "sh", *ssh]
@@ -136,6 +145,22 @@ def operator_login(node: Node, timeout: float = 10.0, address: Optional[str] = N
     if code != "0":
         return False, f"ssh {OPERATOR}@{target} exited {code}: {out.strip()} {done.stderr.strip()}".strip()
     return True, out.strip()
+
+
+def login_failures(node: Node, address: Optional[str] = None) -> list[str]:
+    """Logins (peer's timeout) until one works, LOGIN_ATTEMPTS at most: the failures' outputs.
+
+    Fewer than LOGIN_ATTEMPTS failures = the operator got in.
+    """
+    timeout = peer_of(node).timeout
+    failures: list[str] = []
+    while len(failures) < LOGIN_ATTEMPTS:
+        ok, output = operator_login(node, timeout=timeout, address=address)
+        if ok:
+            break
+        failures.append(output)
+        time.sleep(1)
+    return failures
 
 
 # -- the firewall as the peer sees it ---------------------------------------------------

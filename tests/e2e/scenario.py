@@ -154,11 +154,6 @@ def timed_result(probe: Callable[[], T], timeout: float, what: str) -> tuple[flo
 
 # -- the lock-out probe (issue 11; tests/e2e/operator.py) -------------------------------
 
-# A failed login is tried again this many times, 1 s apart: sshd re-executes
-# itself on the agent's reload and refuses connections for a moment; a
-# lock-out lasts.
-LOGIN_ATTEMPTS = 3
-
 
 def settled(ctx: Context, *names: str) -> None:
     """Wait until every finding of these controls (those in the build) is ok/healed."""
@@ -172,18 +167,6 @@ def settled(ctx: Context, *names: str) -> None:
     wait_until(all_healthy, INTERVAL + SLACK, f"every finding of {', '.join(present)} ok/healed")
 
 
-def _login(node: Node, address: str, timeout: float) -> list[str]:
-    """Up to LOGIN_ATTEMPTS logins until one works; the failures' outputs."""
-    failures: list[str] = []
-    while len(failures) < LOGIN_ATTEMPTS:
-        ok, output = operator.operator_login(node, timeout=timeout, address=address)
-        if ok:
-            break
-        failures.append(output)
-        time.sleep(1)
-    return failures
-
-
 def check_operator_access(ctx: Context, when: str, firewall_on: bool = True) -> None:
     """A NEW SSH login as the operator, from the peer, to every address of the node;
     and the firewall as the peer sees it: on (DROPPED_PORT shut) or off (open).
@@ -195,8 +178,8 @@ def check_operator_access(ctx: Context, when: str, firewall_on: bool = True) -> 
     peer = operator.peer_of(node)
     started = time.monotonic()
     for address in peer.addresses:
-        failures = _login(node, address, peer.timeout)
-        assert len(failures) < LOGIN_ATTEMPTS, (
+        failures = operator.login_failures(node, address)
+        assert len(failures) < operator.LOGIN_ATTEMPTS, (
             f"{when}: operator login to {address} from the peer failed: " + " | ".join(failures)
         )
         if failures:
