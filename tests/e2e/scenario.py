@@ -68,6 +68,7 @@ SSHD_DROPIN = "/etc/ssh/sshd_config.d/01-k3s-agentd.conf"
 NFT_TABLE = ("inet", "k3s_agentd")
 ENCRYPTION_CONFIG = "/var/lib/rancher/k3s/server/cred/encryption-config.json"
 HEALTHY = ("ok", "healed")
+SETTLED = (*HEALTHY, "absent", "unsupported")  # k3s_agent.model.COMPLIANT
 PACKAGE = "k3s-hardening-agent"
 # Controls with items only in the k3s-cis-server profile: silent on an agent node.
 SERVER_ONLY = ("k3s_encryption",)
@@ -156,15 +157,16 @@ def timed_result(probe: Callable[[], T], timeout: float, what: str) -> tuple[flo
 
 
 def settled(ctx: Context, *names: str) -> None:
-    """Wait until every finding of these controls (those in the build) is ok/healed."""
+    """Wait until no finding of these controls (those in the build) is left to heal:
+    each one compliant (ok, healed, or absent/unsupported on this node)."""
     node = ctx.node
     present = [n for n in names if n in ctx.notes.get("registry", [])]
 
-    def all_healthy() -> bool:
+    def all_settled() -> bool:
         doc = status(node)
-        return all(f["status"] in HEALTHY for n in present for f in findings(doc, n).values())
+        return all(f["status"] in SETTLED for n in present for f in findings(doc, n).values())
 
-    wait_until(all_healthy, INTERVAL + SLACK, f"every finding of {', '.join(present)} ok/healed")
+    wait_until(all_settled, INTERVAL + SLACK, f"every finding of {', '.join(present)} compliant")
 
 
 def check_operator_access(ctx: Context, when: str, firewall_on: bool = True) -> None:
