@@ -124,13 +124,13 @@ def operator_login(node: Node, timeout: float = 10.0, address: Optional[str] = N
     """One NEW SSH login as `operator` with its key, from the node's peer: (it worked, ssh's output).
 
     `address` defaults to the peer's view of the node (its IPv4 address).
-    ConnectTimeout (TCP connect and sshd's banner) is 5 s, or a third of
+    ConnectTimeout (TCP connect and sshd's banner) is 5 s, or a sixth of
     `timeout` when that is longer: an emulated VM's sshd takes seconds to
     re-execute itself for a connection.
     """
     peer = peer_of(node)
     target = address or peer.address
-    connect = ["-o", f"ConnectTimeout={max(5, int(timeout // 3))}"]
+    connect = ["-o", f"ConnectTimeout={max(5, int(timeout // 6))}"]
     ssh = ["ssh", *SSH_OPTIONS, *connect, "-i", peer.key_path, f"{OPERATOR}@{target}", "true"]
     # ssh's exit status travels in the output: the peer's own transport (an
     # SSH hop to the other VM) has exit codes of its own, 255 included.

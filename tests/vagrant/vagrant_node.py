@@ -222,7 +222,17 @@ class VagrantPeer:
         self._patiently(lambda: self.via.copy_in(key, PEER_KEY, 0o600))
 
     def run(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
-        return self._patiently(lambda: self.via.run(argv, check=False, timeout=timeout))
+        """argv on the peer VM. Exit status 255 is taken for the hop's own failure and
+        tried again (a mux client whose master died with a rebooting VM says so without
+        the "ssh:" VagrantNode.run looks for): what the probe runs never exits 255 itself
+        (operator_login passes ssh's status in its output)."""
+        return self._patiently(lambda: self._run_once(argv, timeout))
+
+    def _run_once(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
+        done = self.via.run(argv, check=False, timeout=timeout)
+        if done.returncode == 255:
+            raise AssertionError(f"{self.via.name}: the hop to the peer failed: {done.stderr.strip()}")
+        return done
 
     def _patiently(self, action: Callable[[], T]) -> T:
         """action(), again every 5 s while the peer VM does not answer, up to PEER_WAIT."""
