@@ -5,15 +5,21 @@
 #      (the post-install state the scenario starts from);
 #   2. tests/vagrant/run_scenario.py on each node, from this machine over SSH:
 #      drift of every kind healed, reload with a broken policy, kill -9, the
-#      watchdog, a reboot, remove/reinstall/purge of the package;
+#      watchdog, a reboot, remove/reinstall/purge of the package; after every
+#      firewall and sshd heal a key login as `operator` from the other VM;
 #   3. vagrant provision: the agent reinstalled in enforce mode with the
 #      cluster network, then real K3s with the hardening flags.
-# Usage: vagrant/e2e.sh [NODE...]   (default: server agent; throw-away VMs only)
+# Usage: vagrant/e2e.sh [server agent]   (both nodes; throw-away VMs only)
 # Needs python3 on this machine (standard library only).
 set -euo pipefail
 cd "$(dirname "$0")"
 nodes=("$@")
 [ ${#nodes[@]} -gt 0 ] || nodes=(server agent)
+# The lock-out probe logs in to each node from the other one.
+if [ ${#nodes[@]} -ne 2 ]; then
+  echo "e2e.sh: needs both nodes (server agent): each VM is the other's SSH peer for the lock-out probe" >&2
+  exit 1
+fi
 # The scenario starts from a node that has never been provisioned: refuse VMs
 # that exist already (their state is not the post-install one).
 for node in "${nodes[@]}"; do

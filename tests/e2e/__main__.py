@@ -43,6 +43,11 @@ def main() -> int:
         if args.keep:
             assert node.proc is not None
             print(f"kept running: nsenter -t {node.leader} -a ...; stop: kill {node.proc.pid}")
+            print(
+                f"operator login: ip netns exec {node.peer.peer_ns} ssh -i {node.peer.key_path} "
+                f"operator@{node.peer.address}; after the stop: ip netns del {node.peer.peer_ns} "
+                f"{node.peer.node_ns}"
+            )
         else:
             node.shutdown()
             subprocess.run(["rm", "-rf", "--one-file-system", work], check=False)

@@ -3,7 +3,9 @@
 PID 1 on the CI machine is not necessarily systemd, so there is no machined
 and no `machinectl shell`: the container is started with
 `systemd-nspawn --boot --register=no --keep-unit --private-network` and
-commands enter its PID 1's namespaces with `nsenter -t <leader> -a`.
+commands enter its PID 1's namespaces with `nsenter -t <leader> -a`. Its
+private network is a namespace made beforehand (peer.py): the NIC ens3 and a
+peer namespace on this machine that the lock-out probe logs in from.
 
 Rootfs: `debootstrap --variant=minbase` of bookworm, cached under
 $K3S_AGENTD_TEST_CACHE (default /var/cache/k3s-agentd-tests) keyed by suite,
@@ -28,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Optional
 
 from tests.e2e.node import wait_until
+from tests.e2e.peer import NetnsPeer
 
 CACHE = os.environ.get("K3S_AGENTD_TEST_CACHE", "/var/cache/k3s-agentd-tests")
 SUITE = "bookworm"
@@ -189,10 +192,14 @@ class NspawnNode:
         self.console_log = console_log or os.path.join(os.path.dirname(rootfs), "console.log")
         self.proc: Optional[subprocess.Popen] = None
         self.leader = 0
+        # The management network and where the operator logs in from (tests/e2e/operator.py).
+        self.peer = NetnsPeer(os.path.dirname(os.path.abspath(rootfs)))
 
     # lifecycle
 
     def boot(self) -> None:
+        if not self.peer.created:
+            self.peer.create()
         with open(os.path.join(self.rootfs, "etc/hostname"), "w") as handle:
             handle.write(self.name + "\n")
         console = open(self.console_log, "ab")  # noqa: SIM115 - lives as long as the container
@@ -202,7 +209,11 @@ class NspawnNode:
                 "--boot",
                 "--register=no",
                 "--keep-unit",
+                # Both: --private-network alone would make a fresh namespace, and
+                # --network-namespace-path alone leaves /proc/sys/net read-only
+                # (systemd 252), so the daemon could not heal net.* sysctls.
                 "--private-network",
+                f"--network-namespace-path={self.peer.netns_path}",
                 "--console=read-only",
                 "-M",
                 self.name,
@@ -237,6 +248,12 @@ class NspawnNode:
         return "" if state in ("", "offline", "unknown", "starting", "initializing") else state
 
     def shutdown(self, timeout: float = 60) -> None:
+        try:
+            self._halt(timeout)
+        finally:
+            self.peer.destroy()
+
+    def _halt(self, timeout: float) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         # SIGTERM makes nspawn ask the container's systemd for a clean halt.

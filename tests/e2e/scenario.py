@@ -22,6 +22,7 @@ import shlex
 import time
 from typing import Any, Callable, Optional, TypeVar
 
+from tests.e2e import operator
 from tests.e2e.node import Node, sh, wait_until
 
 UNIT = "k3s-agentd.service"
@@ -67,6 +68,7 @@ SSHD_DROPIN = "/etc/ssh/sshd_config.d/01-k3s-agentd.conf"
 NFT_TABLE = ("inet", "k3s_agentd")
 ENCRYPTION_CONFIG = "/var/lib/rancher/k3s/server/cred/encryption-config.json"
 HEALTHY = ("ok", "healed")
+SETTLED = (*HEALTHY, "absent", "unsupported")  # k3s_agent.model.COMPLIANT
 PACKAGE = "k3s-hardening-agent"
 # Controls with items only in the k3s-cis-server profile: silent on an agent node.
 SERVER_ONLY = ("k3s_encryption",)
@@ -149,6 +151,54 @@ def timed_result(probe: Callable[[], T], timeout: float, what: str) -> tuple[flo
     start = time.monotonic()
     result = wait_until(probe, timeout, what, every=0.25)
     return time.monotonic() - start, result
+
+
+# -- the lock-out probe (issue 11; tests/e2e/operator.py) -------------------------------
+
+
+def settled(ctx: Context, *names: str) -> None:
+    """Wait until no finding of these controls (those in the build) is left to heal:
+    each one compliant (ok, healed, or absent/unsupported on this node)."""
+    node = ctx.node
+    present = [n for n in names if n in ctx.notes.get("registry", [])]
+
+    def all_settled() -> bool:
+        doc = status(node)
+        return all(f["status"] in SETTLED for n in present for f in findings(doc, n).values())
+
+    wait_until(all_settled, INTERVAL + SLACK, f"every finding of {', '.join(present)} compliant")
+
+
+def check_operator_access(ctx: Context, when: str, firewall_on: bool = True) -> None:
+    """A NEW SSH login as the operator, from the peer, to every address of the node;
+    and the firewall as the peer sees it: on (DROPPED_PORT shut) or off (open).
+
+    A firewall that is merely absent would let the login through too: the
+    closed port is what proves the login went through an enforcing firewall.
+    """
+    node = ctx.node
+    peer = operator.peer_of(node)
+    started = time.monotonic()
+    for address in peer.addresses:
+        failures = operator.login_failures(node, address)
+        assert len(failures) < operator.LOGIN_ATTEMPTS, (
+            f"{when}: operator login to {address} from the peer failed: " + " | ".join(failures)
+        )
+        if failures:
+            ctx.log(f"{when}: login to {address} worked after {len(failures)} failure(s): {failures}")
+    if "firewall" in ctx.notes.get("registry", []):
+        operator.ensure_listener(node, operator.DROPPED_PORT)
+        for address in peer.addresses:
+            reached = operator.peer_reaches(node, operator.DROPPED_PORT, address)
+            assert reached != firewall_on, (
+                f"{when}: port {operator.DROPPED_PORT} on {address} is "
+                f"{'reachable' if reached else 'dropped'} from the peer, but the firewall "
+                f"should be {'on' if firewall_on else 'off'}"
+            )
+    took = time.monotonic() - started
+    ctx.notes.setdefault("probe_seconds", []).append(took)
+    ctx.log(f"{when}: operator login ok on {', '.join(peer.addresses)}, firewall "
+            f"{'on' if firewall_on else 'off'} as seen from the peer ({took:.1f}s)")  # fmt: skip
 
 
 # -- steps -----------------------------------------------------------------------------
@@ -236,6 +286,13 @@ def _exposure(node: Node, unit: str) -> float:
     return float(match.group(1))
 
 
+def step_operator_baseline(ctx: Context) -> None:
+    """The operator account with the peer's key. Before any enforcement a login works and
+    DROPPED_PORT is open to the peer, so its being shut later is the firewall's doing."""
+    operator.ensure_operator(ctx.node)
+    check_operator_access(ctx, "before enforcement", firewall_on=False)
+
+
 def step_start(ctx: Context) -> None:
     """Enforce-mode test policy, a short watchdog; start K3s (fixture) and the agent."""
     node = ctx.node
@@ -303,6 +360,8 @@ def step_first_cycle_enforced(ctx: Context) -> None:
     assert read_sysctl(node, SYSCTL_KEY) == str(got[SYSCTL_KEY]["desired"])
     persisted = node.run(["cat", SYSCTL_FILE]).stdout
     assert re.search(rf"^{re.escape(SYSCTL_KEY)}\s*=\s*1\s*$", persisted, re.M), persisted
+    settled(ctx, "firewall", "sshd")
+    check_operator_access(ctx, "after the first enforcing cycle")
 
 
 def step_drift_sysctl(ctx: Context) -> None:
@@ -334,6 +393,8 @@ def step_drift_firewall(ctx: Context) -> None:
         _drift_nft(ctx, family, table, listing.stdout)
     else:
         _drift_iptables(ctx)
+    settled(ctx, "firewall")
+    check_operator_access(ctx, "after the firewall heal")
 
 
 def _strip_handles(text: str) -> str:
@@ -408,6 +469,27 @@ def step_drift_sshd(ctx: Context) -> None:
     effective = node.run(["sshd", "-T"], check=False).stdout.lower()
     ctx.log(f"sshd {option} edited: {how} in {took:.1f}s; sshd -T has {option.lower()}: "
             f"{option.lower() in effective}")  # fmt: skip
+    settled(ctx, "sshd")
+    check_operator_access(ctx, "after the sshd heal")
+
+
+def step_lockout_caught(ctx: Context) -> None:
+    """The probe can fail: with the agent stopped, tcp/22 dropped by hand on the node's NIC,
+    the operator login must fail; with the drop gone and the agent back, it works again."""
+    node = ctx.node
+    peer = operator.peer_of(node)
+    node.run(["systemctl", "stop", UNIT], timeout=90)
+    try:
+        with operator.ssh_dropped(node) as nic:
+            started = time.monotonic()
+            ok, output = operator.operator_login(node, timeout=peer.timeout)
+            took = time.monotonic() - started
+            assert not ok, f"operator login worked through a drop of tcp/22 on {nic}: the probe is blind"
+            ctx.log(f"tcp/22 dropped on {nic} by hand: operator login failed in {took:.1f}s ({output})")
+    finally:
+        node.run(["systemctl", "start", UNIT], timeout=90)
+    settled(ctx, "firewall", "sshd")
+    check_operator_access(ctx, "with the by-hand drop gone")
 
 
 def _flip_one_option(text: str) -> tuple[str, str]:
@@ -598,6 +680,8 @@ def step_reboot(ctx: Context) -> None:
     )
     pid = unit_props(node, "MainPID")["MainPID"]
     _clean_first_cycle(ctx, pid)
+    settled(ctx, "firewall", "sshd")
+    check_operator_access(ctx, "after the reboot")
 
 
 def step_package_lifecycle(ctx: Context) -> None:
@@ -639,9 +723,18 @@ def step_package_lifecycle(ctx: Context) -> None:
     )
 
 
+def step_operator_at_end(ctx: Context) -> None:
+    """At the end the operator still logs in; the firewall is off if the package was purged."""
+    purged = ctx.node.run(["systemctl", "cat", UNIT], check=False).returncode != 0
+    check_operator_access(ctx, "at the end" + (" (package purged)" if purged else ""), firewall_on=not purged)
+    probes = ctx.notes.get("probe_seconds", [])
+    ctx.log(f"lock-out probe: {len(probes)} checks, {sum(probes):.1f}s in all")
+
+
 STEPS: list[Callable[[Context], None]] = [
     step_install_state,
     step_sandbox_exposure,
+    step_operator_baseline,
     step_start,
     step_ready,
     step_every_control,
@@ -649,6 +742,7 @@ STEPS: list[Callable[[Context], None]] = [
     step_drift_sysctl,
     step_drift_firewall,
     step_drift_sshd,
+    step_lockout_caught,
     step_drift_files,
     step_drift_encryption,
     step_k3s_args,
@@ -657,6 +751,7 @@ STEPS: list[Callable[[Context], None]] = [
     step_watchdog,
     step_reboot,
     step_package_lifecycle,
+    step_operator_at_end,
 ]
 
 

@@ -118,12 +118,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.fail("the Vagrant suite starts libvirtd and VMs: run it as root")
     # The Node protocol and the scenario come with the e2e suite (tests/e2e).
-    from tests.vagrant.vagrant_node import VagrantNode, wait_ssh
+    from tests.vagrant.vagrant_node import VagrantNode, attach_operator_peers, wait_ssh
 
     log = tmp_path_factory.mktemp("vagrant") / "vagrant.log"
     env = dict(os.environ)
     timings: dict[str, float] = {}
     nodes: dict[str, VagrantNode] = {}
+    peers: list[VagrantNode] = []
     started = time.monotonic()
     try:
         deb = _package(log)
@@ -137,6 +138,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 _say(line.split("] ", 1)[-1])
         nodes = {name: VagrantNode(name, str(SSH_CONFIG)) for name in ("server", "agent")}
         wait_ssh(list(nodes.values()))
+        # The lock-out probe (tests/e2e/operator.py): each VM logs in to the other.
+        peers = attach_operator_peers(nodes, ADDRESSES)
         mark = time.monotonic()
         # The package stage (vagrant/provision/agent.sh install-only) left the
         # package file in E2E_PACKAGE_DIR for the scenario's reinstall step.
@@ -152,7 +155,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         _CLUSTERS.append(made)
         yield made
     finally:
-        for node in nodes.values():
+        for node in [*nodes.values(), *peers]:
             node.close()  # the shared SSH connections are ssh processes we started
         if os.environ.get("K3SA_KEEP") == "1":
             _say(f"K3SA_KEEP=1: VMs left running (vagrant/ci/cleanup.sh --daemons removes them); log {log}")

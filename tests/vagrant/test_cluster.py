@@ -1,7 +1,10 @@
 """Two K3s nodes in real VMs (Vagrant + libvirt, offline): the shared e2e
 scenario on each, then what only two machines can show: the server's K3s
 ports reachable from the agent over the cluster network, closed to an
-address outside it, and SSH into both nodes working after every heal.
+address outside it, and SSH into both nodes working after every heal: the
+management path (vagrant, a new connection) after every scenario step, and
+the lock-out probe of issue 11 (tests/e2e/operator.py: the non-root account
+`operator` with a key, from the other VM) after every firewall and sshd heal.
 
 The tests run in file order and share one cluster (conftest.py).
 """
@@ -20,6 +23,7 @@ pytest.importorskip("tests.e2e.scenario", reason="the e2e scenario (tests/e2e) i
 
 from tests.e2e import scenario  # noqa: E402
 from tests.e2e.node import wait_until  # noqa: E402
+from tests.e2e.operator import LOGIN_ATTEMPTS, login_failures  # noqa: E402
 from tests.e2e.scenario import STEPS, Context, Skipped, diagnostics  # noqa: E402
 from tests.vagrant.conftest import ADDRESSES, CLUSTER_CIDR, E2E_PACKAGE_DIR, REPO, Cluster  # noqa: E402
 from tests.vagrant.vagrant_node import VagrantNode, host_tcp_open  # noqa: E402
@@ -240,6 +244,11 @@ def _check_cluster_ports(cluster: Cluster, when: str) -> None:
         ), f"{when}: server:{port} open to the agent VM's management address"
     for node in cluster.nodes.values():
         assert node.ssh_works(), f"{when}: ssh into {node.name} fails"
+        # The operator, from the other VM over the cluster network (issue 11's probe).
+        failures = login_failures(node)
+        assert (
+            len(failures) < LOGIN_ATTEMPTS
+        ), f"{when}: operator login to {node.name} from the other VM: {failures}"
 
 
 def test_k3s_ports_cluster_only(enforced: Cluster) -> None:

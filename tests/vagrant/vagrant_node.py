@@ -7,6 +7,10 @@ emulated CPU), so commands share one multiplexed connection; ssh_works()
 opens a NEW connection every time, which is what "SSH into the node still
 works after a heal" must prove (an existing session survives a firewall that
 would refuse new ones).
+
+VagrantPeer makes the other VM the operator's workstation for the lock-out
+probe (tests/e2e/operator.py): a login as `operator`, with a key made for the
+run, from one VM to the other over the cluster network.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from tests.e2e.node import wait_until
+from tests.e2e.operator import ensure_listener, make_operator_key, tcp_probe_argv
 
 # BatchMode: never prompt; ConnectTimeout: a dropped SYN (a firewall that
 # locked us out) fails in seconds rather than at TCP's own timeout;
@@ -33,7 +38,13 @@ SSH_OPTS = [
     *("-o", "Ciphers=chacha20-poly1305@openssh.com,aes128-ctr"),
 ]
 CONTROL_DIR = "/run/k3s-agentd-vagrant"  # the shared connections' sockets (CI, as root)
+# The operator's private key on the peer VM (root's, 0600).
+PEER_KEY = "/root/.k3sa-e2e/operator_ed25519"
+# Seconds to wait for a peer VM that does not answer: both VMs run the scenario
+# at once, and the other one may be rebooting (~150-240 s emulated).
+PEER_WAIT = 600.0
 _private_dir: list[str] = []
+T = TypeVar("T")
 
 
 def _control_dir() -> str:
@@ -51,10 +62,13 @@ def _control_dir() -> str:
 class VagrantNode:
     """One VM of the Vagrant CI cluster, reached as `name` through ssh_config."""
 
-    def __init__(self, name: str, ssh_config: str) -> None:
+    def __init__(self, name: str, ssh_config: str, tag: str = "") -> None:
+        """tag: a connection of its own (its own shared SSH master) to the same VM."""
         self.name = name
         self.ssh_config = ssh_config
-        self.control_path = os.path.join(_control_dir(), f"ssh-{name}.sock")
+        self.control_path = os.path.join(_control_dir(), f"ssh-{name}{'-' + tag if tag else ''}.sock")
+        # Where the lock-out probe logs in from (attach_operator_peers): the other VM.
+        self.peer: Optional[VagrantPeer] = None
 
     def _argv(self, remote: str, shared: bool = True) -> list[str]:
         if shared:
@@ -171,15 +185,7 @@ class VagrantNode:
     def tcp_open(self, host: str, port: int, timeout: float = 3, source: str = "") -> bool:
         """From inside this node (from its address `source`, if given): does a TCP
         connect to host:port succeed?"""
-        probe = (
-            "import socket,sys\n"
-            "s=socket.socket(); s.settimeout(float(sys.argv[3]))\n"
-            "sys.argv[4] and s.bind((sys.argv[4], 0))\n"
-            "sys.exit(0 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 1)\n"
-        )
-        done = self.run(
-            ["python3", "-c", probe, host, str(port), str(timeout), source], check=False, timeout=timeout + 30
-        )
+        done = self.run(tcp_probe_argv(host, port, timeout, source), check=False, timeout=timeout + 30)
         return done.returncode == 0
 
     def listen(self, port: int) -> None:
@@ -187,19 +193,82 @@ class VagrantNode:
 
         A transient unit: gone at the next boot, and nothing runs on this machine.
         """
-        if self._listening(port):
-            return
-        server = (
-            "import socket\n"
-            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-            f"s.bind(('0.0.0.0', {port})); s.listen(16)\n"
-            "while True:\n c,_=s.accept(); c.close()\n"
-        )
-        self.run(["systemd-run", f"--unit=k3sa-listen-{port}", "/usr/bin/python3", "-c", server])
-        wait_until(lambda: self._listening(port), 15, f"{self.name}: a listener on {port}", every=0.3)
+        ensure_listener(self, port)
 
-    def _listening(self, port: int) -> bool:
-        return bool(self.run(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip())
+
+class VagrantPeer:
+    """The other VM, where the lock-out probe logs in to a node from (the Peer of
+    tests/e2e/operator.py), as root with the run's operator key in PEER_KEY.
+
+    It has a connection of its own to that VM: the other VM's scenario runs in
+    another thread and drops its connection when it reboots the VM.
+    """
+
+    # Seconds one login may take: key exchange on two emulated CPUs, plus the hop to the peer.
+    timeout = 90.0
+    tcp_timeout = 3.0
+
+    def __init__(self, via: VagrantNode, address: str, key_file: str, public_key: str) -> None:
+        self.via = via
+        self.address = address
+        self.addresses = [address]
+        self.key_path = PEER_KEY
+        self.public_key = public_key
+        self._key_file = key_file  # the private key on this machine
+
+    def prepare(self) -> None:
+        with open(self._key_file, "rb") as handle:
+            key = handle.read()
+        self._patiently(lambda: self.via.copy_in(key, PEER_KEY, 0o600))
+
+    def run(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
+        """argv on the peer VM. Exit status 255 is taken for the hop's own failure and
+        tried again (a mux client whose master died with a rebooting VM says so without
+        the "ssh:" VagrantNode.run looks for): what the probe runs never exits 255 itself
+        (operator_login passes ssh's status in its output)."""
+        return self._patiently(lambda: self._run_once(argv, timeout))
+
+    def _run_once(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
+        done = self.via.run(argv, check=False, timeout=timeout)
+        if done.returncode == 255:
+            raise AssertionError(f"{self.via.name}: the hop to the peer failed: {done.stderr.strip()}")
+        return done
+
+    def _patiently(self, action: Callable[[], T]) -> T:
+        """action(), again every 5 s while the peer VM does not answer, up to PEER_WAIT."""
+        deadline = time.monotonic() + PEER_WAIT
+        while True:
+            try:
+                return action()
+            except (AssertionError, subprocess.TimeoutExpired) as exc:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"the peer VM {self.via.name} did not answer for {PEER_WAIT:.0f}s: "
+                        f"no operator login could be tried from it ({exc})"
+                    ) from None
+            time.sleep(5)
+
+
+def attach_operator_peers(nodes: dict[str, VagrantNode], addresses: dict[str, str]) -> list[VagrantNode]:
+    """Each node's `peer` = the other VM, reaching it at addresses[name] (the cluster
+    network); a key pair made for this run. Returns the peers' own connections: close()
+    them at the end. Exactly two VMs, or AssertionError: the probe is never skipped."""
+    if len(nodes) != 2:
+        raise AssertionError(
+            "the lock-out probe logs in to each VM from the other one: it needs both VMs "
+            f"(server and agent), got {sorted(nodes)}"
+        )
+    keydir = tempfile.mkdtemp(prefix="k3sa-operator-")
+    atexit.register(shutil.rmtree, keydir, True)
+    key_file = os.path.join(keydir, "operator_ed25519")
+    public_key = make_operator_key(key_file)
+    connections = []
+    (a, node_a), (b, node_b) = nodes.items()
+    for name, node, other, other_name in ((a, node_a, node_b, b), (b, node_b, node_a, a)):
+        via = VagrantNode(other_name, other.ssh_config, tag=f"peer-of-{name}")
+        connections.append(via)
+        node.peer = VagrantPeer(via, addresses[name], key_file, public_key)
+    return connections
 
 
 def host_tcp_open(host: str, port: int, timeout: float = 3, source: Optional[str] = None) -> bool:
