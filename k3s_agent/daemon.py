@@ -26,7 +26,7 @@ from k3s_agent.model import Finding, Status
 from k3s_agent.policy.loader import load_policy
 from k3s_agent.policy.model import Policy
 from k3s_agent.policy.schema import PolicyError
-from k3s_agent.policy.snapshot import load_last_good, save_last_good
+from k3s_agent.policy.snapshot import fallback_policy, save_last_good
 from k3s_agent.report import build_document, render_prometheus, to_json
 from k3s_agent.statusd import STATUS_NAME, StatusServer
 from k3s_agent.watch import NetlinkWatcher, PathWatcher
@@ -63,6 +63,7 @@ class Daemon:
         self.heartbeat = time.monotonic()
         self.counters = {"heals_total": 0, "heal_failures_total": 0, "policy_reload_failures_total": 0}
         self.policy_error: Optional[str] = None
+        self.policy_fallback: Optional[str] = None  # what runs instead of a refused policy at start
         self.last_logged: dict[tuple[str, str], Status] = {}
         self.policy = self._initial_policy()
         self.engine = self._engine(self.policy)
@@ -74,19 +75,28 @@ class Daemon:
     # -- policy ---------------------------------------------------------------------
 
     def _load(self) -> Policy:
-        return load_policy(self.host, path=self.policy_path, dropins=None)
+        try:
+            return load_policy(self.host, path=self.policy_path, dropins=None)
+        except PolicyError:
+            raise
+        except Exception as exc:  # a loader bug must not stop the daemon either
+            self.log.exception("policy loader failed")
+            raise PolicyError([f"policy: loader failed: {type(exc).__name__}: {exc}"]) from exc
 
     def _initial_policy(self) -> Policy:
         try:
             policy = self._load()
         except PolicyError as exc:
             # Start with the last policy that was good, so a bad edit followed by a
-            # reboot does not leave the node unguarded.
+            # reboot does not leave the node unguarded (policy/snapshot.py says why
+            # the built-in profile in audit mode, not exit, when there is none).
             self._refused(exc)
-            policy = load_last_good(self.host)
-            if policy is None:
-                raise
-            self.log.warning("running the last good policy", sources=",".join(policy.sources))
+            policy, self.policy_fallback = fallback_policy(self.host)
+            self.log.error(
+                f"policy refused at start: running {self.policy_fallback}",
+                message_id=MESSAGE_IDS["policy_refused"],
+                sources=",".join(policy.sources),
+            )
             return policy
         save_last_good(self.host, policy)
         return policy
@@ -98,7 +108,7 @@ class Daemon:
             self._refused(exc)
             return
         save_last_good(self.host, policy)
-        self.policy, self.policy_error = policy, None
+        self.policy, self.policy_error, self.policy_fallback = policy, None, None
         self.engine = self._engine(policy)
         self._restart_watcher()
         self.log.info(
@@ -212,6 +222,7 @@ class Daemon:
             "running": True,
             "pid": os.getpid(),
             "policy_error": self.policy_error,
+            "policy_fallback": self.policy_fallback,
             "watching": [w for watcher in self.watchers for w in watcher.watching],
             **self.counters,
         }
