@@ -220,18 +220,32 @@ def read_layer(path: str) -> Layer:
     descriptor (no race with a rename), and the read stops at MAX_POLICY_BYTES.
     """
     fd = _open_policy(path)
-    with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
+    try:
+        st = os.fstat(fd)  # the file opened, not whatever the name points to by now
         _refuse_untrusted(path, st, want_dir=False)
         if st.st_size > MAX_POLICY_BYTES:
             raise PolicyError([f"{path}: {st.st_size} bytes, larger than the {_CAP} limit for a policy file"])
-        try:
-            raw = handle.read(MAX_POLICY_BYTES + 1)  # the file may have grown since fstat
-        except OSError as exc:
-            raise PolicyError([f"{path}: cannot read ({exc.strerror})"]) from None
+        raw = _read_capped(path, fd)  # the file may have grown since fstat
+    finally:
+        os.close(fd)
     if len(raw) > MAX_POLICY_BYTES:
         raise PolicyError([f"{path}: larger than the {_CAP} limit for a policy file"])
     return Layer(path, parse_policy(path, raw), raw)
+
+
+def _read_capped(path: str, fd: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= MAX_POLICY_BYTES:
+            chunk = os.read(fd, MAX_POLICY_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise PolicyError([f"{path}: cannot read ({exc.strerror})"]) from None
+    return b"".join(chunks)
 
 
 def _open_policy(path: str) -> int:
