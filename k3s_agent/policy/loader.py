@@ -375,7 +375,8 @@ def check_layer(layer: Layer) -> list[str]:
             continue
         problems += check_table(waiver, WAIVER_FIELDS, where, label)
         problems += missing_required(waiver, WAIVER_FIELDS, where, label)
-        if waiver.get("control") not in specs() and "control" in waiver:
+        control = waiver.get("control")
+        if isinstance(control, str) and control not in specs():
             problems.append(f"{where}: {label[0]}.control: no control named {brief(waiver['control'])}")
     known = specs()
     for name, section in data.get("controls", {}).items():
