@@ -51,11 +51,14 @@ class Lint:
     """A cross-item problem in a merged policy: refused unless the item accepts the risk.
 
     overridable=False: refused even with accept_risk (a contradiction, not a risk).
+    because: (control, item key) that makes the problem, named when the item
+      the problem is about is in no file (a required item that is missing).
     """
 
     key: str  # item key the problem is about ("" = the section)
     reason: str
     overridable: bool = True
+    because: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

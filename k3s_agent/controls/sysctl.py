@@ -291,7 +291,8 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     if control.option("dual_stack", False) or k3s_is_dual_stack(host):
         problems += lints(K3S_NEEDS_DUAL_STACK, "breaks IPv6 on this dual-stack cluster")
     problems += _tied(spelled, values)
-    if protect_kernel_defaults_required(policy):
+    requiring = _protect_kernel_defaults_item(policy)
+    if requiring is not None:
         for path, want in KUBELET_REQUIRED.items():
             if values.get(path) != want:
                 seen = "missing" if path not in values else f"set to {values[path]}"
@@ -300,6 +301,7 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
                         spelled.get(path, display_key(path)),
                         f"{display_key(path)} is {seen}: kubelet with protect-kernel-defaults refuses "
                         f"to start unless it is {want}",
+                        because=("k3s_args", requiring),
                     )
                 )
         problems += lints(KUBELET_CHECKED_IF_SET, "breaks kubelet with protect-kernel-defaults")
@@ -327,10 +329,15 @@ def _shown(key: str) -> str:
 
 
 def protect_kernel_defaults_required(policy: Policy) -> bool:
+    return _protect_kernel_defaults_item(policy) is not None
+
+
+def _protect_kernel_defaults_item(policy: Policy) -> Optional[str]:
+    """The k3s_args item that requires protect-kernel-defaults, if any."""
     k3s_args = policy.controls.get("k3s_args")
     if k3s_args is None or not k3s_args.enabled:
-        return False
-    return any(key.endswith("protect-kernel-defaults") for key in k3s_args.items)
+        return None
+    return next((key for key in k3s_args.items if key.endswith("protect-kernel-defaults")), None)
 
 
 def k3s_is_dual_stack(host: Host) -> bool:

@@ -23,7 +23,7 @@ from importlib import resources
 from typing import Any, Optional
 
 from k3s_agent.controls import specs
-from k3s_agent.controls.base import ControlSpec
+from k3s_agent.controls.base import ControlSpec, Lint
 from k3s_agent.host import Host
 from k3s_agent.model import Mode
 from k3s_agent.policy.model import PROFILES, ContestSettings, ControlPolicy, Policy, Waiver
@@ -522,12 +522,22 @@ def _lint(policy: Policy, host: Host, origin: dict[tuple[str, ...], str]) -> lis
             item = control.items.get(lint.key, {})
             if item.get("accept_risk") and lint.overridable:
                 continue
-            where = origin.get((name, lint.key) if lint.key else (name,), "policy")
+            where = _lint_origin(name, lint, control.items, origin)
             path = ("controls", name, "items", lint.key) if lint.key else ("controls", name)
             overridable = lint.key and lint.overridable
             hint = ' (set accept_risk = "<why>" on the item to override)' if overridable else ""
             problems.append(f"{where}: {key_path(*path)}: {lint.reason}{hint}")
     return problems
+
+
+def _lint_origin(
+    control: str, lint: Lint, items: Mapping[str, Any], origin: dict[tuple[str, ...], str]
+) -> str:
+    """The file to name: the item's, else (a missing or disabled item) the section's
+    last file, else the file of the item that causes the problem."""
+    if lint.key and lint.key in items:
+        return origin.get((control, lint.key), "policy")
+    return origin.get((control,)) or origin.get(lint.because) or "policy"
 
 
 def _waiver(raw: dict[str, Any]) -> Waiver:
