@@ -75,13 +75,28 @@ class Daemon:
     # -- policy ---------------------------------------------------------------------
 
     def _load(self) -> Policy:
-        try:
-            return load_policy(self.host, path=self.policy_path, dropins=None)
-        except PolicyError:
-            raise
-        except Exception as exc:  # a loader bug must not stop the daemon either
-            self.log.exception("policy loader failed")
-            raise PolicyError([f"policy: loader failed: {type(exc).__name__}: {exc}"]) from exc
+        """load_policy in a worker thread: a 1 MiB policy can take a second or two
+        to parse, and SIGTERM must not wait for it (_Abandoned: we are stopping)."""
+        result: list[Any] = []
+
+        def work() -> None:
+            try:
+                result.append(load_policy(self.host, path=self.policy_path, dropins=None))
+            except Exception as exc:  # noqa: BLE001 - handed to the main thread below
+                result.append(exc)
+
+        worker = threading.Thread(target=work, name="policy-load", daemon=True)
+        worker.start()
+        while worker.is_alive() and not self.stopping:
+            worker.join(0.1)  # short: a signal delivered to another thread runs only here
+        if not result:
+            raise _Abandoned()
+        if isinstance(result[0], Policy):
+            return result[0]
+        if not isinstance(result[0], PolicyError):  # a loader bug must not stop the daemon either
+            self.log.error("policy loader failed", error=repr(result[0]))
+            raise PolicyError([f"policy: loader failed: {type(result[0]).__name__}: {result[0]}"])
+        raise result[0]
 
     def _initial_policy(self) -> Policy:
         try:
@@ -107,6 +122,8 @@ class Daemon:
         except PolicyError as exc:
             self._refused(exc)
             return
+        except _Abandoned:
+            return  # SIGTERM during the reload: the old policy runs until we exit
         save_last_good(self.host, policy)
         self.policy, self.policy_error, self.policy_fallback = policy, None, None
         self.engine = self._engine(policy)
@@ -184,6 +201,8 @@ class Daemon:
             self.log.info("stopping", message_id=MESSAGE_IDS["stopping"])
             server.close()
             for watcher in self.watchers:
+                watcher.stop()  # all threads wind down at once, not one join after another
+            for watcher in self.watchers:
                 watcher.close()
         return 0
 
@@ -201,7 +220,9 @@ class Daemon:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if self.wake_event.wait(min(remaining, 5.0)):
+            # Short waits: a signal that the kernel hands to another thread runs its
+            # Python handler only when this thread wakes (SIGTERM within 2 s).
+            if self.wake_event.wait(min(remaining, 0.5)):
                 if self.stopping or self.reload_requested:
                     return
                 self._nap(WAKE_DEBOUNCE)  # let a burst of writes settle
@@ -282,6 +303,10 @@ class Daemon:
                 time.sleep(period / 3)
 
         threading.Thread(target=ping, name="watchdog", daemon=True).start()
+
+
+class _Abandoned(Exception):
+    """A policy load left unfinished because the daemon is stopping."""
 
 
 def _safe_watches(control: Any) -> list[Any]:
