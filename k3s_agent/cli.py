@@ -11,7 +11,6 @@ the start-up time) are imported by the commands that run a cycle.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -102,7 +101,7 @@ def _one_cycle(args: argparse.Namespace, host: Host, enforce: bool) -> tuple[Pol
 
     policy = _policy(args, host)
     if enforce and getattr(args, "all", False):
-        policy = _all_enforcing(policy)
+        policy = policy.with_mode(Mode.ENFORCE)
     cycle = Engine(policy, host).run_cycle(enforce=enforce, only=args.control)
     note = "one-shot apply" if enforce else "one-shot check: nothing changed"
     return policy, build_document(cycle, policy, {"running": None, "note": note})
@@ -143,11 +142,6 @@ def cmd_diff(args: argparse.Namespace, host: Host) -> int:
             print(f"  + {f['desired']}")
     print(f"{changes} item(s) would change" if changes else "nothing to change")
     return exit_code(document)
-
-
-def _all_enforcing(policy: Policy) -> Policy:
-    controls = {n: dataclasses.replace(c, mode=Mode.ENFORCE) for n, c in policy.controls.items()}
-    return dataclasses.replace(policy, controls=controls, mode=Mode.ENFORCE)
 
 
 def cmd_validate(args: argparse.Namespace, host: Host) -> int:

@@ -26,7 +26,7 @@ from k3s_agent.model import Finding, Status
 from k3s_agent.policy.loader import load_policy
 from k3s_agent.policy.model import Policy
 from k3s_agent.policy.schema import PolicyError
-from k3s_agent.policy.snapshot import load_last_good, save_last_good
+from k3s_agent.policy.snapshot import fallback_policy, save_last_good
 from k3s_agent.report import build_document, render_prometheus, to_json
 from k3s_agent.statusd import STATUS_NAME, StatusServer
 from k3s_agent.watch import NetlinkWatcher, PathWatcher
@@ -63,6 +63,7 @@ class Daemon:
         self.heartbeat = time.monotonic()
         self.counters = {"heals_total": 0, "heal_failures_total": 0, "policy_reload_failures_total": 0}
         self.policy_error: Optional[str] = None
+        self.policy_fallback: Optional[str] = None  # what runs instead of a refused policy at start
         self.last_logged: dict[tuple[str, str], Status] = {}
         self.policy = self._initial_policy()
         self.engine = self._engine(self.policy)
@@ -77,19 +78,38 @@ class Daemon:
     # -- policy ---------------------------------------------------------------------
 
     def _load(self) -> Policy:
-        return load_policy(self.host, path=self.policy_path, dropins=None)
+        """load_policy in a worker thread: a 1 MiB policy can take a second or two
+        to parse, and SIGTERM must not wait for it (_Abandoned: we are stopping)."""
+        result: list[Any] = []
+
+        def work() -> None:
+            try:
+                result.append(load_policy(self.host, path=self.policy_path, dropins=None))
+            except Exception as exc:  # noqa: BLE001 - handed to the main thread below
+                result.append(exc)
+
+        worker = threading.Thread(target=work, name="policy-load", daemon=True)
+        worker.start()
+        while worker.is_alive() and not self.stopping:
+            worker.join(0.1)  # short: a signal delivered to another thread runs only here
+        if not result:
+            raise _Abandoned()
+        if isinstance(result[0], Policy):
+            return result[0]
+        if not isinstance(result[0], PolicyError):  # a loader bug must not stop the daemon either
+            self.log.error("policy loader failed", error=repr(result[0]))
+            raise PolicyError([f"policy: loader failed: {type(result[0]).__name__}: {result[0]}"])
+        raise result[0]
 
     def _initial_policy(self) -> Policy:
         try:
             policy = self._load()
         except PolicyError as exc:
             # Start with the last policy that was good, so a bad edit followed by a
-            # reboot does not leave the node unguarded.
-            policy = load_last_good(self.host)
-            self._refused(exc, "starting with the last good policy" if policy else "and no last good policy")
-            if policy is None:
-                raise
-            self.log.warning("running the last good policy", sources=",".join(policy.sources))
+            # reboot does not leave the node unguarded (policy/snapshot.py says why
+            # the built-in profile in audit mode, not exit, when there is none).
+            policy, self.policy_fallback = fallback_policy(self.host)
+            self._refused(exc, f"starting with {self.policy_fallback}")
             return policy
         save_last_good(self.host, policy)
         return policy
@@ -100,8 +120,10 @@ class Daemon:
         except PolicyError as exc:
             self._refused(exc, "keeping the one in force")
             return
+        except _Abandoned:
+            return  # SIGTERM during the reload: the old policy runs until we exit
         save_last_good(self.host, policy)
-        self.policy, self.policy_error = policy, None
+        self.policy, self.policy_error, self.policy_fallback = policy, None, None
         self.engine = self._engine(policy)
         self._restart_watcher()
         self.log.info(
@@ -180,6 +202,8 @@ class Daemon:
             self.log.info("stopping", message_id=MESSAGE_IDS["stopping"])
             server.close()
             for watcher in self.watchers:
+                watcher.stop()  # all threads wind down at once, not one join after another
+            for watcher in self.watchers:
                 watcher.close()
         return 0
 
@@ -202,7 +226,9 @@ class Daemon:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if self.wake_event.wait(min(remaining, 5.0)):
+            # Short waits: a signal that the kernel hands to another thread runs its
+            # Python handler only when this thread wakes (SIGTERM within 2 s).
+            if self.wake_event.wait(min(remaining, 0.5)):
                 if self.stopping or self.reload_requested:
                     return
                 self._nap(WAKE_DEBOUNCE)  # let a burst of writes settle
@@ -226,6 +252,7 @@ class Daemon:
             "running": True,
             "pid": os.getpid(),
             "policy_error": self.policy_error,
+            "policy_fallback": self.policy_fallback,
             "watching": [w for watcher in self.watchers for w in watcher.watching],
             **self.counters,
         }
@@ -285,6 +312,10 @@ class Daemon:
                 time.sleep(period / 3)
 
         threading.Thread(target=ping, name="watchdog", daemon=True).start()
+
+
+class _Abandoned(Exception):
+    """A policy load left unfinished because the daemon is stopping."""
 
 
 def _safe_watches(control: Any) -> list[Any]:

@@ -82,9 +82,14 @@ def verdict(counts: Counter) -> str:
 
 
 def exit_code(document: dict[str, Any]) -> int:
-    return {"compliant": EXIT_COMPLIANT, "drift": EXIT_DRIFT, "failed": EXIT_FAILED}.get(
+    """The verdict's code; at least 2 while the daemon refuses the policy on disk
+    (it runs an older one, or the built-in profile in audit mode: not what was asked)."""
+    code = {"compliant": EXIT_COMPLIANT, "drift": EXIT_DRIFT, "failed": EXIT_FAILED}.get(
         document.get("summary", {}).get("verdict"), EXIT_UNKNOWN
     )
+    if (document.get("daemon") or {}).get("policy_error"):
+        return max(code, EXIT_FAILED)
+    return code
 
 
 def to_json(document: dict[str, Any]) -> str:
@@ -139,6 +144,10 @@ def render_table(document: dict[str, Any], verbose: bool = False) -> str:
             if f.get("message") and f["status"] != "ok":
                 out.append(f"             {f['message']}")
     daemon = document.get("daemon") or {}
+    if daemon.get("policy_error"):
+        running = daemon.get("policy_fallback") or "the policy loaded before"
+        out += ["", f"POLICY REFUSED (running {running}):"]
+        out += [f"  {line}" for line in str(daemon["policy_error"]).splitlines()]
     if daemon.get("note"):
         out.append("")
         out.append(daemon["note"])
@@ -184,6 +193,12 @@ def render_prometheus(document: dict[str, Any]) -> str:
         f"k3s_agentd_last_cycle_timestamp_seconds {_epoch(document['generated_at'])}",
     ]
     daemon = document.get("daemon") or {}
+    if "policy_error" in daemon:
+        lines += [
+            "# HELP k3s_agentd_policy_refused 1 while the policy on disk is refused (an older one runs).",
+            "# TYPE k3s_agentd_policy_refused gauge",
+            f"k3s_agentd_policy_refused {int(bool(daemon['policy_error']))}",
+        ]
     for name, help_text in (
         ("heals_total", "Items healed since the daemon started."),
         ("heal_failures_total", "Heals that failed since the daemon started."),

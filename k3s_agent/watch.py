@@ -27,6 +27,9 @@ IN_DELETE = 0x200
 IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
 IN_IGNORED = 0x8000  # the kernel dropped the watch: its inode is gone
+# How often the reader threads look at their stop flag: close() joins them, and
+# k3s-agentd must be out within 2 s of SIGTERM.
+STOP_POLL = 0.5
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 MASK = (
@@ -81,7 +84,7 @@ class PathWatcher:
         fd = self.fd
         while not self._stop.is_set() and fd is not None:
             try:
-                ready, _, _ = select.select([fd], [], [], 1.0)
+                ready, _, _ = select.select([fd], [], [], STOP_POLL)
                 if not ready:
                     continue
                 data = os.read(fd, 65536)
@@ -203,11 +206,14 @@ class NetlinkWatcher:
             self._thread = threading.Thread(target=self._run, name="netlink", daemon=True)
             self._thread.start()
 
+    def stop(self) -> None:
+        self._stop.set()
+
     def _run(self) -> None:
         by_fd = {sock.fileno(): (sock, kind) for sock, kind in self.sockets}
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select(list(by_fd), [], [], 1.0)
+                ready, _, _ = select.select(list(by_fd), [], [], STOP_POLL)
             except (OSError, ValueError):
                 return
             for fd in ready:

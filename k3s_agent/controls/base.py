@@ -48,10 +48,17 @@ class Control(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Lint:
-    """A cross-item problem in a merged policy: refused unless the item accepts the risk."""
+    """A cross-item problem in a merged policy: refused unless the item accepts the risk.
+
+    overridable=False: refused even with accept_risk (a contradiction, not a risk).
+    because: (control, item key) that makes the problem, named when the item
+      the problem is about is in no file (a required item that is missing).
+    """
 
     key: str  # item key the problem is about ("" = the section)
     reason: str
+    overridable: bool = True
+    because: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +68,9 @@ class ControlSpec:
     options: section-level keys besides the common mode/enabled/disable/items.
     item_fields: per-item keys besides the common cis/accept_risk/description.
     item_key: returns why an item key is impossible (e.g. not a dotted sysctl name).
+    canonical_key: maps every spelling of an item key to one form (sysctl:
+      net/ipv4/ip_forward and net.ipv4.ip_forward are one key); the loader
+      refuses two spellings of one key and matches `disable` by it.
     lint: problems in the merged section that break a node; each is refused
       unless the item it names carries `accept_risk = "<reason>"`.
     """
@@ -70,6 +80,7 @@ class ControlSpec:
     options: Mapping[str, Field] = dataclasses.field(default_factory=dict)
     item_fields: Mapping[str, Field] = dataclasses.field(default_factory=dict)
     item_key: Optional[Callable[[str], Optional[str]]] = None
+    canonical_key: Optional[Callable[[str], str]] = None
     lint: Optional[Callable[[ControlPolicy, Policy, Host], list[Lint]]] = None
     verify_only: bool = False
     doc: str = ""

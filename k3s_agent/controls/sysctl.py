@@ -19,7 +19,7 @@ from k3s_agent.controls.base import ControlSpec, Lint, Watch
 from k3s_agent.host import Host, HostError
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
-from k3s_agent.policy.schema import Field, matches
+from k3s_agent.policy.schema import Field, brief
 
 NAME = "sysctl"
 PERSIST_FILE = "/etc/sysctl.d/90-k3s-agentd.conf"
@@ -35,35 +35,88 @@ SYSCTL_DIRS = (
 )
 SYSCTL_CONF = "/etc/sysctl.conf"
 
+PROC_SYS = "/proc/sys/"
+_SWAP = str.maketrans("./", "/.")
+
+
+def proc_path(key: str) -> str:
+    """The canonical form of a sysctl key: its path under /proc/sys.
+
+    Every spelling sysctl(8) and systemd-sysctl accept is the same key: dotted
+    (net.ipv4.ip_forward), slashed (net/ipv4/ip_forward), and here also the
+    full /proc/sys/ path. As sysctl.d(5) says: "If the first separator is a
+    slash, remaining slashes and dots are left intact. If the first separator
+    is a dot, dots and slashes are interchanged" -- so an interface name with
+    a dot is net/ipv4/conf/eth0.100/rp_filter or net.ipv4.conf.eth0/100.rp_filter.
+    """
+    if key.startswith(PROC_SYS):
+        key = key[len(PROC_SYS) :]
+    first = re.search(r"[./]", key)
+    return key.translate(_SWAP) if first and first.group() == "." else key
+
+
+def display_key(key: str) -> str:
+    """The dotted spelling of a key, as `sysctl -a` prints it (dots inside names as '/')."""
+    return proc_path(key).translate(_SWAP)
+
+
+def _canonical(table: dict[str, str]) -> dict[str, str]:
+    return {proc_path(key): value for key, value in table.items()}
+
+
+# Values that break pod networking on a K3s node (flannel/kube-proxy need
+# forwarding and bridged traffic through iptables). net.ipv4.ip_forward and
+# net.ipv4.conf.all.forwarding are one kernel switch (writing either sets
+# both, Documentation/networking/ip-sysctl.rst); IPv4 forwards by the input
+# device's setting, and new devices (cni0, the pods' veths) copy
+# conf.default.forwarding, so 0 there breaks every pod started after it.
+K3S_NEEDS = _canonical(
+    {
+        "net.ipv4.ip_forward": "1",
+        "net.ipv4.conf.all.forwarding": "1",
+        "net.ipv4.conf.default.forwarding": "1",
+        "net.bridge.bridge-nf-call-iptables": "1",
+        "net.bridge.bridge-nf-call-ip6tables": "1",
+    }
+)
+K3S_NEEDS_DUAL_STACK = _canonical(
+    {
+        "net.ipv6.conf.all.forwarding": "1",
+        "net.ipv6.conf.all.disable_ipv6": "0",
+        "net.ipv6.conf.default.disable_ipv6": "0",
+    }
+)
+# Keys that name one kernel value: two different values in one policy would
+# be healed against each other every cycle.
+TIED = ((proc_path("net.ipv4.ip_forward"), proc_path("net.ipv4.conf.all.forwarding")),)
+
 # kubelet refuses to start with --protect-kernel-defaults unless these hold
 # (k8s pkg/kubelet/cm/container_manager_linux.go setupKernelTunables).
-KUBELET_REQUIRED = {
-    "vm.overcommit_memory": "1",
-    "vm.panic_on_oom": "0",
-    "kernel.panic": "10",
-    "kernel.panic_on_oops": "1",
-}
-KUBELET_CHECKED_IF_SET = {
-    "kernel.keys.root_maxkeys": "1000000",
-    "kernel.keys.root_maxbytes": "25000000",
-}
-# Values that break pod networking on a K3s node (flannel/kube-proxy need
-# forwarding and bridged traffic through iptables).
-K3S_NEEDS = {
-    "net.ipv4.ip_forward": "1",
-    "net.bridge.bridge-nf-call-iptables": "1",
-    "net.bridge.bridge-nf-call-ip6tables": "1",
-}
-K3S_NEEDS_DUAL_STACK = {
-    "net.ipv6.conf.all.forwarding": "1",
-    "net.ipv6.conf.all.disable_ipv6": "0",
-    "net.ipv6.conf.default.disable_ipv6": "0",
-}
-
-_KEY = matches(
-    r"[a-z0-9_][a-z0-9_-]*(?:[./][A-Za-z0-9_@:-][A-Za-z0-9_@:.-]*)+",
-    "a dotted sysctl name like net.ipv4.ip_forward",
+KUBELET_REQUIRED = _canonical(
+    {
+        "vm.overcommit_memory": "1",
+        "vm.panic_on_oom": "0",
+        "kernel.panic": "10",
+        "kernel.panic_on_oops": "1",
+    }
 )
+KUBELET_CHECKED_IF_SET = _canonical(
+    {
+        "kernel.keys.root_maxkeys": "1000000",
+        "kernel.keys.root_maxbytes": "25000000",
+    }
+)
+
+_TOP = re.compile(r"[a-z0-9_][a-z0-9_-]*")
+_COMPONENT = re.compile(r"[A-Za-z0-9_@:-][A-Za-z0-9_@:.-]*")
+
+
+def key_problem(key: str) -> Optional[str]:
+    """Why key is no sysctl name (empty parts, '..', odd characters), or None."""
+    parts = proc_path(key).split("/")
+    if len(parts) >= 2 and _TOP.fullmatch(parts[0]) and all(_COMPONENT.fullmatch(p) for p in parts[1:]):
+        return None
+    return f"{brief(key)} is not a dotted sysctl name like net.ipv4.ip_forward (or a /proc/sys path)"
 
 
 def normalize(value: Any) -> str:
@@ -79,36 +132,37 @@ class SysctlControl:
     def __init__(self, policy: ControlPolicy, host: Host):
         self.host = host
         self.persist = policy.option("persist", True)
-        self.items = {key: normalize(item["value"]) for key, item in policy.items.items()}
-        self.cis = {key: item.get("cis") for key, item in policy.items.items()}
+        # Keyed by /proc/sys path (the loader refuses two spellings of one key);
+        # findings use the dotted display form.
+        self.items = {proc_path(key): normalize(item["value"]) for key, item in policy.items.items()}
+        self.cis = {proc_path(key): item.get("cis") for key, item in policy.items.items()}
 
     # -- observe ------------------------------------------------------------
 
     def check(self) -> list[Finding]:
-        findings = [self._check_runtime(key, want) for key, want in self.items.items()]
+        findings = [self._check_runtime(path, want) for path, want in self.items.items()]
         if self.persist:
             findings.append(self._check_persisted())
             findings += self._check_boot_overrides()
         return findings
 
     def _proc_file(self, key: str) -> str:
-        # A key with '/' keeps its dots (interface names such as eth0.100).
-        relative = key.replace("/", os.sep) if "/" in key else key.replace(".", os.sep)
-        return self.host.proc_path(os.path.join("sys", relative))
+        return self.host.proc_path(os.path.join("sys", proc_path(key)))
 
-    def _check_runtime(self, key: str, want: str) -> Finding:
-        base = Finding(NAME, key, Status.OK, desired=want, cis=self.cis.get(key))
+    def _check_runtime(self, path: str, want: str) -> Finding:
+        key = display_key(path)
+        base = Finding(NAME, key, Status.OK, desired=want, cis=self.cis.get(path))
         try:
-            with open(self._proc_file(key)) as handle:
+            with open(self._proc_file(path)) as handle:
                 seen = normalize(handle.read())
         except FileNotFoundError:
             return base.with_status(Status.ABSENT, "no such parameter on this kernel")
         except PermissionError as exc:
             return base.with_status(Status.UNSUPPORTED, f"cannot read: {exc.strerror}")
-        found = Finding(NAME, key, Status.OK, desired=want, observed=seen, cis=self.cis.get(key))
+        found = Finding(NAME, key, Status.OK, desired=want, observed=seen, cis=self.cis.get(path))
         if seen == want:
             return found
-        if not os.access(self._proc_file(key), os.W_OK):
+        if not os.access(self._proc_file(path), os.W_OK):
             return found.with_status(Status.UNSUPPORTED, "read-only here (container or lockdown)")
         return found.with_status(Status.DRIFT, "runtime value differs")
 
@@ -117,7 +171,7 @@ class SysctlControl:
             "# Managed by k3s-agentd: rewritten from its policy, local edits are reverted.",
             "# Change values in /etc/k3s-agentd/policy.d/*.toml instead.",
         ]
-        lines += [f"{key} = {want}" for key, want in sorted(self.items.items())]
+        lines += [f"{display_key(path)} = {want}" for path, want in sorted(self.items.items())]
         return "\n".join(lines) + "\n"
 
     def _check_persisted(self) -> Finding:
@@ -134,19 +188,19 @@ class SysctlControl:
 
     def _check_boot_overrides(self) -> list[Finding]:
         findings = []
-        for key, (source, value) in boot_winners(self.host).items():
-            want = self.items.get(key)
+        for path, (source, value) in boot_winners(self.host).items():
+            want = self.items.get(path)
             if want is None or source == PERSIST_FILE or normalize(value) == want:
                 continue
             findings.append(
                 Finding(
                     NAME,
-                    f"{key}@boot",
+                    f"{display_key(path)}@boot",
                     Status.DRIFT,
                     desired=want,
                     observed=normalize(value),
                     message=f"{source} loads after {PERSIST_FILE} and sets {value!r}: it wins at boot",
-                    cis=self.cis.get(key),
+                    cis=self.cis.get(path),
                 )
             )
         return findings
@@ -204,7 +258,7 @@ def boot_files(host: Host) -> list[str]:
 
 
 def boot_winners(host: Host) -> dict[str, tuple[str, str]]:
-    """key -> (file, value) of the last assignment at boot."""
+    """/proc/sys path -> (file, value) of the last assignment at boot."""
     winners: dict[str, tuple[str, str]] = {}
     for source in boot_files(host):
         try:
@@ -214,8 +268,7 @@ def boot_winners(host: Host) -> dict[str, tuple[str, str]]:
         for line in (text or "").splitlines():
             match = _ASSIGNMENT.match(line)
             if match:
-                key = match.group(1).strip().replace("/", ".")
-                winners[key] = (source, match.group(2))
+                winners[proc_path(match.group(1).strip())] = (source, match.group(2))
     return winners
 
 
@@ -223,42 +276,68 @@ def boot_winners(host: Host) -> dict[str, tuple[str, str]]:
 
 
 def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
-    values = {key: normalize(item["value"]) for key, item in control.items.items()}
-    problems = [
-        Lint(key, f"{key}={values[key]} breaks K3s pod networking (needs {want})")
-        for key, want in K3S_NEEDS.items()
-        if key in values and values[key] != want
-    ]
-    if control.option("dual_stack", False) or k3s_is_dual_stack(host):
-        problems += [
-            Lint(key, f"{key}={values[key]} breaks IPv6 on this dual-stack cluster (needs {want})")
-            for key, want in K3S_NEEDS_DUAL_STACK.items()
-            if key in values and values[key] != want
+    """K3s safety lints, on every spelling of a key (each Lint names the key as written)."""
+    spelled = {proc_path(key): key for key in control.items}
+    values = {proc_path(key): normalize(item["value"]) for key, item in control.items.items()}
+
+    def lints(needs: dict[str, str], why: str) -> list[Lint]:
+        return [
+            Lint(spelled[path], f"{_shown(spelled[path])}={values[path]} {why} (needs {want})")
+            for path, want in needs.items()
+            if path in values and values[path] != want
         ]
-    if protect_kernel_defaults_required(policy):
-        for key, want in KUBELET_REQUIRED.items():
-            if values.get(key) != want:
-                seen = "missing" if key not in values else f"set to {values[key]}"
+
+    problems = lints(K3S_NEEDS, "breaks K3s pod networking")
+    if control.option("dual_stack", False) or k3s_is_dual_stack(host):
+        problems += lints(K3S_NEEDS_DUAL_STACK, "breaks IPv6 on this dual-stack cluster")
+    problems += _tied(spelled, values)
+    requiring = _protect_kernel_defaults_item(policy)
+    if requiring is not None:
+        for path, want in KUBELET_REQUIRED.items():
+            if values.get(path) != want:
+                seen = "missing" if path not in values else f"set to {values[path]}"
                 problems.append(
                     Lint(
-                        key,
-                        f"{key} is {seen}: kubelet with protect-kernel-defaults refuses "
+                        spelled.get(path, display_key(path)),
+                        f"{display_key(path)} is {seen}: kubelet with protect-kernel-defaults refuses "
                         f"to start unless it is {want}",
+                        because=("k3s_args", requiring),
                     )
                 )
-        problems += [
-            Lint(key, f"{key}={values[key]}: kubelet with protect-kernel-defaults needs {want}")
-            for key, want in KUBELET_CHECKED_IF_SET.items()
-            if key in values and values[key] != want
-        ]
+        problems += lints(KUBELET_CHECKED_IF_SET, "breaks kubelet with protect-kernel-defaults")
     return problems
 
 
+def _tied(spelled: dict[str, str], values: dict[str, str]) -> list[Lint]:
+    """Two keys of one kernel value set differently: never acceptable (they would flap)."""
+    return [
+        Lint(
+            spelled[b],
+            f"{_shown(spelled[b])}={values[b]} but {_shown(spelled[a])}={values[a]}: "
+            "the kernel ties the two together, they must agree",
+            overridable=False,
+        )
+        for a, b in TIED
+        if a in values and b in values and values[a] != values[b]
+    ]
+
+
+def _shown(key: str) -> str:
+    """The key as written, with its dotted form when spelled otherwise."""
+    dotted = display_key(key)
+    return key if key == dotted else f"{key} (= {dotted})"
+
+
 def protect_kernel_defaults_required(policy: Policy) -> bool:
+    return _protect_kernel_defaults_item(policy) is not None
+
+
+def _protect_kernel_defaults_item(policy: Policy) -> Optional[str]:
+    """The k3s_args item that requires protect-kernel-defaults, if any."""
     k3s_args = policy.controls.get("k3s_args")
     if k3s_args is None or not k3s_args.enabled:
-        return False
-    return any(key.endswith("protect-kernel-defaults") for key in k3s_args.items)
+        return None
+    return next((key for key in k3s_args.items if key.endswith("protect-kernel-defaults")), None)
 
 
 def k3s_is_dual_stack(host: Host) -> bool:
@@ -282,10 +361,6 @@ def _build(policy: ControlPolicy, host: Host) -> SysctlControl:
     return SysctlControl(policy, host)
 
 
-def _key_check(key: str) -> Optional[str]:
-    return _KEY(key)
-
-
 SPEC = ControlSpec(
     name=NAME,
     build=_build,
@@ -294,7 +369,8 @@ SPEC = ControlSpec(
         "dual_stack": Field(bool, doc="treat the cluster as dual-stack for the IPv6 lints"),
     },
     item_fields={"value": Field((str, int), required=True, doc="value as sysctl prints it")},
-    item_key=_key_check,
+    item_key=key_problem,
+    canonical_key=proc_path,
     lint=lint,
     doc="kernel parameters, runtime and persisted",
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import errno
 import glob
 import os
 import stat
@@ -22,7 +23,7 @@ from importlib import resources
 from typing import Any, Optional
 
 from k3s_agent.controls import specs
-from k3s_agent.controls.base import ControlSpec
+from k3s_agent.controls.base import ControlSpec, Lint
 from k3s_agent.host import Host
 from k3s_agent.model import Mode
 from k3s_agent.policy.model import PROFILES, ContestSettings, ControlPolicy, Policy, Waiver
@@ -31,6 +32,7 @@ from k3s_agent.policy.schema import (
     PolicyError,
     at_least,
     between,
+    brief,
     check_table,
     key_path,
     list_of,
@@ -48,6 +50,17 @@ else:  # pragma: no cover - exercised on the 3.9/3.10 matrix
 POLICY_FILE = "/etc/k3s-agentd/policy.toml"
 POLICY_DIR = "/etc/k3s-agentd/policy.d"
 AUTO = "auto"
+# A policy is a few KiB; the cap keeps a hostile file from costing memory and
+# parse time (the slowest 1 MiB TOML we found, an array of 500k integers, takes
+# about a second to parse).
+MAX_POLICY_BYTES = 1 << 20
+_CAP = "1 MiB"
+MAX_DEPTH = 32  # the deepest real policy value is controls.<c>.items.<k>.<option>[i]
+MAX_DROPINS = 1000
+_OPEN_ERRORS = {
+    errno.ELOOP: "a symlink; symlinks are refused",
+    errno.ENXIO: "a socket or a device with no reader; only regular files are read",
+}
 
 _MODES = one_of(*(m.value for m in Mode))
 
@@ -165,16 +178,16 @@ def _local_layers(host: Host, path: Optional[str], dropins: Optional[bool]) -> l
     if installed:
         # Whoever can write /etc/k3s-agentd can delete policy.toml or rename policy.d
         # away (dropping every drop-in) without touching a root-owned file.
-        etc = host.path(os.path.dirname(POLICY_FILE))
-        if os.path.lexists(etc):
-            _refuse_untrusted(etc, os.lstat(etc), want_dir=True)
+        _trusted_dir(host.path(os.path.dirname(POLICY_FILE)))
     if not installed or os.path.lexists(main):
         layers.append(read_layer(main))
     if dropins if dropins is not None else installed:
         folder = host.path(POLICY_DIR)
-        if os.path.lexists(folder):
-            _refuse_untrusted(folder, os.lstat(folder), want_dir=True)
-            for name in sorted(glob.glob(os.path.join(glob.escape(folder), "*.toml"))):
+        if _trusted_dir(folder):
+            names = sorted(glob.glob(os.path.join(glob.escape(folder), "*.toml")))
+            if len(names) > MAX_DROPINS:
+                raise PolicyError([f"{folder}: {len(names)} *.toml drop-ins, more than {MAX_DROPINS}"])
+            for name in names:
                 try:
                     layers.append(read_layer(name))
                 except PolicyError:
@@ -187,35 +200,138 @@ def _local_layers(host: Host, path: Optional[str], dropins: Optional[bool]) -> l
     return layers
 
 
-def read_layer(path: str) -> Layer:
-    """Parse one policy file, refusing it unless root owns it and only root can write it."""
+def _trusted_dir(path: str) -> bool:
+    """False when path does not exist; PolicyError unless it is a root-only directory."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise PolicyError([f"{path}: cannot stat ({exc.strerror})"]) from None
+    _refuse_untrusted(path, st, want_dir=True)
+    return True
+
+
+def read_layer(path: str) -> Layer:
+    """Parse one policy file, refusing it unless root owns it and only root can write it.
+
+    Every way a file can be hostile ends in a PolicyError naming it, never in
+    another exception or a hang: O_NOFOLLOW refuses a symlink, O_NONBLOCK keeps
+    a FIFO from blocking open(), the type and size are checked on the open
+    descriptor (no race with a rename), and the read stops at MAX_POLICY_BYTES.
+    """
+    fd = _open_policy(path)
+    try:
+        st = os.fstat(fd)  # the file opened, not whatever the name points to by now
+        _refuse_untrusted(path, st, want_dir=False)
+        if st.st_size > MAX_POLICY_BYTES:
+            raise PolicyError([f"{path}: {st.st_size} bytes, larger than the {_CAP} limit for a policy file"])
+        raw = _read_capped(path, fd)  # the file may have grown since fstat
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError([f"{path}: larger than the {_CAP} limit for a policy file"])
+    return Layer(path, parse_policy(path, raw), raw)
+
+
+def _read_capped(path: str, fd: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= MAX_POLICY_BYTES:
+            chunk = os.read(fd, MAX_POLICY_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise PolicyError([f"{path}: cannot read ({exc.strerror})"]) from None
+    return b"".join(chunks)
+
+
+def _open_policy(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise PolicyError([f"{path}: no such policy file"]) from None
     except OSError as exc:
-        raise PolicyError([f"{path}: cannot open ({exc.strerror}; symlinks are refused)"]) from None
-    with os.fdopen(fd, "rb") as handle:
-        _refuse_untrusted(path, os.fstat(handle.fileno()), want_dir=False)
-        raw = handle.read()
+        why = _OPEN_ERRORS.get(exc.errno, exc.strerror)
+        raise PolicyError([f"{path}: cannot open ({why})"]) from None
+
+
+def parse_policy(path: str, raw: bytes) -> dict[str, Any]:
+    """The TOML document in raw, or a PolicyError naming path and what is wrong.
+
+    The parser (tomllib, or tomli before 3.11) is fed bytes anyone with write
+    access to /etc wrote: besides TOMLDecodeError it raises RecursionError on
+    deep nesting and ValueError on an integer past Python's digit limit, so
+    any exception it raises is a parse failure of this file.
+    """
+    if b"\0" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\0")) + 1
+        raise PolicyError([f"{path}: line {line}: contains a NUL byte (not a text file)"])
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PolicyError([f"{path}: not UTF-8 text ({exc.reason})"]) from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise PolicyError([f"{path}: line {line}: not UTF-8 text ({exc.reason})"]) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError([f"{path}: not valid TOML: {exc}"]) from None
-    return Layer(path, data, raw)
+    except RecursionError:
+        raise PolicyError([f"{path}: not valid TOML: arrays or tables nested too deep"]) from None
+    except Exception as exc:  # noqa: BLE001 - see the docstring: any parser failure is the file's
+        raise PolicyError([f"{path}: not valid TOML: {type(exc).__name__}: {exc}"]) from None
+    where = _too_deep(data)
+    if where is not None:
+        raise PolicyError([f"{path}: {key_path(*where)}: nested deeper than {MAX_DEPTH} levels"])
+    return data
+
+
+def _too_deep(data: dict[str, Any]) -> Optional[tuple[str, ...]]:
+    """The key path of a value nested deeper than MAX_DEPTH, if any.
+
+    A dotted table header ([a.a.a...]) builds a nested table without the
+    parser recursing, and everything after it (merging, copying, repr in error
+    messages) would: so depth is checked here, iteratively.
+    """
+    stack: list[tuple[Any, tuple[str, ...], int]] = [(data, (), 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return path
+        if isinstance(value, dict):
+            stack.extend((v, (*path, str(k)), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            head, last = path[:-1], path[-1] if path else ""
+            stack.extend((v, (*head, f"{last}[{i}]"), depth + 1) for i, v in enumerate(value))
+    return None
 
 
 def _refuse_untrusted(path: str, st: os.stat_result, want_dir: bool) -> None:
     kind_ok = stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)
     if not kind_ok:
-        raise PolicyError([f"{path}: not a {'directory' if want_dir else 'regular file'}"])
+        want = "directory" if want_dir else "regular file"
+        raise PolicyError([f"{path}: a {_kind(st.st_mode)}, not a {want}; refusing it"])
     if st.st_uid != 0:
         raise PolicyError([f"{path}: owned by uid {st.st_uid}, must be owned by root"])
     if st.st_mode & 0o022:
         mode = stat.S_IMODE(st.st_mode)
         raise PolicyError([f"{path}: mode {mode:04o} is group/other-writable, refusing it"])
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISREG, "regular file"),
+    )
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _profile_chain(name: str) -> list[Layer]:
@@ -260,8 +376,9 @@ def check_layer(layer: Layer) -> list[str]:
             continue
         problems += check_table(waiver, WAIVER_FIELDS, where, label)
         problems += missing_required(waiver, WAIVER_FIELDS, where, label)
-        if waiver.get("control") not in specs() and "control" in waiver:
-            problems.append(f"{where}: {label[0]}.control: no control named {waiver['control']!r}")
+        control = waiver.get("control")
+        if isinstance(control, str) and control not in specs():
+            problems.append(f"{where}: {label[0]}.control: no control named {brief(waiver['control'])}")
     known = specs()
     for name, section in data.get("controls", {}).items():
         spec = known.get(name)
@@ -358,15 +475,21 @@ def build_policy(layers: list[Layer], host: Host, profile: str) -> Policy:
 def _build_section(
     spec: ControlSpec, section: dict[str, Any], mode: Mode, origin: dict[tuple[str, ...], str]
 ) -> tuple[ControlPolicy, list[str]]:
+    canonical = spec.canonical_key or (lambda key: key)
     disabled = tuple(section.get("disable", ()))
+    dropped = {canonical(key) for key in disabled}
     item_fields = {**ITEM_FIELDS, **spec.item_fields}
     problems = []
-    items = {}
+    items: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for key, item in section.get("items", {}).items():
-        if key in disabled:
+        if canonical(key) in dropped:
             continue
         where = origin.get((spec.name, key), "policy")
         problems += missing_required(item, item_fields, where, ("controls", spec.name, "items", key))
+        first = spelled.setdefault(canonical(key), key)
+        if first != key:
+            problems.append(_duplicate(spec.name, first, key, origin))
         items[key] = item
     where = origin.get((spec.name,), "policy")
     problems += missing_required(section, spec.options, where, ("controls", spec.name))
@@ -382,6 +505,14 @@ def _build_section(
     return control, problems
 
 
+def _duplicate(control: str, first: str, second: str, origin: dict[tuple[str, ...], str]) -> str:
+    places = [
+        f"{origin.get((control, key), 'policy')}: {key_path('controls', control, 'items', key)}"
+        for key in (first, second)
+    ]
+    return f"{places[1]}: the same item as {places[0]}, spelled differently; keep one spelling"
+
+
 def _lint(policy: Policy, host: Host, origin: dict[tuple[str, ...], str]) -> list[str]:
     problems = []
     for name, spec in specs().items():
@@ -390,13 +521,24 @@ def _lint(policy: Policy, host: Host, origin: dict[tuple[str, ...], str]) -> lis
             continue
         for lint in spec.lint(control, policy, host):
             item = control.items.get(lint.key, {})
-            if item.get("accept_risk"):
+            if item.get("accept_risk") and lint.overridable:
                 continue
-            where = origin.get((name, lint.key) if lint.key else (name,), "policy")
+            where = _lint_origin(name, lint, control.items, origin)
             path = ("controls", name, "items", lint.key) if lint.key else ("controls", name)
-            hint = ' (set accept_risk = "<why>" on the item to override)' if lint.key else ""
+            overridable = lint.key and lint.overridable
+            hint = ' (set accept_risk = "<why>" on the item to override)' if overridable else ""
             problems.append(f"{where}: {key_path(*path)}: {lint.reason}{hint}")
     return problems
+
+
+def _lint_origin(
+    control: str, lint: Lint, items: Mapping[str, Any], origin: dict[tuple[str, ...], str]
+) -> str:
+    """The file to name: the item's, else (a missing or disabled item) the section's
+    last file, else the file of the item that causes the problem."""
+    if lint.key and lint.key in items:
+        return origin.get((control, lint.key), "policy")
+    return origin.get((control,)) or origin.get(lint.because) or "policy"
 
 
 def _waiver(raw: dict[str, Any]) -> Waiver:

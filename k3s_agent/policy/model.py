@@ -69,6 +69,11 @@ class Policy:
     sources: tuple[str, ...]
     metrics_textfile: Optional[str] = None
 
+    def with_mode(self, mode: Mode) -> Policy:
+        """This policy with every control (and the default) in one mode."""
+        controls = {n: dataclasses.replace(c, mode=mode) for n, c in self.controls.items()}
+        return dataclasses.replace(self, controls=controls, mode=mode)
+
     def waiver_for(self, control: str, key: str, today: datetime.date) -> Optional[Waiver]:
         for waiver in self.waivers:
             if waiver.covers(control, key) and waiver.active(today):

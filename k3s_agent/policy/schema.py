@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import math
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
@@ -21,8 +22,30 @@ class PolicyError(Exception):
     """A policy was refused. Carries every problem found, each naming file and key."""
 
     def __init__(self, problems: Iterable[str]):
-        self.problems = list(problems)
+        self.problems = [printable(p) for p in problems]
         super().__init__("\n".join(self.problems))
+
+
+def printable(text: str) -> str:
+    """text with control characters, newlines and undecodable bytes escaped.
+
+    Problems name file and key paths an attacker may have chosen: a newline
+    must not start a fake journal line, a lone surrogate (a non-UTF-8 file
+    name) must not make the logger raise.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def brief(value: Any) -> str:
+    """repr() cut short: an error about a 1 MiB string should not be 1 MiB long."""
+    return _BRIEF.repr(value)
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 80
+_BRIEF.maxlevel = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +103,13 @@ def check_table(
             continue
         if not type_ok(value, field.kind):
             problems.append(
-                f"{label}: expected {type_name(field.kind)}, got {type(value).__name__} {value!r}"
+                f"{label}: expected {type_name(field.kind)}, got {type(value).__name__} {brief(value)}"
             )
             continue
         if isinstance(value, float) and not math.isfinite(value):
             # TOML has nan and inf; "nan < 1" is False, so a range check alone lets
             # them through (interval = nan would stop the timer, inf timeouts fail every control).
-            problems.append(f"{label}: must be a finite number, got {value!r}")
+            problems.append(f"{label}: must be a finite number, got {brief(value)}")
             continue
         reason = field.check(value) if field.check else None
         if reason:
@@ -110,7 +133,7 @@ def missing_required(
 def one_of(*allowed: Any) -> Checker:
     def check(value: Any) -> Optional[str]:
         if value not in allowed:
-            return f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+            return f"must be one of {', '.join(repr(a) for a in allowed)}, got {brief(value)}"
         return None
 
     return check
@@ -143,7 +166,7 @@ def list_of(kind: Any, check: Optional[Checker] = None) -> Checker:
     def check_list(values: Any) -> Optional[str]:
         for index, value in enumerate(values):
             if not type_ok(value, kind):
-                return f"[{index}]: expected {type_name(kind)}, got {value!r}"
+                return f"[{index}]: expected {type_name(kind)}, got {brief(value)}"
             reason = check(value) if check else None
             if reason:
                 return f"[{index}]: {reason}"
@@ -157,7 +180,7 @@ def matches(pattern: str, what: str) -> Checker:
 
     def check(value: Any) -> Optional[str]:
         if not compiled.fullmatch(str(value)):
-            return f"{value!r} is not {what}"
+            return f"{brief(value)} is not {what}"
         return None
 
     return check

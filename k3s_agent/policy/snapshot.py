@@ -20,7 +20,8 @@ import shutil
 from typing import Optional
 
 from k3s_agent.host import Host, HostError
-from k3s_agent.policy.loader import compose, read_layer
+from k3s_agent.model import Mode
+from k3s_agent.policy.loader import Layer, compose, read_layer
 from k3s_agent.policy.model import Policy
 from k3s_agent.policy.schema import PolicyError
 
@@ -65,6 +66,31 @@ def load_last_good(host: Host) -> Optional[Policy]:
         return compose(host, [read_layer(os.path.join(folder, n)) for n in names])
     except PolicyError:
         return None
+
+
+LAST_GOOD = "the last good policy"
+BUILTIN_AUDIT = "the built-in profile in audit mode"
+
+
+def fallback_policy(host: Host) -> tuple[Policy, str]:
+    """What to run when the policy on disk is refused at start, and its name for status.
+
+    The last good snapshot when there is one. Else the built-in profile in
+    audit mode: exiting would put the daemon in a restart loop with no status
+    and no report at all, and enforcing the profile could undo exactly what the
+    refused local policy turned off (a firewall port, an sshd setting), so it
+    observes and reports, changing nothing, until a good policy is loaded
+    (SIGHUP or restart).
+    """
+    policy = load_last_good(host)
+    if policy is not None:
+        return policy, LAST_GOOD
+    try:
+        builtin = compose(host, [])
+    except PolicyError:
+        # A built-in profile this host's lints refuse: nothing but the report.
+        builtin = compose(host, [Layer("profile:none", {"extends": "none"})])
+    return builtin.with_mode(Mode.AUDIT), BUILTIN_AUDIT
 
 
 def _remove(path: str) -> None:

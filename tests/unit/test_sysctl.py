@@ -88,12 +88,12 @@ def test_later_file_that_wins_at_boot_is_named(root: Path, fake_proc: Path) -> N
     assert "/etc/sysctl.d/99-local.conf loads after /etc/sysctl.d/90-k3s-agentd.conf" in boot.message
     assert ctl.apply([boot])[0].status is Status.DRIFT  # not ours to edit
     assert (root / "etc/sysctl.d/99-local.conf").read_text() == "kernel.panic = 0\n"
-    assert boot_winners(Host(root=str(root)))["kernel.panic"][0] == "/etc/sysctl.d/99-local.conf"
+    assert boot_winners(Host(root=str(root)))["kernel/panic"][0] == "/etc/sysctl.d/99-local.conf"
 
 
 def test_sysctl_conf_is_applied_last(root: Path, fake_proc: Path) -> None:
     (root / "etc/sysctl.conf").write_text("# comment\nkernel/panic=2\n")
-    assert boot_winners(Host(root=str(root)))["kernel.panic"] == ("/etc/sysctl.conf", "2")
+    assert boot_winners(Host(root=str(root)))["kernel/panic"] == ("/etc/sysctl.conf", "2")
 
 
 def _policy_with(sysctl_items: dict[str, object], k3s_items: tuple[str, ...] = ()) -> Policy:
