@@ -7,7 +7,12 @@ the operator's way in depends on:
 - a new TCP SYN to every sshd port, from every management network (v4 and v6
   alike; "anywhere" is 0.0.0.0/0 and ::/0), arriving on every interface of
   the node that management traffic can come in on (names as the kernel has
-  them: lo and the pod/container plumbing K3s and its CNI create are left out).
+  them: lo and the pod/container plumbing K3s and its CNI create are left out);
+- with an IPv6 management network, ICMPv6 on each of those interfaces: without
+  neighbour discovery (RFC 4861) no IPv6 packet reaches the node at all, and
+  conntrack leaves neighbour solicitations untracked, so the established rule
+  never accepts them (seen in a netns: `ct state untracked` counts the NS, and
+  a TCP accept alone does not let a v6 connection in).
 
 "Matches" errs on the side of "blocked": an accept counts only if it surely
 covers the whole probe (every address of the source network, that very
@@ -67,10 +72,13 @@ def probes(ssh_ports: Sequence[int], management: Sequence[Network], interfaces: 
         Probe("established connections (IPv6)", ANY6, walked[0], state="established"),
         Probe("loopback", ANY4, "lo"),
     ]
-    for network in management or (ANY4, ANY6):
+    networks = management or (ANY4, ANY6)
+    for network in networks:
         for port in ssh_ports:
             for iface in walked:
                 found.append(Probe(f"ssh port {port} from {network}", network, iface, port=port))
+    if any(n.version == 6 for n in networks):
+        found += [Probe("IPv6 neighbour discovery (ICMPv6)", ANY6, i, proto="icmp") for i in walked]
     return found
 
 
