@@ -413,6 +413,10 @@ POLICY_CASES: dict[str, tuple[str, str | None]] = {
         '[controls.firewall.items.ssh]\ninterface = "ens3:1"\n',
         "'ens3:1' is an address label, not an interface (packets arrive on 'ens3')",
     ),
+    "interface of 15 characters and a *": (
+        '[controls.firewall.items.x]\naction = "drop"\ninterface = "abcdefghijklmno*"\n',
+        "at most 15 characters with an optional trailing *",
+    ),
     "interface with a leading @": (
         '[controls.firewall.items.x]\naction = "drop"\ninterface = "@ens3"\n',
         "a leading @ is a set reference to nftables",

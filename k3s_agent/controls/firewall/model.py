@@ -31,7 +31,9 @@ SYMBOLS = ("@nodes", "@pods", "@services", "@management")
 CONDITIONS = ("etcd", "vxlan", "wireguard", "registry", "ipv6")
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,47}")
-_IFACE = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}\*?")
+# IFNAMSIZ 16 with its NUL: at most 15 characters, a trailing * included
+# (iptables renders "x*" as "x+", and refuses 16 characters: a heal failing forever).
+_IFACE = re.compile(r"(?=.{1,15}\Z)[A-Za-z0-9_.:@+-]+\*?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +188,7 @@ def check_name(key: str) -> Optional[str]:
 
 def check_interface(value: Any) -> Optional[str]:
     if not _IFACE.fullmatch(str(value)):
-        return f"{value!r} is not an interface name (at most 15 characters, optional trailing *)"
+        return f"{value!r} is not an interface name (at most 15 characters with an optional trailing *)"
     if ":" in str(value):
         # dev_valid_name() refuses ':' in a name: "ens3:1" is an address label
         # (`ip addr`), its packets come in on ens3.
