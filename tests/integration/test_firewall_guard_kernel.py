@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import socket
+import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,52 @@ def test_guard_agrees_with_the_kernel() -> None:
                 with pytest.raises(ValueError, match="write 10.99.0.0/24"):
                     parse_network(str(MAPPED))
         assert seen == {name: (row.v4, row.v6) for name, row in ROWS.items()}
+
+
+def dhcpv6_answer_arrives(node: str, peer: str, ruleset: Ruleset) -> bool:
+    """The node asks ff02::1:2 from port 546 (a DHCPv6 client); the peer answers unicast from its
+    link-local address. True when the answer gets through the node's committed ruleset."""
+    peer_if = next(n for n in run_in(peer, Host().net_interfaces) if n != "lo")
+    run_in(node, NftBackend(Host()).commit, ruleset)
+
+    def listen() -> socket.socket:
+        server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        server.bind(("::", 547))
+        group = socket.inet_pton(socket.AF_INET6, "ff02::1:2") + struct.pack(
+            "@I", socket.if_nametoindex(peer_if)
+        )
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group)
+        server.settimeout(5)
+        return server
+
+    def ask() -> socket.socket:
+        client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        client.bind(("::", 546))
+        client.sendto(b"solicit", ("ff02::1:2", 547, 0, socket.if_nametoindex(NIC)))
+        client.settimeout(1.5)
+        return client
+
+    server = run_in(peer, listen)
+    client = run_in(node, ask)
+    try:
+        _, asker = server.recvfrom(64)
+        assert ipaddress.ip_address(asker[0].split("%")[0]).is_link_local
+        server.sendto(b"advertise", asker)
+        client.recvfrom(64)
+        return True
+    except socket.timeout:
+        return False
+    finally:
+        server.close()
+        client.close()
+
+
+def test_dhcpv6_answers_pass_the_profile_head() -> None:
+    without = Ruleset((*(r for r in HEAD if r.name != "dhcpv6-client"), SSH), default_input="drop")
+    with veth_pair(server_if=NIC) as (node, peer):
+        time.sleep(2.5)  # the link-local addresses must be past DAD to be used as sources
+        assert not dhcpv6_answer_arrives(node, peer, without)
+        assert guard.lockout_problems(without, [SSH_PORT], ANY, [NIC]) == [
+            f"DHCPv6 answers on {NIC} would be dropped by the default policy (default_input = drop)"
+        ]
+        assert dhcpv6_answer_arrives(node, peer, Ruleset((*HEAD, SSH), default_input="drop"))

@@ -58,6 +58,8 @@ def blocked(
 V4_22 = "ssh port 22 from 0.0.0.0/0"
 ND = "IPv6 neighbour discovery (ICMPv6)"
 NO_ICMP_HEAD = tuple(r for r in desired.head_rules() if r.name != "icmp")
+DHCP6 = "DHCPv6 answers"
+NO_DHCP6_HEAD = tuple(r for r in desired.head_rules() if r.name != "dhcpv6-client")
 V6_22 = "ssh port 22 from ::/0"
 BY_DEFAULT = "the default policy (default_input = drop)"
 
@@ -199,6 +201,7 @@ CASES = {
             blocked("established connections (IPv6)", "ens3"),
             blocked("loopback", "lo"),
             blocked(ND, "ens3"),
+            blocked(DHCP6, "ens3"),
         ),
         head=False,
     ),
@@ -218,6 +221,16 @@ CASES = {
     "ICMP dropped before the head": Case(
         (drop("no-icmp", proto="icmp"), *desired.head_rules(), SSH),
         (blocked(ND, "ens3", by="item 'no-icmp'"),),
+        head=False,
+    ),
+    # DHCPv6 answers come unicast to a multicast request: conntrack does not match them
+    "v6 management needs DHCPv6 answers": Case(
+        (*NO_DHCP6_HEAD, SSH), (blocked(DHCP6, "ens3"),), management=V6, head=False
+    ),
+    "v4-only management needs no DHCPv6": Case((*NO_DHCP6_HEAD, SSH), management=V4, head=False),
+    "udp dropped before the head": Case(
+        (drop("no-udp", proto="udp", interface="ens3"), *desired.head_rules(), SSH),
+        (blocked(DHCP6, "ens3", by="item 'no-udp'"),),
         head=False,
     ),
     "ICMP dropped after the head spares ND": Case((drop("no-icmp", proto="icmp"), SSH)),

@@ -25,7 +25,15 @@ LOG_PREFIX = "k3s-agentd drop: "
 ACTIONS = ("accept", "drop", "reject")
 PROTOS = ("any", "tcp", "udp", "icmp")
 # Names of the rules we always build ourselves; an item may not reuse them.
-BUILTIN = ("established", "loopback", "localnet-martian", "icmp", "log-dropped", "default-drop")
+BUILTIN = (
+    "established",
+    "loopback",
+    "localnet-martian",
+    "icmp",
+    "dhcpv6-client",
+    "log-dropped",
+    "default-drop",
+)
 SSH_PORTS = "@ssh"  # in an item's ports: the ports sshd really listens on
 SYMBOLS = ("@nodes", "@pods", "@services", "@management")
 CONDITIONS = ("etcd", "vxlan", "wireguard", "registry", "ipv6")
