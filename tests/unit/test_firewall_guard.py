@@ -16,6 +16,8 @@ import pytest
 from k3s_agent.controls.firewall import desired, guard, hostnet
 from k3s_agent.controls.firewall.model import Rule, Ruleset, check_interface
 from k3s_agent.host import Host
+from k3s_agent.policy.loader import load_policy
+from k3s_agent.policy.schema import PolicyError
 
 
 def N(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -54,6 +56,10 @@ def blocked(
 
 
 V4_22 = "ssh port 22 from 0.0.0.0/0"
+ND = "IPv6 neighbour discovery (ICMPv6)"
+NO_ICMP_HEAD = tuple(r for r in desired.head_rules() if r.name != "icmp")
+DHCP6 = "DHCPv6 answers"
+NO_DHCP6_HEAD = tuple(r for r in desired.head_rules() if r.name != "dhcpv6-client")
 V6_22 = "ssh port 22 from ::/0"
 BY_DEFAULT = "the default policy (default_input = drop)"
 
@@ -194,6 +200,8 @@ CASES = {
             blocked("established connections", "ens3"),
             blocked("established connections (IPv6)", "ens3"),
             blocked("loopback", "lo"),
+            blocked(ND, "ens3"),
+            blocked(DHCP6, "ens3"),
         ),
         head=False,
     ),
@@ -203,6 +211,89 @@ CASES = {
         head=False,
     ),
     "drop on lo after the head": Case((drop("no-lo", interface="lo"), SSH)),
+    # -- attack rows (fw-attack): what the kernel does vs what the guard walks
+    # IPv6 neighbour discovery: untracked by conntrack, so only the icmp head rule lets
+    # it in; without it no v6 packet arrives (tests/integration/test_firewall_kernel.py).
+    "v6 management needs ICMPv6": Case(
+        (*NO_ICMP_HEAD, SSH), (blocked(ND, "ens3"),), management=(*V4, *V6), head=False
+    ),
+    "v4-only management needs no ICMPv6": Case((*NO_ICMP_HEAD, SSH), management=V4, head=False),
+    "ICMP dropped before the head": Case(
+        (drop("no-icmp", proto="icmp"), *desired.head_rules(), SSH),
+        (blocked(ND, "ens3", by="item 'no-icmp'"),),
+        head=False,
+    ),
+    # DHCPv6 answers come unicast to a multicast request: conntrack does not match them
+    "v6 management needs DHCPv6 answers": Case(
+        (*NO_DHCP6_HEAD, SSH), (blocked(DHCP6, "ens3"),), management=V6, head=False
+    ),
+    "v4-only management needs no DHCPv6": Case((*NO_DHCP6_HEAD, SSH), management=V4, head=False),
+    "udp dropped before the head": Case(
+        (drop("no-udp", proto="udp", interface="ens3"), *desired.head_rules(), SSH),
+        (blocked(DHCP6, "ens3", by="item 'no-udp'"),),
+        head=False,
+    ),
+    "ICMP dropped after the head spares ND": Case((drop("no-icmp", proto="icmp"), SSH)),
+    "ND walked on every NIC": Case(
+        (*NO_ICMP_HEAD, SSH), (blocked(ND, "ens3, ens4"),), interfaces=("ens3", "ens4"), head=False
+    ),
+    # altnames (`ip link property add ... altname`): iifname compares the primary
+    # name only (netns test), and if_nameindex lists primary names only.
+    "ssh narrowed to an altname": Case(
+        (ssh(interface="enp0s3"),), (blocked(V4_22, "ens3"), blocked(V6_22, "ens3"))
+    ),
+    "drop on an altname matches nothing": Case((drop("d", interface="enp0s3"), SSH)),
+    # VLANs, bridges, bonds: packets come in on the upper device
+    "ssh on ens3 only, its VLAN ens3.100": Case(
+        (ssh(interface="ens3"),),
+        (blocked(V4_22, "ens3.100"), blocked(V6_22, "ens3.100")),
+        interfaces=("ens3", "ens3.100"),
+    ),
+    "ssh on ens3* covers its VLAN": Case((ssh(interface="ens3*"),), interfaces=("ens3", "ens3.100")),
+    "ssh on a bridge port only": Case(
+        (ssh(interface="ens3"),), (blocked(V4_22, "br0"), blocked(V6_22, "br0")), interfaces=("ens3", "br0")
+    ),
+    "drop on bond0 before ssh": Case(
+        (drop("d", interface="bond0"), SSH),
+        (blocked(V4_22, "bond0", by="item 'd'"), blocked(V6_22, "bond0", by="item 'd'")),
+        interfaces=("ens3", "ens4", "bond0"),
+    ),
+    "literal + then prefix: en+* spares ens3": Case((drop("d", interface="en+*"), SSH)),
+    # management networks vs the rules' sources
+    "management covered by two halves in two items": Case(
+        (ssh(sources=(N("10.0.0.0/9"),)), ssh(name="ssh2", sources=(N("10.128.0.0/9"),))),
+        (blocked("ssh port 22 from 10.0.0.0/8", "ens3"),),  # errs towards blocked: no single rule covers
+        management=V4,
+    ),
+    "two management networks, v6 one left out": Case(
+        (ssh(sources=V4),), (blocked("ssh port 22 from fd00::/8", "ens3"),), management=(*V4, *V6)
+    ),
+    "v4 reject with v6-only management": Case(
+        (Rule("no-v4", action="reject", sources=(N("0.0.0.0/0"),)), SSH), management=V6
+    ),
+    "ssh accept proto any from management": Case((ssh(proto="any", ports=()),), management=V4),
+    "drop of a wider net after ssh": Case(
+        (ssh(sources=V4), drop("d", sources=(N("0.0.0.0/0"),))), management=V4
+    ),
+    # ports
+    "drop range ending at 22": Case(
+        (drop("d", proto="tcp", ports=((1, 22),)), SSH),
+        (blocked(V4_22, "ens3", by="item 'd'"), blocked(V6_22, "ens3", by="item 'd'")),
+    ),
+    "drop range above 22 spares it": Case((drop("d", proto="tcp", ports=((23, 65535),)), SSH)),
+    "one range opens both sshd ports": Case((ssh(ports=((22, 2222),)),), ports=(22, 2222)),
+    "sshd port blocked on one NIC only": Case(
+        (
+            drop("d", proto="tcp", ports=((2222, 2222),), interface="ens4"),
+            ssh(ports=((22, 22), (2222, 2222))),
+        ),
+        (
+            blocked("ssh port 2222 from 0.0.0.0/0", "ens4", by="item 'd'"),
+            blocked("ssh port 2222 from ::/0", "ens4", by="item 'd'"),
+        ),
+        interfaces=("ens3", "ens4"),
+        ports=(22, 2222),
+    ),
 }
 
 
@@ -305,3 +396,98 @@ def test_ssh_ports_include_the_socket_units(root: Path) -> None:
     enable(root, "sshd.socket")
     ports, how = hostnet.ssh_ports(Host(root=str(root)), [22])
     assert {22, 2244} <= set(ports) and "ssh.socket [2244]" in how
+
+
+# -- attack rows as an operator writes them: policy.toml through load_policy ---------------------
+# (text, what the refusal must say; None = loads). Each of the refused ones loaded before
+# fw-attack: the mapped/zone networks and the bad interface names then broke the ruleset
+# in the kernel or at commit, the K3s-dependent drops were refused only at every heal.
+MGMT_V4 = '[controls.firewall]\nmanagement_sources = ["10.0.0.0/8"]\n'
+POLICY_CASES: dict[str, tuple[str, str | None]] = {
+    "management as IPv4-mapped IPv6": (
+        '[controls.firewall]\nmanagement_sources = ["::ffff:10.0.0.0/104"]\n',
+        "'::ffff:10.0.0.0/104' is IPv4-mapped: netfilter sees those clients as IPv4, write 10.0.0.0/8",
+    ),
+    "item source IPv4-mapped": (
+        '[controls.firewall.items.web]\nproto = "tcp"\nports = [80]\nsources = ["::ffff:192.0.2.0/120"]\n',
+        "write 192.0.2.0/24",
+    ),
+    "all of the mapped space": (
+        '[controls.firewall]\nnode_cidrs = ["::ffff:0:0/96"]\n',
+        "write 0.0.0.0/0",
+    ),
+    "v6 network around the mapped space is fine": ('[controls.firewall]\nnode_cidrs = ["::/64"]\n', None),
+    "management with a zone index": (
+        '[controls.firewall]\nmanagement_sources = ["fe80::%ens3/64"]\n',
+        "has a zone index; name the link with interface = instead",
+    ),
+    "link-local management without zone": ('[controls.firewall]\nmanagement_sources = ["fe80::/64"]\n', None),
+    "interface as an address label": (
+        '[controls.firewall.items.ssh]\ninterface = "ens3:1"\n',
+        "'ens3:1' is an address label, not an interface (packets arrive on 'ens3')",
+    ),
+    "interface of 15 characters and a *": (
+        '[controls.firewall.items.x]\naction = "drop"\ninterface = "abcdefghijklmno*"\n',
+        "at most 15 characters with an optional trailing *",
+    ),
+    "interface with a leading @": (
+        '[controls.firewall.items.x]\naction = "drop"\ninterface = "@ens3"\n',
+        "a leading @ is a set reference to nftables",
+    ),
+    "drop from @pods overlapping management, K3s default cluster-cidr": (
+        MGMT_V4 + '[controls.firewall.items.no-pods]\naction = "drop"\nsources = ["@pods"]\norder = 5\n',
+        "from 10.0.0.0/8 on",
+    ),
+    "drop from @services overlapping management": (
+        MGMT_V4 + '[controls.firewall.items.no-svc]\naction = "drop"\nsources = ["@services"]\norder = 5\n',
+        "would be dropped by item 'no-svc'",
+    ),
+    "drop from @pods, management elsewhere": (
+        '[controls.firewall]\nmanagement_sources = ["192.0.2.0/24"]\n'
+        '[controls.firewall.items.no-pods]\naction = "drop"\nsources = ["@pods"]\norder = 5\n',
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_CASES))
+def test_policy_table(root: Path, name: str) -> None:
+    text, expected = POLICY_CASES[name]
+    path = root / "etc/k3s-agentd/policy.toml"
+    path.write_text('version = 1\nextends = "k3s-cis-server"\n' + text)
+    path.chmod(0o644)
+    if expected is None:
+        load_policy(Host(root=str(root)), path=str(path))
+        return
+    with pytest.raises(PolicyError) as info:
+        load_policy(Host(root=str(root)), path=str(path))
+    assert expected in str(info.value) and str(path) in str(info.value)
+
+
+def test_when_condition_is_read_at_load(root: Path) -> None:
+    """A drop that needs embedded etcd is walked at load on a node whose K3s config says so."""
+    path = root / "etc/k3s-agentd/policy.toml"
+    path.write_text(
+        'version = 1\nextends = "k3s-cis-server"\n'
+        '[controls.firewall.items.lock]\naction = "drop"\nwhen = ["etcd"]\norder = 5\n'
+    )
+    path.chmod(0o644)
+    load_policy(Host(root=str(root)), path=str(path))  # no etcd here: inactive, nothing to refuse
+    unit(root, "/etc/rancher/k3s/config.yaml", "cluster-init: true\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(Host(root=str(root)), path=str(path))
+    assert "would be dropped by item 'lock'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value,port",
+    [
+        ("0.0.0.0:22", 22),
+        ("[::]:2222", 2222),
+        ("10.0.0.1:2222 rdomain mgmt", 2222),  # servconf.c format_listen_addrs with an rdomain
+        ("[fe80::1]:2200 rdomain vrf-mgmt", 2200),
+        ("garbage", 0),
+    ],
+)
+def test_listen_address_port(value: str, port: int) -> None:
+    assert hostnet.listen_address_port(value) == port

@@ -80,7 +80,7 @@ def test_server_profile_ruleset(root: Path) -> None:
     inputs = desired.Inputs(facts(), (22, 2222), (N("192.168.1.0/24"),))
     ruleset = desired.build(server_section(root), inputs)
     names = ruleset.names()
-    assert names[:5] == ["established", "loopback", "localnet-martian", "icmp", "ssh"]
+    assert names[:6] == ["established", "loopback", "localnet-martian", "icmp", "dhcpv6-client", "ssh"]
     assert names.index("k3s-api") < names.index("kubelet") < names.index("pods-to-host")
     assert names[-1] == "log-dropped"
     by = {r.name: r for r in ruleset.rules}

@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Optional
 
 from k3s_agent.controls.base import ControlSpec, Lint
-from k3s_agent.controls.firewall import desired, guard, hostnet
+from k3s_agent.controls.firewall import desired, guard, hostnet, k3s
 from k3s_agent.controls.firewall.control import FirewallControl
-from k3s_agent.controls.firewall.k3s import K3sFacts
 from k3s_agent.controls.firewall.model import (
     ACTIONS,
     CONDITIONS,
@@ -56,12 +55,13 @@ def _lockout(control: ControlPolicy, host: Host) -> list[Lint]:
 
     The same walk as every heal's (control.guard_problems), with the ports
     sshd really listens on (hostnet.ssh_ports: the policy's, `sshd -T`,
-    sshd's sockets, an enabled ssh.socket); K3s's facts are left out, so
-    rules that need them are inactive here, as on a node without K3s.
+    sshd's sockets, an enabled ssh.socket) and the same K3s facts and local
+    subnets as a heal: left out, a drop from @pods/@nodes/@services or one
+    with `when` was inactive here and passed, then every heal refused it.
     """
     ports, _ = hostnet.ssh_ports(host, list(control.option("ssh_ports", [])))
-    facts = K3sFacts((), (), "vxlan", False, False, ())
-    inputs = desired.Inputs(k3s=facts, ssh_ports=tuple(ports), local_subnets=())
+    facts = k3s.read_facts(host)
+    inputs = desired.Inputs(k3s=facts, ssh_ports=tuple(ports), local_subnets=hostnet.local_subnets())
     try:
         ruleset = desired.build(control, inputs)
     except ValueError as exc:

@@ -1,7 +1,7 @@
 """Build the desired Ruleset from the policy section, K3s's config and host facts.
 
 Order in our chain: established/related, loopback, the localnet guard,
-ICMP, then the policy's items sorted by (order, name) -- the profiles' `ssh`
+ICMP, DHCPv6 answers, then the policy's items sorted by (order, name) -- the profiles' `ssh`
 item (ports "@ssh", sources "@management") comes first among them -- then the
 logging rule, then (iptables only) the final drop. The fixed head is what the lock-out
 guard needs and what a packet of an open connection should hit first (fast path).
@@ -33,6 +33,13 @@ ANY = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 # KUBE-FIREWALL chain (CVE-2020-8558). Our chain sits above it in INPUT, so it
 # must not accept them first.
 LOCALNET = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+# DHCPv6 (RFC 8415): the client asks ff02::1:2 from port 546, the server or
+# relay answers unicast from its link-local address, so conntrack never sees
+# the answer as a reply (seen in a netns: dropped under default_input = drop)
+# and a node whose IPv6 address comes from DHCPv6 loses it when the lease
+# runs out. ufw's before6.rules and firewalld's dhcpv6-client accept it too.
+DHCPV6_REPLIES = ipaddress.ip_network("fe80::/10")
+DHCPV6_CLIENT_PORT = 546
 DEFAULT_ORDER = 500
 
 
@@ -91,6 +98,13 @@ def head_rules() -> list[Rule]:
         Rule("loopback", interface="lo", comment="local traffic"),
         Rule("localnet-martian", action="drop", dests=LOCALNET, comment="127/8 from outside lo"),
         Rule("icmp", proto="icmp", comment="ICMP/ICMPv6 (IPv6 neighbour discovery needs it)"),
+        Rule(
+            "dhcpv6-client",
+            proto="udp",
+            ports=((DHCPV6_CLIENT_PORT, DHCPV6_CLIENT_PORT),),
+            sources=(DHCPV6_REPLIES,),
+            comment="DHCPv6 answers to this node (unicast to a multicast request: no conntrack reply)",
+        ),
     ]
 
 

@@ -7,7 +7,15 @@ the operator's way in depends on:
 - a new TCP SYN to every sshd port, from every management network (v4 and v6
   alike; "anywhere" is 0.0.0.0/0 and ::/0), arriving on every interface of
   the node that management traffic can come in on (names as the kernel has
-  them: lo and the pod/container plumbing K3s and its CNI create are left out).
+  them: lo and the pod/container plumbing K3s and its CNI create are left out);
+- with an IPv6 management network, ICMPv6 on each of those interfaces: without
+  neighbour discovery (RFC 4861) no IPv6 packet reaches the node at all, and
+  conntrack leaves neighbour solicitations untracked, so the established rule
+  never accepts them (seen in a netns: `ct state untracked` counts the NS, and
+  a TCP accept alone does not let a v6 connection in); and DHCPv6 answers
+  from a link-local address to port 546, unicast answers to a multicast
+  request that conntrack does not match: without them a node whose address
+  comes from DHCPv6 loses it when the lease runs out.
 
 "Matches" errs on the side of "blocked": an accept counts only if it surely
 covers the whole probe (every address of the source network, that very
@@ -31,6 +39,7 @@ ANY4 = ipaddress.ip_network("0.0.0.0/0")
 ANY6 = ipaddress.ip_network("::/0")
 # A non-loopback destination address per family: the node itself.
 _NODE_ADDR = {4: ipaddress.ip_network("192.0.2.1/32"), 6: ipaddress.ip_network("2001:db8::1/128")}
+_LINK_LOCAL6 = ipaddress.ip_network("fe80::/10")
 # The interface of the conservative probe: parentheses are in no interface
 # name the policy accepts (model.check_interface), so no rule names it.
 UNKNOWN_IFACE = "(unknown)"
@@ -67,10 +76,14 @@ def probes(ssh_ports: Sequence[int], management: Sequence[Network], interfaces: 
         Probe("established connections (IPv6)", ANY6, walked[0], state="established"),
         Probe("loopback", ANY4, "lo"),
     ]
-    for network in management or (ANY4, ANY6):
+    networks = management or (ANY4, ANY6)
+    for network in networks:
         for port in ssh_ports:
             for iface in walked:
                 found.append(Probe(f"ssh port {port} from {network}", network, iface, port=port))
+    if any(n.version == 6 for n in networks):
+        found += [Probe("IPv6 neighbour discovery (ICMPv6)", ANY6, i, proto="icmp") for i in walked]
+        found += [Probe("DHCPv6 answers", _LINK_LOCAL6, i, proto="udp", port=546) for i in walked]
     return found
 
 

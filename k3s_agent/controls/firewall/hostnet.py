@@ -54,11 +54,19 @@ def sshd_config_ports(host: Host) -> list[int]:
         return []
     effective = parse_effective(result.stdout)
     ports = {int(p) for p in effective.get("port", []) if p.isdigit()}
-    for address in effective.get("listenaddress", []):
-        match = re.search(r":(\d+)$", address)
-        if match:
-            ports.add(int(match.group(1)))
+    ports.update(p for p in map(listen_address_port, effective.get("listenaddress", [])) if p)
     return sorted(ports)
+
+
+def listen_address_port(value: str) -> int:
+    """The port of one `sshd -T` listenaddress value; 0 if none.
+
+    "[::]:2222" or "10.0.0.1:2222", then " rdomain NAME" when one is set
+    (OpenSSH servconf.c, format_listen_addrs): a port at the very end only
+    would miss a ListenAddress with an rdomain.
+    """
+    match = re.match(r"\S*:(\d+)(?:\s|$)", value)
+    return int(match.group(1)) if match else 0
 
 
 def sshd_listening_ports(proc: str = "/proc") -> list[int]:

@@ -25,13 +25,23 @@ LOG_PREFIX = "k3s-agentd drop: "
 ACTIONS = ("accept", "drop", "reject")
 PROTOS = ("any", "tcp", "udp", "icmp")
 # Names of the rules we always build ourselves; an item may not reuse them.
-BUILTIN = ("established", "loopback", "localnet-martian", "icmp", "log-dropped", "default-drop")
+BUILTIN = (
+    "established",
+    "loopback",
+    "localnet-martian",
+    "icmp",
+    "dhcpv6-client",
+    "log-dropped",
+    "default-drop",
+)
 SSH_PORTS = "@ssh"  # in an item's ports: the ports sshd really listens on
 SYMBOLS = ("@nodes", "@pods", "@services", "@management")
 CONDITIONS = ("etcd", "vxlan", "wireguard", "registry", "ipv6")
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,47}")
-_IFACE = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}\*?")
+# IFNAMSIZ 16 with its NUL: at most 15 characters, a trailing * included
+# (iptables renders "x*" as "x+", and refuses 16 characters: a heal failing forever).
+_IFACE = re.compile(r"(?=.{1,15}\Z)[A-Za-z0-9_.:@+-]+\*?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +119,28 @@ class ForeignChanges:
 # -- parsing and validation of policy values -----------------------------------------
 
 
+# IPv4-mapped IPv6 (RFC 4291 2.5.5.2): what a dual-stack socket shows for an
+# IPv4 client (`ss`: [::ffff:10.0.0.5]), never a source on the wire: netfilter
+# sees that client as IPv4, so a rule or management network written this way
+# matches nothing (found by the guard's netns traffic test).
+_V4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
 def parse_network(text: str) -> Network:
-    """A CIDR or a bare address; host bits set are an error (a typo, usually)."""
-    return ipaddress.ip_network(text.strip(), strict=True)
+    """A CIDR or a bare address; host bits set are an error (a typo, usually).
+
+    Refused too: a zone index (fe80::%ens3/64: rules match no zone, and
+    Python's collapse merges two such networks into a wider one) and an
+    IPv4-mapped network (see _V4_MAPPED), each with what to write instead.
+    """
+    network = ipaddress.ip_network(text.strip(), strict=True)
+    if isinstance(network, ipaddress.IPv6Network):
+        if network.network_address.scope_id:
+            raise ValueError(f"{text!r} has a zone index; name the link with interface = instead")
+        if network.subnet_of(_V4_MAPPED):
+            v4 = ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
+            raise ValueError(f"{text!r} is IPv4-mapped: netfilter sees those clients as IPv4, write {v4}")
+    return network
 
 
 def check_cidr(value: Any) -> Optional[str]:
@@ -167,7 +196,14 @@ def check_name(key: str) -> Optional[str]:
 
 def check_interface(value: Any) -> Optional[str]:
     if not _IFACE.fullmatch(str(value)):
-        return f"{value!r} is not an interface name (at most 15 characters, optional trailing *)"
+        return f"{value!r} is not an interface name (at most 15 characters with an optional trailing *)"
+    if ":" in str(value):
+        # dev_valid_name() refuses ':' in a name: "ens3:1" is an address label
+        # (`ip addr`), its packets come in on ens3.
+        device = str(value).split(":")[0]
+        return f"{value!r} is an address label, not an interface (packets arrive on {device!r})"
+    if str(value).startswith("@"):
+        return f"{value!r}: a leading @ is a set reference to nftables, not an interface name"
     if str(value).endswith("+"):
         # iptables reads a trailing + as a prefix, nft as a literal name: one
         # policy must mean the same on both backends.
