@@ -41,6 +41,7 @@ def install_sshd(root: Path, key: Path) -> Path:
     ssh = root / "etc/ssh"
     (ssh / "sshd_config.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(key, ssh / "ssh_host_ed25519_key")
+    shutil.copy(f"{key}.pub", ssh / "ssh_host_ed25519_key.pub")  # the guard reads host key types here
     os.chmod(ssh / "ssh_host_ed25519_key", 0o600)
     # sshd refuses -t/-T without its privilege separation dir (Debian's unit
     # creates it at start); an empty root-owned dir in /run, harmless here.

@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Callable, Optional, Union
 
+from k3s_agent.controls import fsafe
 from k3s_agent.controls.sshd_accounts import EMPTY, UNKNOWN, USABLE, Account, Accounts, login_shell
 from k3s_agent.controls.sshd_lockout import (
     AuthorizedKey,
@@ -79,6 +80,7 @@ _KEYWORDS = {
     "maxauthtries": "MaxAuthTries",
     "chrootdirectory": "ChrootDirectory",
     "requiredrsasize": "RequiredRSASize",
+    "hostkeyalgorithms": "HostKeyAlgorithms",
 }
 
 
@@ -255,7 +257,8 @@ def _sessions(p: Probe, where: Where) -> Optional[str]:
     if p.one("maxsessions", "10") == "0":
         return f"{where('maxsessions', '0')} allows no session"
     # auth2.c userauth_finish: failures >= max_authtries disconnects, checked after the
-    # client's first "none" request too, so 0 ends every connection before a key is tried.
+    # client's first "none" request too, so 0 ends every connection before a key is tried
+    # (OpenSSH 9.2, tried: "Received disconnect ...: Too many authentication failures").
     if p.one("maxauthtries", "6") == "0":
         return f"{where('maxauthtries', '0')} disconnects before the first method"
     return None
@@ -317,7 +320,36 @@ def _locked(p: Probe, where: Where) -> Optional[str]:
     return None
 
 
-RULES = (_reachable, _user_lists, _root, _sessions, _forced, _locked, _account_expired, _chroot)
+def _host_keys(p: Probe, where: Where) -> Optional[str]:
+    """HostKeyAlgorithms that offers none of sshd's host keys: key exchange fails for every
+    client ("No supported key exchange algorithms"), while sshd -t passes. Types come from
+    each HostKey's .pub file; none readable (or a HostKeyAgent) = not judged."""
+    if p.one("hostkeyagent", "none").lower() != "none":
+        return None
+    types = {t for t in (_host_key_type(p.host, path) for path in p.all("hostkey")) if t}
+    offered = set(p.one("hostkeyalgorithms").split(","))
+    if not types or not offered - {""} or any(_signs_with(t) & offered for t in types):
+        return None
+    shown = where("hostkeyalgorithms", p.one("hostkeyalgorithms"))
+    return f"{shown} offers none of the host keys ({' '.join(sorted(types))}): no client can connect"
+
+
+def _host_key_type(host: Host, path: str) -> Optional[str]:
+    root = host.root.rstrip("/")
+    path = path[len(root) :] if root and path.startswith(root + "/") else path  # --root configs
+    try:
+        data, _ = fsafe.read_file(host, path + ".pub", 64 << 10)
+    except (fsafe.Refused, OSError, ValueError):
+        return None
+    words = data.decode("utf-8", errors="replace").split()
+    return words[0] if words else None
+
+
+def _signs_with(keytype: str) -> set[str]:
+    return {"ssh-rsa", "rsa-sha2-256", "rsa-sha2-512"} if keytype == "ssh-rsa" else {keytype}
+
+
+RULES = (_reachable, _host_keys, _user_lists, _root, _sessions, _forced, _locked, _account_expired, _chroot)
 
 
 # -- methods --------------------------------------------------------------------------------------

@@ -405,6 +405,12 @@ CASES = [
         {**PROFILE, "MaxAuthTries": 0},
         refused=("MaxAuthTries 0 (/etc/ssh/sshd_config.d/01-k3s-agentd.conf:", "disconnects"),
     ),
+    Case(
+        "host-key-algorithms-exclude-every-host-key",
+        ops(),
+        {**PROFILE, "HostKeyAlgorithms": ["rsa-sha2-512"]},
+        refused=("HostKeyAlgorithms rsa-sha2-512", "offers none of the host keys (ssh-ed25519)"),
+    ),
     # -- ways in the guard must see ----------------------------------------------------------
     Case("default-profile-with-key", ops(), PROFILE),
     Case("password-login", ops(keys=(), password=HASH), {**PROFILE, "PasswordAuthentication": "yes"}),
@@ -480,6 +486,7 @@ CASES = [
         both(ops(groups=("keys",)), mode("home/ops/.ssh/authorized_keys", 0o640, owner=0, group=5004)),
         PROFILE,
     ),
+    Case("host-key-algorithms-with-the-host-key", ops(), {**PROFILE, "HostKeyAlgorithms": ["ssh-ed25519"]}),
     Case("allow-lockout-lets-it-through", ops(), {**PROFILE, "DenyUsers": "*"}, {"allow_lockout": True}),
 ]
 
