@@ -16,9 +16,17 @@ from typing import Optional
 
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin") or "/usr/sbin/sshd"
 MAIN = "etc/ssh/sshd_config"
-# A syntactically valid public key line of each type (the guard reads types, never verifies keys).
+# A public key line of each type (the guard checks a key's blob the way sshd loads it).
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test"
-RSA = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 test"
+RSA = (
+    "ssh-rsa "
+    "AAAAB3NzaC1yc2EAAAADAQABAAABAQDqnWUy5F/0FvWSngq9PdlRMwRgZ6U4OsPJld5qFC68cgwLpZ+h"
+    "BdJ4vrVtdt1HqLEOvy0nqdUxlFJFxsOUyLTcXaDT/Dlko47LbbQDIR52Ddoh/4/Ok6BOeHX0qaPQy50d"
+    "5sRgzDoJFrWy8PtIeaTHvUDMy/bzNBqRubsmAAV/7XStcD2VbG7Y7uMIfoStdpNE8h9dhy7ToDSNpmn0"
+    "FkCLX1SefXijb0bgIanV8m14V2HrUvBsJassaHBGqw/FuquP5p7fssCkbzj7CiCjerq1SRaX9cm02pbj"
+    "3ALw5UT+5ybaW5SuL6Ga99MLZSLYjv99f0qofnAX5KbnBerZ8i+x"
+    " test"
+)  # a real 2048-bit key: the guard reads a key blob as sshd loads it
 HASH = "$y$j9T$abcdefghijklmnopqrstu.$abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
@@ -33,6 +41,7 @@ def install_sshd(root: Path, key: Path) -> Path:
     ssh = root / "etc/ssh"
     (ssh / "sshd_config.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(key, ssh / "ssh_host_ed25519_key")
+    shutil.copy(f"{key}.pub", ssh / "ssh_host_ed25519_key.pub")  # the guard reads host key types here
     os.chmod(ssh / "ssh_host_ed25519_key", 0o600)
     # sshd refuses -t/-T without its privilege separation dir (Debian's unit
     # creates it at start); an empty root-owned dir in /run, harmless here.

@@ -299,8 +299,14 @@ class SshdControl:
         -C user=U,host=A,addr=A -f <candidate>`; sshd_guard judges the answers.
         """
 
+        reader = ConfigReader(self.host, {plan.target: plan.text})
+        directives = reader.read(MAIN)
+        local = local_ends(directives)
+
         def ask(user: str, address: str) -> Mapping[str, list[str]]:
-            spec = f"user={user},host={address},addr={address}"
+            # laddr/lport too: without them sshd -C silently skips Match LocalAddress/LocalPort blocks
+            laddr, lport = local[ipaddress.ip_address(address).version]
+            spec = f"user={user},host={address},addr={address},laddr={laddr},lport={lport}"
             proc = self._sshd(["-T", "-C", spec, "-f", candidate.main], cached=False)
             if proc.returncode != 0:
                 why = _first_lines(proc.stderr or proc.stdout) or f"exit status {proc.returncode}"
@@ -310,7 +316,11 @@ class SshdControl:
         try:
             accounts = read_accounts(self.host)
             where = explainer(self.host, plan)
-            verdict = sshd_guard.guard(self.host, accounts, self.operators, self.networks, ask, where)
+            users = [d.value for d in directives if d.keyword in ("allowusers", "denyusers")]
+            users += [d.value for d, _ in reader.conditional if d.keyword in ("allowusers", "denyusers")]
+            criteria = [m for _, m in reader.conditional]
+            bounds = sshd_guard.address_boundaries(criteria, " ".join(users).split())
+            verdict = sshd_guard.guard(self.host, accounts, self.operators, self.networks, ask, where, bounds)
         except (GuardError, HostError) as exc:
             return f"lock-out guard: sshd could not be asked ({exc})"
         self.facts["guard_probes"] = verdict.probed
@@ -358,6 +368,33 @@ def management_networks(policy: ControlPolicy) -> list[Network]:
     """
     sources = policy.option("management_sources") or []
     return [ipaddress.ip_network(s, strict=False) for s in sources] or list(sshd_guard.ANYWHERE)
+
+
+# Stands for "one of the node's addresses" when sshd listens on a wildcard (RFC 5737, 3849).
+_LOCAL_ANY = {4: "198.51.100.1", 6: "2001:db8::1"}
+
+
+def local_ends(directives: Sequence[Directive]) -> dict[int, tuple[str, int]]:
+    """The (local address, port) a management connection arrives on, per IP version:
+    the first specific ListenAddress of that family (its port, else the first Port),
+    else a documentation address standing for any node address. Port and
+    ListenAddress are global only, so the candidate's own lines decide them."""
+    ports = [d.value.split()[0] for d in directives if d.keyword == "port" and d.value.split()]
+    port = int(ports[0]) if ports and ports[0].isdigit() else 22
+    ends = {v: (a, port) for v, a in _LOCAL_ANY.items()}
+    for d in reversed([d for d in directives if d.keyword == "listenaddress"]):
+        words = d.value.split()
+        text = words[0] if words else ""
+        host, _, after = text.rpartition("]:") if text.startswith("[") else (text, "", "")
+        if not after and text.count(":") == 1:
+            host, _, after = text.partition(":")
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            continue
+        if not ip.is_unspecified and not ip.is_loopback:
+            ends[ip.version] = (str(ip), int(after) if after.isdigit() else port)
+    return ends
 
 
 def explainer(host: Host, plan: Plan) -> Where:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import time
 from collections.abc import Iterable
 from typing import Optional
 
@@ -46,6 +47,8 @@ class Account:
     password: str = UNKNOWN  # USABLE, LOCKED (! or * prefix, or no hash), EMPTY, UNKNOWN
     hash_prefix: str = ""  # the first character of the shadow hash ("!" locks keys too when UsePAM no)
     groups: frozenset[str] = frozenset()
+    gids: frozenset[int] = frozenset()  # primary and supplementary: sshd reads key files with these
+    expired: bool = False  # shadow(5) field 8 is today or earlier: PAM (pam_unix) and sshd refuse it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +71,9 @@ def read_accounts(host: Host) -> Accounts:
     shadow = _read_table(host, SHADOW, notes, root_only=True)
     members = _memberships(groups)
     gid_names = {_int(row[2]): row[0] for row in groups if len(row) > 2}
-    hashes = None if shadow is None else {row[0]: row[1] for row in shadow if len(row) > 1}
+    name_gids = {row[0]: _int(row[2]) for row in groups if len(row) > 2}
+    rows = None if shadow is None else {row[0]: row for row in shadow if len(row) > 1}
+    hashes = None if rows is None else {name: row[1] for name, row in rows.items()}
     found: dict[str, Account] = {}
     for row in passwd:
         if len(row) < 7 or row[0] in found or _int(row[2]) < 0:
@@ -86,6 +91,8 @@ def read_accounts(host: Host) -> Accounts:
             password_state(secret),
             (secret or "")[:1],
             frozenset(names),
+            frozenset({gid} | {name_gids[g] for g in names if g in name_gids}),
+            _expired((rows or {}).get(name)),
         )
     return Accounts(found, tuple(notes))
 
@@ -139,6 +146,15 @@ def _secret(field: str, hashes: Optional[dict[str, str]], name: str) -> Optional
     if hashes is None:
         return None
     return hashes.get(name, "!")
+
+
+def _expired(row: Optional[list[str]]) -> bool:
+    """shadow(5) field 8, days since 1970; empty = never. pam_unix and sshd's
+    auth_shadow_acctexpired both refuse the account once today >= that day (0 included)."""
+    if row is None or len(row) < 8 or not row[7].strip():
+        return False
+    expire = _int(row[7].strip())
+    return expire >= 0 and int(time.time() // 86400) >= expire
 
 
 def _memberships(groups: Iterable[list[str]]) -> dict[str, set[str]]:

@@ -23,8 +23,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Callable, Optional, Union
 
+from k3s_agent.controls import fsafe
 from k3s_agent.controls.sshd_accounts import EMPTY, UNKNOWN, USABLE, Account, Accounts, login_shell
-from k3s_agent.controls.sshd_lockout import AuthorizedKey, authorized_keys
+from k3s_agent.controls.sshd_lockout import (
+    AuthorizedKey,
+    authorized_keys,
+    expired,
+    key_file_paths,
+    trusted_path,
+)
 from k3s_agent.host import Host
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -70,6 +77,10 @@ _KEYWORDS = {
     "authenticationmethods": "AuthenticationMethods",
     "usepam": "UsePAM",
     "permitemptypasswords": "PermitEmptyPasswords",
+    "maxauthtries": "MaxAuthTries",
+    "chrootdirectory": "ChrootDirectory",
+    "requiredrsasize": "RequiredRSASize",
+    "hostkeyalgorithms": "HostKeyAlgorithms",
 }
 
 
@@ -90,6 +101,60 @@ def probe_address(network: Network) -> str:
     return str(network.network_address + 1)
 
 
+# Networks named in Match Address, AllowUsers/DenyUsers user@host: at most this many split
+# a management network into parts probed one by one (and at most MAX_PARTS of those).
+MAX_BOUNDARIES, MAX_PARTS = 32, 16
+
+
+def probe_addresses(network: Network, boundaries: Sequence[Network] = ()) -> list[str]:
+    """One address per part of the network that the config's address patterns tell apart.
+
+    `Match Address 10.20.128.0/17` inside management 10.20.0.0/16 shuts out half
+    of it: probing only 10.20.0.1 would not see that. "Anywhere" (/0) stays one
+    documentation address: it means "from some address", not from every one.
+    """
+    first = probe_address(network)
+    if network.prefixlen == 0:
+        return [first]
+    inside = [
+        b
+        for b in boundaries
+        if b.version == network.version and b.overlaps(network) and not network.subnet_of(b)
+    ][:MAX_BOUNDARIES]
+    pieces = [network]
+    for boundary in inside:
+        pieces = [part for piece in pieces for part in _split(piece, boundary)]
+    chosen: dict[tuple[bool, ...], str] = {}
+    pieces.sort(key=lambda piece: (piece.prefixlen, piece.network_address))  # big parts first: real hosts
+    for address in [first, *(probe_address(piece) for piece in pieces)]:
+        signature = tuple(ipaddress.ip_address(address) in b for b in inside)
+        chosen.setdefault(signature, address)
+    return list(chosen.values())[:MAX_PARTS]
+
+
+def _split(piece: Network, boundary: Network) -> list[Network]:
+    if not piece.overlaps(boundary) or piece.subnet_of(boundary):  # type: ignore[arg-type]
+        return [piece]
+    return [*piece.address_exclude(boundary), boundary]  # type: ignore[arg-type]
+
+
+def address_boundaries(match_criteria: Sequence[str], user_patterns: Sequence[str]) -> list[Network]:
+    """The networks and addresses named by `Match ... Address <list>` lines and by the
+    host part of AllowUsers/DenyUsers `user@host` patterns (names and wildcards are skipped)."""
+    lists = []
+    for criteria in match_criteria:
+        words = criteria.split()
+        lists += [words[i + 1] for i, w in enumerate(words[:-1]) if w.lower() == "address"]
+    lists += [p.partition("@")[2] for p in user_patterns if "@" in p]
+    found = []
+    for entry in (e.lstrip("!") for text in lists for e in text.split(",")):
+        try:
+            found.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            continue
+    return found
+
+
 @dataclasses.dataclass
 class Probe:
     """Everything the rules need for one account from one address."""
@@ -98,6 +163,7 @@ class Probe:
     address: str
     effective: Effective
     keys: Callable[[list[str], bool], list[AuthorizedKey]]
+    host: Host
 
     def one(self, keyword: str, default: str = "") -> str:
         values = self.effective.get(keyword)
@@ -190,6 +256,45 @@ def _root(p: Probe, where: Where) -> Optional[str]:
 def _sessions(p: Probe, where: Where) -> Optional[str]:
     if p.one("maxsessions", "10") == "0":
         return f"{where('maxsessions', '0')} allows no session"
+    # auth2.c userauth_finish: failures >= max_authtries disconnects, checked after the
+    # client's first "none" request too, so 0 ends every connection before a key is tried
+    # (OpenSSH 9.2, tried: "Received disconnect ...: Too many authentication failures").
+    if p.one("maxauthtries", "6") == "0":
+        return f"{where('maxauthtries', '0')} disconnects before the first method"
+    return None
+
+
+def _account_expired(p: Probe, where: Where) -> Optional[str]:
+    if p.account.expired:
+        return "its account has expired (/etc/shadow field 8): PAM and sshd refuse it, keys too"
+    return None
+
+
+def _chroot(p: Probe, where: Where) -> Optional[str]:
+    """session.c safely_chroot: every component root-owned, not group/world-writable; then
+    the account's shell runs inside it, so it must exist there."""
+    spec = p.one("chrootdirectory", "none")
+    if spec.lower() == "none":
+        return None
+    shown = where("chrootdirectory", spec)
+    folder = key_file_paths(p.account, [spec])[0] if spec.startswith(("/", "%h")) else None
+    real = trusted_path(p.host, folder) if folder else None
+    if real is None:
+        return f"{shown}: not an absolute directory that exists (the session fails)"
+    path = real
+    while True:
+        try:
+            st = os.stat(p.host.path(path), follow_symlinks=False)
+        except OSError:
+            return f"{shown}: {path} cannot be read"
+        if st.st_uid != 0 or st.st_mode & 0o022 or not os.path.isdir(p.host.path(path)):
+            return f"{shown}: {path} is not a root-owned directory only root can write (the session fails)"
+        if path == "/":
+            break
+        path = os.path.dirname(path)
+    shell = os.path.join(real, p.account.shell.lstrip("/"))
+    if not os.path.isfile(p.host.path(shell)):
+        return f"{shown}: no {p.account.shell} inside it to run as the shell"
     return None
 
 
@@ -215,7 +320,36 @@ def _locked(p: Probe, where: Where) -> Optional[str]:
     return None
 
 
-RULES = (_reachable, _user_lists, _root, _sessions, _forced, _locked)
+def _host_keys(p: Probe, where: Where) -> Optional[str]:
+    """HostKeyAlgorithms that offers none of sshd's host keys: key exchange fails for every
+    client ("No supported key exchange algorithms"), while sshd -t passes. Types come from
+    each HostKey's .pub file; none readable (or a HostKeyAgent) = not judged."""
+    if p.one("hostkeyagent", "none").lower() != "none":
+        return None
+    types = {t for t in (_host_key_type(p.host, path) for path in p.all("hostkey")) if t}
+    offered = set(p.one("hostkeyalgorithms").split(","))
+    if not types or not offered - {""} or any(_signs_with(t) & offered for t in types):
+        return None
+    shown = where("hostkeyalgorithms", p.one("hostkeyalgorithms"))
+    return f"{shown} offers none of the host keys ({' '.join(sorted(types))}): no client can connect"
+
+
+def _host_key_type(host: Host, path: str) -> Optional[str]:
+    root = host.root.rstrip("/")
+    path = path[len(root) :] if root and path.startswith(root + "/") else path  # --root configs
+    try:
+        data, _ = fsafe.read_file(host, path + ".pub", 64 << 10)
+    except (fsafe.Refused, OSError, ValueError):
+        return None
+    words = data.decode("utf-8", errors="replace").split()
+    return words[0] if words else None
+
+
+def _signs_with(keytype: str) -> set[str]:
+    return {"ssh-rsa", "rsa-sha2-256", "rsa-sha2-512"} if keytype == "ssh-rsa" else {keytype}
+
+
+RULES = (_reachable, _host_keys, _user_lists, _root, _sessions, _forced, _locked, _account_expired, _chroot)
 
 
 # -- methods --------------------------------------------------------------------------------------
@@ -237,26 +371,45 @@ def _methods(p: Probe, where: Where) -> tuple[set[str], list[str]]:
     return usable, why
 
 
+UNSEEN = 1 << 16  # keys from AuthorizedKeysCommand or certificates: we cannot count them
+
+
 def _publickey(p: Probe, where: Where) -> Optional[str]:
+    reason, _ = _public_keys(p, where)
+    return reason
+
+
+def _public_keys(p: Probe, where: Where) -> tuple[Optional[str], int]:
+    """(why publickey is not usable or None, how many distinct keys are)."""
     if p.one("pubkeyauthentication", "yes") == "no":
-        return where("pubkeyauthentication", "no")
+        return where("pubkeyauthentication", "no"), 0
     if p.one("authorizedkeyscommand", "none") != "none" or p.one("trustedusercakeys", "none") != "none":
-        return None  # keys from a command or certificates: a way in we cannot see, so counted
+        return None, UNSEEN  # keys from a command or certificates: a way in we cannot see, so counted
     files = p.all("authorizedkeysfile")
     if not files or [f.lower() for f in files] == ["none"]:
-        return where("authorizedkeysfile", "none")
+        return where("authorizedkeysfile", "none"), 0
     keys = p.keys(files, p.one("strictmodes", "yes") != "no")
     if not keys:
-        return f"no authorized key in {' '.join(files)} (as sshd would read it)"
+        return f"no authorized key in {' '.join(files)} (as sshd would read it)", 0
     algorithms = p.one("pubkeyacceptedalgorithms")
     accepted = set(algorithms.split(","))
     usable = [k for k in keys if _accepted(k, accepted)]
     if not usable:
         types = " ".join(sorted({k.keytype for k in keys}))
-        return f"key types {types} not in {where('pubkeyacceptedalgorithms', algorithms)}"
-    if not any(_key_usable_from(k, p.address) for k in usable):
-        return f"every key is restricted (from=/command=) away from {p.address} or from a shell"
-    return None
+        return f"key types {types} not in {where('pubkeyacceptedalgorithms', algorithms)}", 0
+    # sshd-auth: RSA keys shorter than RequiredRSASize are refused (OpenSSH 9.1+, default 1024)
+    minimum = int(p.one("requiredrsasize", "0") or 0)
+    sized = [k for k in usable if k.keytype != "ssh-rsa" or not k.bits or k.bits >= minimum]
+    if not sized:
+        bits = " ".join(sorted({str(k.bits) for k in usable}))
+        return f"RSA keys of {bits} bits are under {where('requiredrsasize', str(minimum))}", 0
+    fresh = [k for k in sized if not expired(k)]
+    if not fresh:
+        return "every key has expired (expiry-time=)", 0
+    usable = [k for k in fresh if _key_usable_from(k, p.address)]
+    if not usable:
+        return f"every key is restricted (from=/command=) away from {p.address} or from a shell", 0
+    return None, len({k.blob or id(k) for k in usable})
 
 
 def _accepted(key: AuthorizedKey, accepted: set[str]) -> bool:
@@ -312,10 +465,24 @@ def _authenticates(p: Probe, where: Where) -> Optional[str]:
     lists = p.one("authenticationmethods", "any")
     if lists == "any":
         return None if usable else "no usable method (" + "; ".join(why) + ")"
+    keys = _public_keys(p, where)[1] if "publickey" in usable else 0
     for alternative in lists.split():
-        if all(step.split(":")[0] in usable for step in alternative.split(",")):
+        steps = alternative.split(",")
+        # publickey twice needs two different keys (auth2-pubkey.c: a key already used is refused)
+        if all(_step_usable(step, usable) for step in steps) and steps.count("publickey") <= keys:
             return None
+    if keys and any(a.split(",").count("publickey") > keys for a in lists.split()):
+        why.append(f"publickey: {keys} distinct key(s), fewer than a list asks for")
     return f"{where('authenticationmethods', lists)} needs methods it lacks (" + "; ".join(why) + ")"
+
+
+def _step_usable(step: str, usable: set[str]) -> bool:
+    """One step of an AuthenticationMethods list. Only keyboard-interactive takes a
+    submethod, and OpenSSH on Linux has one device: pam (auth2-chall.c devices[])."""
+    method, _, sub = step.partition(":")
+    if sub and (method, sub) != ("keyboard-interactive", "pam"):
+        return False
+    return method in usable
 
 
 # -- the verdict -----------------------------------------------------------------------------------
@@ -344,10 +511,12 @@ def guard(
     networks: Sequence[Network],
     ask: Ask,
     where: Where,
+    boundaries: Sequence[Network] = (),
 ) -> Verdict:
-    """Can at least one operator still log in from every management network?"""
+    """Can at least one operator still log in from every management network (each part of it
+    the config's address patterns tell apart)?"""
     chosen, total = candidates(host, accounts, operators)
-    addresses = [(net, probe_address(net)) for net in networks]
+    addresses = [(net, a) for net in networks for a in probe_addresses(net, boundaries)]
     locked_out: dict[str, list[str]] = {}  # reason -> accounts, so 20 alike read as one line
     calls = 0
     for account, reason in chosen:
@@ -377,7 +546,7 @@ def _from_everywhere(
         return cache[(tuple(files), strict)]
 
     for used, (network, address) in enumerate(addresses, 1):
-        reason = judge(Probe(account, address, ask(account.name, address), keys), where)
+        reason = judge(Probe(account, address, ask(account.name, address), keys, host), where)
         if reason is not None:
             return f"from {network} (probed as {address}): {reason}", used
     return None, len(addresses)
@@ -415,7 +584,7 @@ def _refusal(
     locked_out: list[str],
     accounts: Accounts,
 ) -> str:
-    nets = ", ".join(str(net) for net, _ in addresses)
+    nets = ", ".join(dict.fromkeys(str(net) for net, _ in addresses))
     who = "no operator (operators = [...])" if operators else "no account with a login shell"
     if not chosen:
         text = f"lock-out: {who} exists to log in from {nets}"

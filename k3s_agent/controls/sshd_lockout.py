@@ -9,10 +9,14 @@ Host, not NSS).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import calendar
 import dataclasses
 import fnmatch
 import os
 import stat
+import time
 from collections.abc import Mapping
 from typing import Optional
 
@@ -25,6 +29,16 @@ MAX_LINKS = 16
 DEFAULT_KEY_FILES = ".ssh/authorized_keys .ssh/authorized_keys2"
 # Bounds on what one account's key files cost us (sshd has no limit; we need one key).
 MAX_KEY_FILES, MAX_KEYS, MAX_KEY_BYTES = 8, 1000, 1 << 20
+# sshd(8) AUTHORIZED_KEYS FILE FORMAT (OpenSSH 9.2 auth-options.c): a line with
+# any other option is skipped by sshd ("bad key options"), so it is no way in.
+KEY_OPTIONS = frozenset(
+    {
+        "agent-forwarding", "cert-authority", "command", "environment", "expiry-time", "from",
+        "no-agent-forwarding", "no-port-forwarding", "no-pty", "no-user-rc", "no-x11-forwarding",
+        "permitlisten", "permitopen", "port-forwarding", "principals", "pty", "no-touch-required",
+        "verify-required", "restrict", "tunnel", "user-rc", "x11-forwarding",
+    }
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +47,8 @@ class AuthorizedKey:
 
     keytype: str  # ssh-ed25519, ssh-rsa, sk-ssh-ed25519@openssh.com, ...
     options: Mapping[str, str]  # from, command, cert-authority, ... (flags map to "")
+    bits: int = 0  # RSA modulus size (sshd refuses keys under RequiredRSASize)
+    blob: str = ""  # the base64 key, to tell keys apart (AuthenticationMethods publickey,publickey)
 
 
 def lockouts(settings: Mapping[str, str], host: Host) -> list[str]:
@@ -121,10 +137,60 @@ def parse_key_line(line: str) -> Optional[AuthorizedKey]:
         return None
     words = _split_outside_quotes(text, " \t")
     if len(words) >= 2 and _is_keytype(words[0]):
-        return AuthorizedKey(words[0], {})
+        return _key(words[0], words[1], {})
     if len(words) >= 3 and _is_keytype(words[1]):
-        return AuthorizedKey(words[1], _options(words[0]))
+        options = _options(words[0])
+        if not set(options) <= KEY_OPTIONS:
+            return None  # sshd skips the whole line
+        return _key(words[1], words[2], options)
     return None
+
+
+def _key(keytype: str, encoded: str, options: dict[str, str]) -> Optional[AuthorizedKey]:
+    """The key if its base64 blob is one sshd can load: a truncated or mangled
+    paste (a line broken in two, a key of another type) is skipped by sshd too."""
+    try:
+        blob = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    fields = _ssh_strings(blob)
+    if not fields or fields[0] != keytype.encode():
+        return None
+    if "-cert-" not in keytype and sum(4 + len(f) for f in fields) != len(blob):
+        return None  # a plain key is only length-prefixed fields (RFC 4253 6.6); certs have more
+    bits = int.from_bytes(fields[2], "big").bit_length() if keytype == "ssh-rsa" and len(fields) > 2 else 0
+    return AuthorizedKey(keytype, options, bits, encoded)
+
+
+def _ssh_strings(blob: bytes) -> list[bytes]:
+    """The length-prefixed fields at the start of a key blob (stops at the first that overruns)."""
+    fields, at = [], 0
+    while at + 4 <= len(blob):
+        size = int.from_bytes(blob[at : at + 4], "big")
+        if at + 4 + size > len(blob):
+            break
+        fields.append(blob[at + 4 : at + 4 + size])
+        at += 4 + size
+    return fields
+
+
+def expired(key: AuthorizedKey, now: Optional[float] = None) -> bool:
+    """expiry-time="YYYYMMDD[HHMM[SS]][Z]" in the past (local time unless Z): sshd refuses the key.
+    A value sshd cannot parse makes it skip the line: counted as expired."""
+    value = key.options.get("expiry-time")
+    if value is None:
+        return False
+    utc = value.upper().endswith("Z")
+    digits = value[:-1] if utc else value
+    if not digits.isdigit() or len(digits) not in (8, 12, 14):
+        return True
+    digits = digits.ljust(14, "0")
+    try:
+        parsed = time.strptime(digits, "%Y%m%d%H%M%S")
+    except ValueError:
+        return True
+    deadline = calendar.timegm(parsed) if utc else time.mktime(parsed)
+    return (time.time() if now is None else now) >= deadline
 
 
 def _is_keytype(word: str) -> bool:
@@ -174,6 +240,7 @@ def _key_file(host: Host, path: str, user: Account, strict: bool) -> str:
         # no link left on the way: one swapped in now is refused
         data, st = fsafe.read_file(host, real, MAX_KEY_BYTES)
         trusted = not strict or all(_secure(s, user) for s in (st, *_dirs_up_to(host, real, home)))
+        trusted = trusted and readable_by(host, real, st, user)
     except (fsafe.Refused, OSError):
         return ""
     return data.decode("utf-8", errors="replace") if trusted else ""
@@ -209,6 +276,30 @@ def trusted_path(host: Host, path: str) -> Optional[str]:
 def _root_only(host: Host, folder: str) -> bool:
     st = os.stat(host.path(folder), follow_symlinks=False)
     return st.st_uid == 0 and not st.st_mode & 0o022
+
+
+def readable_by(host: Host, path: str, st: os.stat_result, user: Account) -> bool:
+    """sshd opens key files as the user (auth2-pubkey.c temporarily_use_uid): a file
+    or a directory on its way the user cannot read or search is no key. Mode bits
+    only (an ACL that grants more is not seen: refusing then is the safe error)."""
+    if user.uid == 0:
+        return True
+    if not _may(st, user, 0o4):
+        return False
+    folder = os.path.dirname(path)
+    while folder != "/":  # "/" itself is searchable by all (and under --root is the tree's own dir)
+        if not _may(os.stat(host.path(folder), follow_symlinks=False), user, 0o1):
+            return False
+        folder = os.path.dirname(folder)
+    return True
+
+
+def _may(st: os.stat_result, user: Account, bit: int) -> bool:
+    if st.st_uid == user.uid:
+        return bool(st.st_mode & (bit << 6))
+    if st.st_gid in user.gids or st.st_gid == user.gid:
+        return bool(st.st_mode & (bit << 3))
+    return bool(st.st_mode & bit)
 
 
 def _secure(st: os.stat_result, user: Account) -> bool:

@@ -9,6 +9,7 @@ writes nothing; at load time (enforce) the same refusal is a policy error.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -59,6 +60,44 @@ def many_users(count: int) -> Setup:
     def run(root: Path) -> None:
         for n in range(count):
             add_account(root, f"user{n:02d}", 2000 + n)
+
+    return run
+
+
+def mode(rel: str, bits: int, owner: Optional[int] = None, group: Optional[int] = None) -> Setup:
+    """chmod (and chown) a path under root: key files and homes sshd reads as the user."""
+
+    def run(root: Path) -> None:
+        if owner is not None:
+            os.chown(root / rel, owner, owner if group is None else group)
+        os.chmod(root / rel, bits)
+
+    return run
+
+
+def expire(name: str) -> Setup:
+    """shadow(5) field 8 = 1 (1970-01-02): the account has expired."""
+
+    def run(root: Path) -> None:
+        shadow = root / "etc/shadow"
+        lines = [
+            ":".join([*f[:7], "1", *f[8:]]) if f[0] == name else ":".join(f)
+            for f in (line.split(":") for line in shadow.read_text().splitlines())
+        ]
+        shadow.write_text("\n".join(lines) + "\n")
+
+    return run
+
+
+def jail(*files: str) -> Setup:
+    """A root-owned /srv/jail (sshd's ChrootDirectory rules) holding files."""
+
+    def run(root: Path) -> None:
+        for folder in ("srv", "srv/jail"):
+            (root / folder).mkdir(mode=0o755, exist_ok=True)
+        for name in files:
+            (root / "srv/jail" / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / "srv/jail" / name).write_text("")
 
     return run
 
@@ -255,6 +294,123 @@ CASES = [
         PROFILE,
         refused=("only the first 20 of 25 accounts were probed",),
     ),
+    # -- found attacking the guard: each passed validate and apply, and locked ops out ------------
+    Case(
+        "match-local-address",
+        both(ops(), foreign("Match LocalAddress *\n  PubkeyAuthentication no\n")),
+        PROFILE,
+        refused=("PubkeyAuthentication no (/etc/ssh/sshd_config.d/50-local.conf:2 in Match LocalAddress *)",),
+    ),
+    Case(
+        "match-address-half-of-management",
+        both(ops(), foreign("Match Address 10.20.128.0/17\n  PubkeyAuthentication no\n")),
+        PROFILE,
+        {"management_sources": ["10.20.0.0/16"]},
+        refused=("from 10.20.0.0/16 (probed as 10.20.128.1)", "in Match Address 10.20.128.0/17"),
+    ),
+    Case(
+        "deny-users-half-of-management",
+        ops(),
+        {**PROFILE, "DenyUsers": "ops@10.20.0.128/25"},
+        {"management_sources": ["10.20.0.0/24"]},
+        refused=("(probed as 10.20.0.129)", "denies ops"),
+    ),
+    Case(
+        "auth-methods-two-keys-one-key",
+        ops(),
+        {**PROFILE, "AuthenticationMethods": "publickey,publickey"},
+        refused=("AuthenticationMethods publickey,publickey", "1 distinct key(s)"),
+    ),
+    Case(
+        "auth-methods-bsdauth-on-linux",
+        ops(keys=(), password=HASH),
+        {
+            **PROFILE,
+            "KbdInteractiveAuthentication": "yes",
+            "AuthenticationMethods": "keyboard-interactive:bsdauth",
+        },
+        refused=("AuthenticationMethods keyboard-interactive:bsdauth",),
+    ),
+    Case(
+        "auth-methods-publickey-submethod",
+        ops(),
+        {**PROFILE, "AuthenticationMethods": "publickey:x"},
+        refused=("AuthenticationMethods publickey:x",),
+    ),
+    Case(
+        "key-file-root-0600",
+        both(ops(), mode("home/ops/.ssh/authorized_keys", 0o600, owner=0)),
+        PROFILE,
+        refused=("publickey: no authorized key in .ssh/authorized_keys",),
+    ),
+    Case(
+        "home-root-0700",
+        both(ops(), mode("home/ops", 0o700, owner=0)),
+        PROFILE,
+        refused=("publickey: no authorized key",),
+    ),
+    Case("ssh-dir-0000", both(ops(), mode("home/ops/.ssh", 0o000)), PROFILE, refused=("no authorized key",)),
+    Case(
+        "key-expired",
+        ops(keys=('expiry-time="20200101" ' + ED25519,)),
+        PROFILE,
+        refused=("every key has expired (expiry-time=)",),
+    ),
+    Case(
+        "key-unknown-option",
+        ops(keys=("no-such-option " + ED25519,)),
+        PROFILE,
+        refused=("no authorized key",),
+    ),
+    Case("key-cut-short", ops(keys=(ED25519[:50],)), PROFILE, refused=("no authorized key",)),
+    Case(
+        "required-rsa-size",
+        ops(keys=(RSA,)),
+        {**PROFILE, "RequiredRSASize": 4096},
+        refused=("RSA keys of 2048 bits are under RequiredRSASize 4096",),
+    ),
+    Case(
+        "account-expired",
+        both(ops(), expire("ops")),
+        PROFILE,
+        refused=("ops: ", "its account has expired"),
+    ),
+    Case(
+        "account-expired-no-pam",
+        both(ops(password=HASH), foreign("UsePAM no\n"), expire("ops")),
+        {**PROFILE, "PasswordAuthentication": "yes"},
+        refused=("its account has expired",),
+    ),
+    Case(
+        "chroot-home-owned-by-user",
+        ops(),
+        {**PROFILE, "ChrootDirectory": "%h"},
+        refused=("ChrootDirectory %h", "/home/ops is not a root-owned directory"),
+    ),
+    Case(
+        "chroot-missing",
+        both(ops(), foreign("Match User ops\n  ChrootDirectory /srv/jail\n")),
+        PROFILE,
+        refused=("ChrootDirectory /srv/jail (/etc/ssh/sshd_config.d/50-local.conf:2 in Match User ops)",),
+    ),
+    Case(
+        "chroot-without-shell",
+        both(ops(), jail()),
+        {**PROFILE, "ChrootDirectory": "/srv/jail"},
+        refused=("no /bin/bash inside it",),
+    ),
+    Case(
+        "max-auth-tries-0",
+        ops(),
+        {**PROFILE, "MaxAuthTries": 0},
+        refused=("MaxAuthTries 0 (/etc/ssh/sshd_config.d/01-k3s-agentd.conf:", "disconnects"),
+    ),
+    Case(
+        "host-key-algorithms-exclude-every-host-key",
+        ops(),
+        {**PROFILE, "HostKeyAlgorithms": ["rsa-sha2-512"]},
+        refused=("HostKeyAlgorithms rsa-sha2-512", "offers none of the host keys (ssh-ed25519)"),
+    ),
     # -- ways in the guard must see ----------------------------------------------------------
     Case("default-profile-with-key", ops(), PROFILE),
     Case("password-login", ops(keys=(), password=HASH), {**PROFILE, "PasswordAuthentication": "yes"}),
@@ -306,6 +462,31 @@ CASES = [
         PROFILE,
     ),
     Case("operator-listed-ok", both(ops(), many_users(3)), PROFILE, {"operators": ["ops"]}),
+    Case("chroot-with-shell", both(ops(), jail("bin/bash")), {**PROFILE, "ChrootDirectory": "/srv/jail"}),
+    Case("key-expires-later", ops(keys=('expiry-time="20991231" ' + ED25519,)), PROFILE),
+    Case(
+        "auth-methods-two-keys",
+        ops(keys=(ED25519, RSA)),
+        {**PROFILE, "AuthenticationMethods": "publickey,publickey"},
+    ),
+    Case("rsa-key-big-enough", ops(keys=(RSA,)), {**PROFILE, "RequiredRSASize": 2048}),
+    Case(
+        "match-address-outside-management",
+        both(ops(), foreign("Match Address 10.30.0.0/16\n  PubkeyAuthentication no\n")),
+        PROFILE,
+        {"management_sources": ["10.20.0.0/16"]},
+    ),
+    Case(
+        "match-local-address-other",
+        both(ops(), foreign("Match LocalAddress 10.9.9.9\n  PubkeyAuthentication no\n")),
+        PROFILE,
+    ),
+    Case(
+        "key-file-group-readable",
+        both(ops(groups=("keys",)), mode("home/ops/.ssh/authorized_keys", 0o640, owner=0, group=5004)),
+        PROFILE,
+    ),
+    Case("host-key-algorithms-with-the-host-key", ops(), {**PROFILE, "HostKeyAlgorithms": ["ssh-ed25519"]}),
     Case("allow-lockout-lets-it-through", ops(), {**PROFILE, "DenyUsers": "*"}, {"allow_lockout": True}),
 ]
 

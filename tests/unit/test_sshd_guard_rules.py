@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 from pathlib import Path
@@ -20,12 +21,15 @@ from k3s_agent.controls.sshd_accounts import (
 )
 from k3s_agent.controls.sshd_guard import (
     _listen_host,
+    _step_usable,
+    address_boundaries,
     forbids_shell,
     host_list_matches,
     probe_address,
+    probe_addresses,
     user_pattern_matches,
 )
-from k3s_agent.controls.sshd_lockout import key_file_paths, parse_key_line
+from k3s_agent.controls.sshd_lockout import expired, key_file_paths, parse_key_line, readable_by
 from k3s_agent.host import Host
 
 HASH = "$y$j9T$salt$hashhashhash"
@@ -103,18 +107,39 @@ def test_password_states(secret: Optional[str], state: str) -> None:
     assert password_state(secret) == state
 
 
+def blob(*fields: bytes) -> str:
+    """A key blob: length-prefixed fields (RFC 4253 6.6), base64 as in authorized_keys."""
+    return base64.b64encode(b"".join(len(f).to_bytes(4, "big") + f for f in fields)).decode()
+
+
+ED = blob(b"ssh-ed25519", b"k" * 32)
+ECDSA = blob(b"ecdsa-sha2-nistp256", b"nistp256", b"\x04" + b"q" * 64)
+SK = blob(b"sk-ssh-ed25519@openssh.com", b"k" * 32, b"ssh:")
+RSA2048 = blob(b"ssh-rsa", b"\x01\x00\x01", b"\x00" + b"\xff" * 256)
+RSA1024 = blob(b"ssh-rsa", b"\x01\x00\x01", b"\x00" + b"\xff" * 128)
+
+
 @pytest.mark.parametrize(
     ("line", "keytype", "options"),
     [
-        ("ssh-ed25519 AAAA c", "ssh-ed25519", {}),
-        ("  ecdsa-sha2-nistp256 AAAA", "ecdsa-sha2-nistp256", {}),
-        ("sk-ssh-ed25519@openssh.com AAAA", "sk-ssh-ed25519@openssh.com", {}),
-        ('from="10.0.0.0/8,!10.1.0.0/16",no-pty ssh-rsa AAAA x y', "ssh-rsa", {"from": FROM, "no-pty": ""}),
-        ('command="echo a, b c" ssh-ed25519 AAAA', "ssh-ed25519", {"command": "echo a, b c"}),
-        ("cert-authority ssh-ed25519 AAAA", "ssh-ed25519", {"cert-authority": ""}),
-        ("# ssh-ed25519 AAAA", None, None),
+        (f"ssh-ed25519 {ED} c", "ssh-ed25519", {}),
+        (f"  ecdsa-sha2-nistp256 {ECDSA}", "ecdsa-sha2-nistp256", {}),
+        (f"sk-ssh-ed25519@openssh.com {SK}", "sk-ssh-ed25519@openssh.com", {}),
+        (f'from="{FROM}",no-pty ssh-rsa {RSA2048} x y', "ssh-rsa", {"from": FROM, "no-pty": ""}),
+        (f'command="echo a, b c" ssh-ed25519 {ED}', "ssh-ed25519", {"command": "echo a, b c"}),
+        (f"cert-authority ssh-ed25519 {ED}", "ssh-ed25519", {"cert-authority": ""}),
+        (f'Restrict,PTY,expiry-time="20990101" ssh-ed25519 {ED}', "ssh-ed25519",
+         {"restrict": "", "pty": "", "expiry-time": "20990101"}),
+        (f"# ssh-ed25519 {ED}", None, None),
         ("", None, None),
         ("garbage", None, None),
+        # lines sshd skips, so no way in (found attacking the guard)
+        (f"no-such-option ssh-ed25519 {ED}", None, None),  # unknown option: "bad options", line skipped
+        (f"ssh-ed25519 {ED[:40]}", None, None),  # a paste cut short
+        (f"ssh-ed25519 {ED[:-4]}x!==", None, None),  # not base64
+        (f"ssh-ed25519 {RSA2048}", None, None),  # the blob is another type's
+        ("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 x", None, None),  # modulus cut off
+        ("ssh-ed25519 AAAA", None, None),
     ],
 )  # fmt: skip
 def test_authorized_keys_lines(line: str, keytype: Optional[str], options: Optional[dict[str, str]]) -> None:
@@ -123,6 +148,27 @@ def test_authorized_keys_lines(line: str, keytype: Optional[str], options: Optio
         assert key is None
     else:
         assert key is not None and (key.keytype, dict(key.options)) == (keytype, options)
+
+
+def test_rsa_key_size_is_read_from_the_modulus() -> None:
+    assert [parse_key_line(f"ssh-rsa {b}").bits for b in (RSA2048, RSA1024)] == [2048, 1024]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("value", "gone"),
+    [
+        ("20000101", True),
+        ("200001010000Z", True),
+        ("20990101", False),
+        ("209901011200", False),
+        ("20990101120000Z", False),
+        ("2099-01-01", True),  # sshd cannot parse it: the line is skipped
+        ("20991301", True),
+    ],
+)
+def test_key_expiry_time(value: str, gone: bool) -> None:
+    key = parse_key_line(f'expiry-time="{value}" ssh-ed25519 {ED}')
+    assert key is not None and expired(key) is gone
 
 
 def test_authorized_keys_file_tokens() -> None:
@@ -202,3 +248,69 @@ def test_force_commands_that_give_no_shell(command: str, forbids: bool) -> None:
 )
 def test_listen_addresses_as_sshd_T_prints_them(listen: str, address: str) -> None:
     assert str(_listen_host(listen)) == address
+
+
+@pytest.mark.parametrize(
+    ("network", "boundaries", "addresses"),
+    [
+        ("10.20.0.0/16", [], ["10.20.0.1"]),
+        ("10.20.0.0/16", ["10.20.128.0/17"], ["10.20.0.1", "10.20.128.1"]),
+        ("10.20.0.0/16", ["10.30.0.0/16", "10.0.0.0/8"], ["10.20.0.1"]),  # outside, or covering all of it
+        ("10.20.0.0/24", ["10.20.0.1"], ["10.20.0.1", "10.20.0.129"]),  # a /32 that is the first probe
+        ("10.20.0.0/16", ["10.20.0.0/24", "10.20.0.0/25"], ["10.20.0.1", "10.20.128.1", "10.20.0.129"]),
+        ("fd00::/48", ["fd00:0:0:8000::/49"], ["fd00::1", "fd00:0:0:8000::1"]),
+        ("0.0.0.0/0", ["10.0.0.0/8"], ["192.0.2.10"]),  # anywhere = from some address
+        ("10.20.0.0/16", ["fd00::/8"], ["10.20.0.1"]),
+    ],
+)
+def test_probe_addresses_split_a_network_where_the_config_does(
+    network: str, boundaries: list[str], addresses: list[str]
+) -> None:
+    nets = [ipaddress.ip_network(b) for b in boundaries]
+    assert probe_addresses(ipaddress.ip_network(network), nets) == addresses
+
+
+def test_address_boundaries_come_from_match_address_and_user_at_host() -> None:
+    found = address_boundaries(
+        ["Match Address 10.1.0.0/16,!10.1.2.0/24 User ops", "Match User x", "Match address fd00::1"],
+        ["ops@192.168.0.0/16", "dev@*.example.com", "root", "x@10.9.9.9,10.*"],
+    )
+    assert [str(n) for n in found] == [
+        "10.1.0.0/16", "10.1.2.0/24", "fd00::1/128", "192.168.0.0/16", "10.9.9.9/32",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("step", "usable"),
+    [
+        ("publickey", True),
+        ("password", False),
+        ("keyboard-interactive:pam", True),
+        ("keyboard-interactive:bsdauth", False),  # no such device on Linux
+        ("publickey:x", False),  # only keyboard-interactive takes a submethod
+    ],
+)
+def test_authentication_method_steps(step: str, usable: bool) -> None:
+    assert _step_usable(step, {"publickey", "keyboard-interactive"}) is usable
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "group", "readable"),
+    [
+        (0o600, 1000, 1000, True),
+        (0o600, 0, 0, False),  # root's file in the user's home: sshd opens it as the user
+        (0o640, 0, 5000, True),  # a group of the user's
+        (0o604, 0, 0, True),
+        (0o066, 1000, 1000, False),  # the owner's bits decide for the owner
+    ],
+)
+def test_key_files_are_read_as_the_user_would(
+    root: Path, mode: int, owner: int, group: int, readable: bool
+) -> None:
+    _write(root, "home/ops/.ssh/authorized_keys", "", mode)
+    os.chown(root / "home/ops/.ssh/authorized_keys", owner, group)
+    user = Account("ops", 1000, 1000, "/home/ops", "/bin/sh", gids=frozenset({1000, 5000}))
+    st = os.stat(root / "home/ops/.ssh/authorized_keys")
+    assert readable_by(Host(root=str(root)), "/home/ops/.ssh/authorized_keys", st, user) is readable
+    os.chmod(root / "home/ops", 0o700)  # root's 0755 home dir made private: not searchable by ops
+    assert readable_by(Host(root=str(root)), "/home/ops/.ssh/authorized_keys", st, user) is False

@@ -28,6 +28,10 @@ def accounts(root: Path) -> None:
     write(root, "etc/group", "root:x:0:\n")
 
 
+# A whole key: a truncated blob is no key to sshd, nor to the guard.
+KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test\n"
+
+
 def write(root: Path, rel: str, text: str) -> None:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +142,7 @@ def test_allow_users_naming_no_account_with_a_key_is_refused(root: Path) -> None
     )
     # root exists, but has no authorized key under this root yet
     assert "AllowUsers root" in refused(root, {**base, "AllowUsers": "root"})
-    write(root, "root/.ssh/authorized_keys", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE test\n")
+    write(root, "root/.ssh/authorized_keys", KEY_LINE)
     assert load(root, {**base, "AllowUsers": "root"}).controls["sshd"].items["AllowUsers"]
     # ... but PermitRootLogin no shuts root out again
     assert "admit no existing account" in refused(
@@ -147,7 +151,6 @@ def test_allow_users_naming_no_account_with_a_key_is_refused(root: Path) -> None
 
 
 KEY_ONLY = {"PasswordAuthentication": "no", "PubkeyAuthentication": "yes", "AllowUsers": "root"}
-KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE test\n"
 
 
 NOBODY = 65534
