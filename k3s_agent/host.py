@@ -366,13 +366,21 @@ def _create_complete(dfd: int, name: str, source: Any, mode: int, uid: int, gid:
         if not named:
             # linkat(2) of an O_TMPFILE through /proc/self/fd with AT_SYMLINK_FOLLOW:
             # the documented way without CAP_DAC_READ_SEARCH (AT_EMPTY_PATH needs it); open(2).
-            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+            _link(fd, dfd, name)
     except BaseException:
         os.close(fd)
         if named:
             _unlink_quietly(name, dfd)
         raise
     os.close(fd)
+
+
+def _link(fd: int, dfd: int, name: str) -> None:
+    try:
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+    except FileExistsError:  # our own temp name, left by an earlier process with our pid
+        _unlink_quietly(name, dfd)
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
 
 
 def _open_new(dfd: int, name: str) -> tuple[int, bool]:
