@@ -30,15 +30,26 @@ class YAMLLimit(yaml.YAMLError):
 class CappedLoader(yaml.SafeLoader):
     """SafeLoader that refuses documents whose aliases expand beyond the caps."""
 
+    _depth = 0
+
     def get_single_node(self) -> Optional[yaml.Node]:
-        try:
-            node = super().get_single_node()
-        except RecursionError:
-            # The composer recurses once per level: thousands of "[" end here.
-            raise YAMLLimit(f"nested deeper than {MAX_DEPTH} levels") from None
+        node = super().get_single_node()
         if node is not None:
             check_expansion(node)
         return node
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> yaml.Node:
+        # Stop at MAX_DEPTH while composing: the composer recurses per level and
+        # the scanner's cost grows with the square of the open flow levels, so a
+        # 1 MiB file of "[" must end here, early, not in RecursionError minutes later.
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YAMLLimit(f"nested deeper than {MAX_DEPTH} levels (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def safe_load(text: str) -> Any:
