@@ -114,10 +114,6 @@ class Host:
         data = self.read_bytes(absolute, limit, follow)
         return None if data is None else data.decode("utf-8", errors="replace")
 
-    def read_proc(self, relative: str, limit: int = PROC_LIMIT) -> str:
-        """A /proc file of this host's proc mount, as text; OSError as open(2) gives it."""
-        return read_capped(self.proc_path(relative), limit).decode("utf-8", errors="replace")
-
     # -- writing -----------------------------------------------------------
 
     def write_atomic(

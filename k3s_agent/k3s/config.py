@@ -191,7 +191,7 @@ def load_pairs(text: str, source: str = "") -> list[tuple[str, Any]]:
             pairs.append((go_string(key), value))
         return pairs
     except YAMLLimit as exc:
-        # go-yaml v2 (K3s) refuses such documents too ("excessive aliasing").
+        # go-yaml v2 >= 2.2.8 (K3s) refuses such documents too (CVE-2019-11254, "excessive aliasing").
         raise ConfigError(f"{source}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
