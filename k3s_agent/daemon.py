@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from k3s_agent import __version__
 from k3s_agent.engine import CycleReport, Engine
-from k3s_agent.host import Host, HostError, write_private
+from k3s_agent.host import Host, HostError, sweep_stale_temps, write_private
 from k3s_agent.log import MESSAGE_IDS, configure, finding_fields
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.loader import load_policy
@@ -248,6 +248,7 @@ class Daemon:
             watcher.close()
         watches = [w for control in self.engine.controls.values() for w in _safe_watches(control)]
         paths = [self.host.path(w.target) for w in watches if w.kind == "path"]
+        sweep_stale_temps(paths)  # temps of an agent killed mid-write, in the folders we manage
         netlink = [w.target for w in watches if w.kind == "netlink"]
         self.watchers = [
             PathWatcher(paths, lambda _path: self.wake()),

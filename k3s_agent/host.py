@@ -394,6 +394,26 @@ def _open_new(dfd: int, name: str) -> tuple[int, bool]:
     return os.open(name, flags, 0o600, dir_fd=dfd), True
 
 
+def sweep_stale_temps(paths: Sequence[str]) -> None:
+    """At start: our stale temps in these folders (or a file's folder) go, whatever else fails.
+
+    write_atomic sweeps a folder each time it writes there; this covers folders
+    a compliant node never writes to again (temps of an agent killed before).
+    """
+    folders = {p if os.path.isdir(p) else os.path.dirname(p) for p in paths}
+    for folder in sorted(folders):
+        try:
+            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            _sweep_stale_temps(dfd)
+        except OSError:
+            pass  # a folder we cannot list has nothing of ours to sweep
+        finally:
+            os.close(dfd)
+
+
 def _sweep_stale_temps(dfd: int) -> None:
     """Remove temps a killed agent left in this folder: our exact name pattern, a dead pid, a regular file."""
     for entry in os.listdir(dfd):

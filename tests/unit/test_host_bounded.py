@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from k3s_agent.host import READ_LIMIT, Host, HostError, TooLarge, read_capped, write_private
+from k3s_agent.host import (
+    READ_LIMIT,
+    Host,
+    HostError,
+    TooLarge,
+    read_capped,
+    sweep_stale_temps,
+    write_private,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -166,3 +174,13 @@ def test_backup_of_a_huge_file_is_streamed(tmp_path: Path) -> None:
     assert os.path.getsize(saved) == 196 << 20
     assert int(grown_kib) < 20 << 10, f"RSS grew {grown_kib} KiB"
     assert (folder / "90-k3s-agentd.conf").read_bytes() == b"ok\n"
+
+
+def test_start_sweep_takes_files_and_folders_and_survives_missing_ones(tmp_path: Path) -> None:
+    folder = tmp_path / "etc/ssh"
+    folder.mkdir(parents=True)
+    stale = folder / f".sshd_config.k3s-agentd.{_exited_pid()}.tmp"
+    stale.write_text("x")
+    (folder / "sshd_config").write_text("")
+    sweep_stale_temps([str(folder / "sshd_config"), str(tmp_path / "no/such/dir"), str(tmp_path / "missing")])
+    assert os.listdir(folder) == ["sshd_config"]
