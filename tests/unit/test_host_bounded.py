@@ -184,3 +184,18 @@ def test_start_sweep_takes_files_and_folders_and_survives_missing_ones(tmp_path:
     (folder / "sshd_config").write_text("")
     sweep_stale_temps([str(folder / "sshd_config"), str(tmp_path / "no/such/dir"), str(tmp_path / "missing")])
     assert os.listdir(folder) == ["sshd_config"]
+
+
+def test_without_o_tmpfile_the_named_temp_is_used_and_gone_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filesystems (or kernels) without O_TMPFILE: same result, via our named temp."""
+    monkeypatch.delattr(os, "O_TMPFILE")
+    host = Host(root=str(tmp_path))
+    host.write_atomic("/etc/sysctl.d/90-k3s-agentd.conf", b"kernel.panic = 10\n", mode=0o640)
+    saved = host.write_atomic("/etc/sysctl.d/90-k3s-agentd.conf", b"kernel.panic = 11\n", mode=0o640)
+    folder = tmp_path / "etc/sysctl.d"
+    assert os.listdir(folder) == ["90-k3s-agentd.conf"]
+    assert (folder / "90-k3s-agentd.conf").read_bytes() == b"kernel.panic = 11\n"
+    assert oct((folder / "90-k3s-agentd.conf").stat().st_mode & 0o777) == "0o640"
+    assert saved is not None and Path(saved).read_bytes() == b"kernel.panic = 10\n"
