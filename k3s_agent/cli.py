@@ -191,7 +191,7 @@ def cmd_status(args: argparse.Namespace, host: Host) -> int:
 
 def _status_offline(args: argparse.Namespace, host: Host, why: NoAnswer) -> int:
     """No answer: say which kind (not running / busy) and why, then the last status file."""
-    state = "busy / timed out" if why.running else "NOT running"
+    state = {True: "busy / timed out", False: "NOT running", None: "unreachable"}[why.running]
     path = f"{RUN_DIR}/{STATUS_NAME}"
     try:
         document = json.loads(host.read_bytes(path, limit=STATUS_LIMIT) or b"")

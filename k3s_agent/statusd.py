@@ -206,9 +206,10 @@ def _error(message: str) -> bytes:
 
 class NoAnswer(Exception):
     """The daemon did not answer. `running` tells "busy / timed out" (True) from
-    "not running" (False); the message says what happened."""
+    "not running" (False) and "cannot tell" (None, e.g. not root); the message says
+    what happened."""
 
-    def __init__(self, reason: str, running: bool):
+    def __init__(self, reason: str, running: Optional[bool]):
         super().__init__(reason)
         self.running = running
 
@@ -226,6 +227,8 @@ def ask(run_dir: str, request: str = "status", timeout: float = QUERY_TIMEOUT) -
             raise NoAnswer(f"{why} at {path}", running=False) from None
         except (BlockingIOError, socket.timeout):  # unix sockets say EAGAIN when the queue is full
             raise NoAnswer(f"busy: its connection queue at {path} is full", running=True) from None
+        except PermissionError:
+            raise NoAnswer(f"permission denied on {path} (root only)", running=None) from None
         except OSError as exc:
             raise NoAnswer(f"cannot connect to {path}: {exc.strerror}", running=False) from None
         data = _answer(sock, request, end, timeout)
