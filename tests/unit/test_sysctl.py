@@ -166,7 +166,8 @@ def test_a_196_mb_sysctl_d_file_is_a_finding_in_bounded_time_and_memory(root: Pa
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     argv = [sys.executable, "-c", CHECK_196MB, str(root), str(fake_proc)]
     report = json.loads(subprocess.run(argv, env=env, capture_output=True, check=True).stdout)
-    assert report["seconds"] < 0.5 and report["grown_kib"] < 8 << 10, report
+    # It was 6-7 s and +380-790 MiB; ~1 ms and nothing now (slack for a loaded CI machine).
+    assert report["seconds"] < 2.0 and report["grown_kib"] < 8 << 10, report
     found = {key: (status, message) for key, status, message in report["findings"]}
     status, message = found["/etc/sysctl.d/60-huge.conf@boot"]
     assert status == "drift"
