@@ -1,7 +1,8 @@
 """k3s-agentctl: status, check, diff, apply, validate.
 
 Exit codes (stable, scripts depend on them): 0 compliant, 1 drift present,
-2 failures (or a refused policy), 3 daemon not running / status unknown.
+2 failures (or a refused policy), 3 daemon not running / busy / status unknown
+(the reason is printed: "not running" or "busy / timed out").
 
 `status` is what monitoring polls, often: it imports only what reading the
 daemon's socket needs. The engine, the policy loader and structlog (~3/4 of
@@ -17,7 +18,7 @@ import sys
 from typing import Any, Optional
 
 from k3s_agent import __version__
-from k3s_agent.host import Host
+from k3s_agent.host import RUN_DIR, Host, HostError
 from k3s_agent.model import Mode
 from k3s_agent.policy.model import PROFILES, Policy
 from k3s_agent.policy.schema import PolicyError
@@ -30,7 +31,7 @@ from k3s_agent.report import (
     render_table,
     to_json,
 )
-from k3s_agent.statusd import STATUS_NAME, query
+from k3s_agent.statusd import STATUS_NAME, NoAnswer, ask
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,31 +168,43 @@ def cmd_validate(args: argparse.Namespace, host: Host) -> int:
     return 0
 
 
+# Our own status file: large with many files items, still never read without a cap.
+STATUS_LIMIT = 64 << 20
+
+
 def cmd_status(args: argparse.Namespace, host: Host) -> int:
-    document = query(host.run_dir, "status")
-    if document is None:
-        return _status_offline(args, host)
+    try:
+        document = ask(host.run_dir, "status")
+    except NoAnswer as exc:
+        return _status_offline(args, host, exc)
     if args.prometheus:
         sys.stdout.write(render_prometheus(document))
         return exit_code(document)
     return _emit(args, document)
 
 
-def _status_offline(args: argparse.Namespace, host: Host) -> int:
-    path = os.path.join(host.run_dir, STATUS_NAME)
+def _status_offline(args: argparse.Namespace, host: Host, why: NoAnswer) -> int:
+    """No answer: say which kind (not running / busy) and why, then the last status file."""
+    state = {True: "busy / timed out", False: "NOT running", None: "unreachable"}[why.running]
+    path = f"{RUN_DIR}/{STATUS_NAME}"
     try:
-        with open(path) as handle:
-            document = json.load(handle)
-    except (OSError, ValueError):
-        message = "k3s-agentd is not running and has recorded no status"
+        document = json.loads(host.read_bytes(path, limit=STATUS_LIMIT) or b"")
+        if not isinstance(document, dict):
+            raise ValueError("not an object")
+    except (OSError, HostError, ValueError):
+        message = f"k3s-agentd is {state.replace('NOT', 'not')} and has recorded no status ({why})"
+        daemon = {"running": why.running, "answered": False, "reason": str(why)}
         if args.json:
-            print(json.dumps({"daemon": {"running": False}, "error": message}))
+            print(json.dumps({"daemon": daemon, "error": message}))
         else:
             print(message)
         return EXIT_UNKNOWN
-    document.setdefault("daemon", {})["running"] = False
-    document["daemon"]["note"] = (
-        f"k3s-agentd is NOT running; last status from {path} ({document.get('generated_at')})"
+    if not isinstance(document.get("daemon"), dict):
+        document["daemon"] = {}
+    daemon = document["daemon"]
+    daemon.update(running=why.running, answered=False, reason=str(why))
+    daemon["note"] = (
+        f"k3s-agentd is {state}; last status from {host.path(path)} ({document.get('generated_at')}); {why}"
     )
     if args.json:
         print(to_json(document), end="")

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from k3s_agent import __version__
 from k3s_agent.engine import CycleReport, Engine
-from k3s_agent.host import Host, HostError
+from k3s_agent.host import Host, HostError, sweep_stale_temps, write_private
 from k3s_agent.log import MESSAGE_IDS, configure, finding_fields, finding_message, refusal_message
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.loader import load_policy
@@ -289,6 +289,7 @@ class Daemon:
             watcher.close()
         watches = [w for control in self.engine.controls.values() for w in _safe_watches(control)]
         paths = [self.host.path(w.target) for w in watches if w.kind == "path"]
+        sweep_stale_temps(paths)  # temps of an agent killed mid-write, in the folders we manage
         netlink = [w.target for w in watches if w.kind == "netlink"]
         self.watchers = [
             PathWatcher(paths, lambda _path: self.wake("watch")),
@@ -326,13 +327,7 @@ def _safe_watches(control: Any) -> list[Any]:
 
 
 def _write_private(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_private(path, data)  # no temp file left behind by a kill -9 (host.py)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -12,13 +12,14 @@ import contextlib
 import dataclasses
 import errno
 import os
+import re
 import shutil
 import socket
 import stat
 import subprocess
 import time
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 STATE_DIR = "/var/lib/k3s-agentd"
 RUN_DIR = "/run/k3s-agentd"
@@ -26,10 +27,33 @@ BACKUPS_KEPT = 5
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # --root is the operator's word, as in fsafe
 _SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Every read is capped: config files the agent reads are a few KiB, and a root
+# daemon must not spend seconds and hundreds of MiB on a planted 200 MB file.
+READ_LIMIT = 1 << 20
+PROC_LIMIT = 64 << 10  # /proc/sys values, comm, status: a page or two
+_TEMP_SUFFIX = ".k3s-agentd.{pid}.tmp"
+# Only names we make: "." + target name + ".k3s-agentd.<pid>.tmp".
+_OUR_TEMP = re.compile(r"\..+\.k3s-agentd\.(\d+)\.tmp\Z", re.DOTALL)
 
 
 class HostError(Exception):
     """A host operation was refused or failed; the message says which path and why."""
+
+
+class TooLarge(HostError):
+    """A file is larger than the read cap: not read at all, never read in part."""
+
+    def __init__(self, path: str, limit: int, size: Optional[int] = None):
+        self.path, self.limit, self.size = path, limit, size
+        seen = f"{_human(size)}, " if size is not None else ""
+        super().__init__(f"{path}: larger than the {_human(limit)} read cap ({seen}not read)")
+
+
+def _human(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +85,17 @@ class Host:
 
     # -- reading -----------------------------------------------------------
 
-    def read_bytes(self, absolute: str) -> Optional[bytes]:
-        """Content of a regular file, None when missing. Never follows a final symlink."""
+    def read_bytes(self, absolute: str, limit: int = READ_LIMIT, follow: bool = False) -> Optional[bytes]:
+        """Content of a regular file, None when missing; TooLarge beyond `limit` bytes.
+
+        Never follows a final symlink unless `follow` (reading what K3s reads,
+        which follows links; writes never do).
+        """
         # O_NONBLOCK: open(2) of a FIFO for reading blocks until a writer comes, so
         # a FIFO planted where we read (e.g. a user's ~/.ssh/authorized_keys) would
         # hang the agent; with it the open returns and the S_ISREG check refuses it.
         # O_NOCTTY: a tty must never become our controlling terminal.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
         try:
             fd = os.open(self.path(absolute), flags)
         except FileNotFoundError:
@@ -79,12 +107,12 @@ class Host:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise HostError(f"{absolute}: not a regular file")
-            return _read_all(fd)
+            return read_fd(fd, absolute, limit)
         finally:
             os.close(fd)
 
-    def read_text(self, absolute: str) -> Optional[str]:
-        data = self.read_bytes(absolute)
+    def read_text(self, absolute: str, limit: int = READ_LIMIT, follow: bool = False) -> Optional[str]:
+        data = self.read_bytes(absolute, limit, follow)
         return None if data is None else data.decode("utf-8", errors="replace")
 
     # -- writing -----------------------------------------------------------
@@ -118,14 +146,8 @@ class Host:
             if old is not None and not stat.S_ISREG(old.st_mode):
                 raise HostError(f"{absolute}: exists and is not a regular file, refusing to replace it")
             saved = self._backup(absolute, dfd, name) if (backup and old is not None) else None
-            tmp = f".{name}.k3s-agentd.{os.getpid()}.tmp"
-            _write_new(dfd, tmp, data, mode, uid, gid)
-            try:
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except BaseException:
-                _unlink_quietly(tmp, dfd)
-                raise
-            os.fsync(dfd)
+            _sweep_stale_temps(dfd)
+            _replace(dfd, name, _BytesSource(data), mode, uid, gid)
             return saved
         finally:
             os.close(dfd)
@@ -173,19 +195,25 @@ class Host:
             raise
 
     def _backup(self, absolute: str, dfd: int, name: str) -> str:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        """Copy the current file to the backup dir (streamed: it may be any size)."""
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
         try:
-            content = _read_all(fd)
-            st = os.fstat(fd)
+            return self._backup_from(absolute, fd)
         finally:
             os.close(fd)
+
+    def _backup_from(self, absolute: str, fd: int) -> str:
+        st = os.fstat(fd)
         folder = os.path.join(self.state_dir, "backup", absolute.strip("/").replace("/", "%"))
         os.makedirs(folder, mode=0o700, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}"
         dest = os.path.join(folder, stamp)
         bfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            _write_new(bfd, stamp, content, stat.S_IMODE(st.st_mode) & 0o600, st.st_uid, st.st_gid)
+            # A new, unique name: the copy appears complete or not at all.
+            _create_complete(
+                bfd, stamp, _FdSource(fd), stat.S_IMODE(st.st_mode) & 0o600, st.st_uid, st.st_gid
+            )
         finally:
             os.close(bfd)
         for stale in sorted(os.listdir(folder))[:-BACKUPS_KEPT]:
@@ -251,13 +279,29 @@ def _only_root_writes(st: os.stat_result) -> bool:
     return st.st_uid == 0 and (not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX))
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
+def read_capped(path: str, limit: int = PROC_LIMIT) -> bytes:
+    """A file outside any Host root (/proc of a pid, our own run dir), at most `limit` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        return read_fd(fd, path, limit)
+    finally:
+        os.close(fd)
+
+
+def read_fd(fd: int, path: str, limit: int = READ_LIMIT) -> bytes:
+    """Read to the end, refusing beyond `limit` bytes (/proc files say size 0: the read decides)."""
+    size = os.fstat(fd).st_size
+    if size > limit:
+        raise TooLarge(path, limit, size)
+    chunks, total = [], 0
     while True:
-        chunk = os.read(fd, 1 << 16)
+        chunk = os.read(fd, min(1 << 16, limit + 1 - total))
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(path, limit)
 
 
 def _lstat_at(name: str, dfd: int) -> Optional[os.stat_result]:
@@ -267,23 +311,148 @@ def _lstat_at(name: str, dfd: int) -> Optional[os.stat_result]:
         return None
 
 
-def _write_new(dfd: int, name: str, data: bytes, mode: int, uid: int, gid: int) -> None:
-    _unlink_quietly(name, dfd)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(name, flags, 0o600, dir_fd=dfd)
-    try:
-        view = memoryview(data)
+class _BytesSource:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def write_to(self, fd: int) -> None:
+        view = memoryview(self.data)
         while view:
             view = view[os.write(fd, view) :]
+
+
+class _FdSource:
+    """The content of an open file, copied in chunks (never whole in memory)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write_to(self, fd: int) -> None:
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        while True:
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                return
+            _BytesSource(chunk).write_to(fd)
+
+
+def write_private(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace a file of our own (status.json, metrics) atomically; no temp left by a crash."""
+    parent, name = os.path.split(path)
+    dfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _sweep_stale_temps(dfd)
+        # The name earlier versions used for this file's temp: exactly ours, never anyone else's.
+        _unlink_quietly(f"{name}.tmp", dfd)
+        _replace(dfd, name, _BytesSource(data), mode, os.geteuid(), os.getegid())
+    finally:
+        os.close(dfd)
+
+
+def _replace(dfd: int, name: str, source: Any, mode: int, uid: int, gid: int) -> None:
+    """Write an unnamed file, give it our temp name, rename it over `name`, fsync the dir.
+
+    With O_TMPFILE the content is written and fsynced before any name exists, so
+    a kill -9 during the write leaves nothing; only the link-then-rename instant
+    can leave a named temp, which the next write into the folder sweeps.
+    """
+    tmp = "." + name + _TEMP_SUFFIX.format(pid=os.getpid())
+    _create_complete(dfd, tmp, source, mode, uid, gid)
+    try:
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        _unlink_quietly(tmp, dfd)
+        raise
+    os.fsync(dfd)
+
+
+def _create_complete(dfd: int, name: str, source: Any, mode: int, uid: int, gid: int) -> None:
+    """Create `name` (which must not exist) in dfd with the full content, owner and mode."""
+    fd, named = _open_new(dfd, name)
+    try:
+        source.write_to(fd)
         if os.geteuid() == 0:
             os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
         os.fsync(fd)
+        if not named:
+            # linkat(2) of an O_TMPFILE through /proc/self/fd with AT_SYMLINK_FOLLOW:
+            # the documented way without CAP_DAC_READ_SEARCH (AT_EMPTY_PATH needs it); open(2).
+            _link(fd, dfd, name)
     except BaseException:
         os.close(fd)
-        _unlink_quietly(name, dfd)
+        if named:
+            _unlink_quietly(name, dfd)
         raise
     os.close(fd)
+
+
+def _link(fd: int, dfd: int, name: str) -> None:
+    try:
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+    except FileExistsError:  # our own temp name, left by an earlier process with our pid
+        _unlink_quietly(name, dfd)
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+
+
+def _open_new(dfd: int, name: str) -> tuple[int, bool]:
+    """(fd, named): an unnamed file in dfd, or `name` itself where O_TMPFILE is missing."""
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile and os.path.isdir("/proc/self/fd"):
+        try:
+            return os.open(".", os.O_WRONLY | tmpfile | os.O_CLOEXEC, 0o600, dir_fd=dfd), False
+        except OSError as exc:
+            # A filesystem without O_TMPFILE says EOPNOTSUPP (old kernels: EISDIR).
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    _unlink_quietly(name, dfd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(name, flags, 0o600, dir_fd=dfd), True
+
+
+def sweep_stale_temps(paths: Sequence[str]) -> None:
+    """At start: our stale temps in these folders (or a file's folder) go, whatever else fails.
+
+    write_atomic sweeps a folder each time it writes there; this covers folders
+    a compliant node never writes to again (temps of an agent killed before).
+    """
+    folders = {p if os.path.isdir(p) else os.path.dirname(p) for p in paths}
+    for folder in sorted(folders):
+        try:
+            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            _sweep_stale_temps(dfd)
+        except OSError:
+            pass  # a folder we cannot list has nothing of ours to sweep
+        finally:
+            os.close(dfd)
+
+
+def _sweep_stale_temps(dfd: int) -> None:
+    """Remove temps a killed agent left in this folder: our exact name pattern, a dead pid, a regular file."""
+    for entry in os.listdir(dfd):
+        match = _OUR_TEMP.match(entry)
+        if match is None or not _pid_gone(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.stat(entry, dir_fd=dfd, follow_symlinks=False).st_mode):
+                os.unlink(entry, dir_fd=dfd)
+
+
+def _pid_gone(pid: int) -> bool:
+    # A live pid keeps its temp: another agent (a one-shot apply) or another of
+    # our threads may be writing it right now.
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _unlink_quietly(name: str, dfd: Optional[int] = None) -> None:

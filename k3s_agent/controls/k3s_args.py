@@ -30,8 +30,9 @@ from typing import Any, Optional
 import yaml
 
 from k3s_agent.controls.base import ControlSpec, Lint, Watch
-from k3s_agent.host import Host, HostError
+from k3s_agent.host import Host, HostError, read_fd
 from k3s_agent.k3s import args as k3sargs
+from k3s_agent.k3s import yamlcap
 from k3s_agent.k3s.config import Configured, config_files, configured
 from k3s_agent.k3s.node import K3sNode, Observer
 from k3s_agent.model import Finding, Status
@@ -43,6 +44,7 @@ OWN_DROPIN = "90-k3s-agentd.yaml"
 SERVICE_KEY = "k3s:service"
 CONFIG_KEY = "k3s:config"
 JOURNAL_KEY = "k3s:running-args"
+FILE_KEY = "k3s:file:"  # + the path of a unit, env or kubelet file that could not be read
 COMPONENTS = (k3sargs.K3S, *k3sargs.COMPONENTS)
 _KEY = re.compile("({}):([a-z0-9][a-z0-9-]*)".format("|".join(re.escape(c) for c in COMPONENTS)))
 # pflag StringSlice flags: given twice, the values add up (all others: the last wins).
@@ -138,6 +140,11 @@ class K3sArgsControl:
         findings = [self._service_finding(node)]
         if node.config_error:
             findings.append(Finding(NAME, CONFIG_KEY, Status.DRIFT, message=node.config_error))
+        # Each problem starts with its file's path ("<path>: <why>").
+        findings += [
+            Finding(NAME, FILE_KEY + problem.split(": ", 1)[0], Status.DRIFT, message=problem)
+            for problem in node.problems
+        ]
         if service.running and node.running is not None:
             missing = [c for c in self._components(node) if node.running.get(c) is None]
             if node.running.error or missing:
@@ -273,7 +280,7 @@ class K3sArgsControl:
         if text is None:
             return dataclasses.replace(base, status=Status.DRIFT, observed="missing", message="missing")
         try:
-            data = yaml.safe_load(text)
+            data = yamlcap.safe_load(text)
         except yaml.YAMLError as exc:
             return base.with_status(Status.DRIFT, f"not valid YAML: {exc}")
         if (
@@ -284,7 +291,7 @@ class K3sArgsControl:
             return base.with_status(Status.DRIFT, f"not a {want_kind}")
         if content is not None:
             want = load_content(self.host, content)
-            if want is not None and yaml.safe_load(want) != data:
+            if want is not None and _same_yaml(want, data) is False:
                 return dataclasses.replace(
                     base, status=Status.DRIFT, observed="differs", message="differs from the policy's content"
                 )
@@ -490,7 +497,15 @@ def read_trusted(host: Host, absolute: str) -> Optional[str]:
                 f"{absolute}: mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}; "
                 "content must be owned by root and not group/other-writable"
             )
-        return handle.read().decode("utf-8", errors="replace")
+        return read_fd(handle.fileno(), absolute).decode("utf-8", errors="replace")
+
+
+def _same_yaml(text: str, data: Any) -> Optional[bool]:
+    """Whether the policy's content says the same as data; None when it cannot be read."""
+    try:
+        return bool(yamlcap.safe_load(text) == data)
+    except yaml.YAMLError:
+        return None
 
 
 def _describe_item(item: dict[str, Any]) -> str:

@@ -46,7 +46,7 @@ from k3s_agent.controls.sshd_config import (
 )
 from k3s_agent.controls.sshd_guard import GuardError, Network, Where, keyword_name
 from k3s_agent.controls.sshd_lockout import lockouts
-from k3s_agent.host import Host, HostError
+from k3s_agent.host import Host, HostError, read_capped
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, list_of, matches
@@ -127,10 +127,21 @@ class SshdControl:
         if proc.returncode != 0:
             return self._all(Status.FAILED, f"sshd -T failed: {_first_lines(proc.stderr)}")
         effective = parse_effective(proc.stdout)
-        decided = winners(ConfigReader(self.host).read(MAIN))
+        reader = ConfigReader(self.host)
+        decided = winners(reader.read(MAIN))
         plan = self.plan()
         self.facts = {"target": plan.target, "why": plan.reason}
-        return [self._judge(key, want, effective, decided) for key, want in self.want.items()]
+        return [self._judge(key, want, effective, decided) for key, want in self.want.items()] + [
+            Finding(
+                NAME,
+                exc.path,
+                Status.DRIFT,
+                desired="a readable sshd config file",
+                observed="not read",
+                message=f"{exc}: sshd reads it, so which file sets what is unknown",
+            )
+            for exc in reader.unread
+        ]
 
     def _judge(
         self, key: str, want: str, effective: Mapping[str, list[str]], decided: dict[str, list[Directive]]
@@ -209,11 +220,12 @@ class SshdControl:
         if not self.installed():
             return [f.with_status(Status.ABSENT, f"sshd is not installed or has no {MAIN}") for f in drift]
         declined = {f.key: f for f in drift if self._only_foreign_extras(f)}
-        todo = [f for f in drift if f.key not in declined]
+        unread = [f for f in drift if f.key.startswith("/")]  # a file finding, not a keyword
+        todo = [f for f in drift if f.key not in declined and f not in unread]
         results = [
             f.with_status(Status.DRIFT, f"{f.message}; remove it there (not our file)")
             for f in declined.values()
-        ]
+        ] + [f.with_status(Status.DRIFT, f"{f.message}; not ours to edit") for f in unread]
         if not todo:
             return results
         plan = self.plan()
@@ -580,8 +592,7 @@ class Reloader:
         if pid <= 1:
             return "sshd is not running (no pid file): it reads the new config when it starts"
         try:
-            with open(f"/proc/{pid}/comm") as handle:
-                comm = handle.read().strip()
+            comm = read_capped(f"/proc/{pid}/comm").decode(errors="replace").strip()
         except OSError:
             return f"sshd is not running (stale {self.pidfile})"
         if comm != "sshd":

@@ -25,7 +25,7 @@ import shlex
 from collections.abc import Iterator, Mapping
 from typing import Optional
 
-from k3s_agent.host import Host, HostError
+from k3s_agent.host import Host, HostError, TooLarge
 
 SSH_DIR = "/etc/ssh"
 MAX_INCLUDE_DEPTH = 16  # sshd's own limit (servconf.c SERVCONF_MAX_DEPTH)
@@ -105,6 +105,7 @@ class ConfigReader:
         # Directives inside Match blocks, each with its Match line's criteria:
         # never the global value, but what `sshd -T -C` may apply to one connection.
         self.conditional: list[tuple[Directive, str]] = []
+        self.unread: list[TooLarge] = []  # files sshd reads that are beyond our read cap
 
     def read(self, main: str) -> list[Directive]:
         """Global-context directives in the order sshd reads them."""
@@ -131,6 +132,10 @@ class ConfigReader:
             return self.overlay[path]
         try:
             return self.host.read_text(path)
+        except TooLarge as exc:
+            if all(seen.path != exc.path for seen in self.unread):
+                self.unread.append(exc)
+            return None
         except HostError:
             return None
 

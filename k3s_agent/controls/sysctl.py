@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from k3s_agent.controls.base import ControlSpec, Lint, Watch
-from k3s_agent.host import Host, HostError
+from k3s_agent.host import Host, HostError, TooLarge, read_capped
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, brief
@@ -153,12 +153,13 @@ class SysctlControl:
         key = display_key(path)
         base = Finding(NAME, key, Status.OK, desired=want, cis=self.cis.get(path))
         try:
-            with open(self._proc_file(path)) as handle:
-                seen = normalize(handle.read())
+            seen = normalize(read_capped(self._proc_file(path)).decode("utf-8", errors="replace"))
         except FileNotFoundError:
             return base.with_status(Status.ABSENT, "no such parameter on this kernel")
         except PermissionError as exc:
             return base.with_status(Status.UNSUPPORTED, f"cannot read: {exc.strerror}")
+        except TooLarge as exc:
+            return base.with_status(Status.FAILED, str(exc))
         found = Finding(NAME, key, Status.OK, desired=want, observed=seen, cis=self.cis.get(path))
         if seen == want:
             return found
@@ -187,8 +188,19 @@ class SysctlControl:
         return Finding(NAME, PERSIST_FILE, Status.DRIFT, "managed content", what, what)
 
     def _check_boot_overrides(self) -> list[Finding]:
-        findings = []
-        for path, (source, value) in boot_winners(self.host).items():
+        winners, unread = boot_settings(self.host)
+        findings = [
+            Finding(
+                NAME,
+                f"{exc.path}@boot",
+                Status.DRIFT,
+                desired="a readable sysctl.d file",
+                observed="not read",
+                message=f"{exc}: what it sets at boot is unknown",
+            )
+            for exc in unread
+        ]
+        for path, (source, value) in winners.items():
             want = self.items.get(path)
             if want is None or source == PERSIST_FILE or normalize(value) == want:
                 continue
@@ -259,17 +271,26 @@ def boot_files(host: Host) -> list[str]:
 
 def boot_winners(host: Host) -> dict[str, tuple[str, str]]:
     """/proc/sys path -> (file, value) of the last assignment at boot."""
+    return boot_settings(host)[0]
+
+
+def boot_settings(host: Host) -> tuple[dict[str, tuple[str, str]], list[TooLarge]]:
+    """(/proc/sys path -> (file, value) of the last assignment at boot, files too large to read)."""
     winners: dict[str, tuple[str, str]] = {}
+    unread: list[TooLarge] = []
     for source in boot_files(host):
         try:
             text = host.read_text(source)
-        except HostError:
+        except TooLarge as exc:
+            unread.append(exc)
+            continue
+        except HostError:  # a link (a /dev/null mask) or a special file: not ours to judge
             continue
         for line in (text or "").splitlines():
             match = _ASSIGNMENT.match(line)
             if match:
                 winners[proc_path(match.group(1).strip())] = (source, match.group(2))
-    return winners
+    return winners, unread
 
 
 # -- policy --------------------------------------------------------------------------

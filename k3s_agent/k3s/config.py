@@ -30,7 +30,8 @@ from typing import Any, Optional
 
 import yaml
 
-from k3s_agent.host import Host, HostError
+from k3s_agent.host import Host
+from k3s_agent.k3s.yamlcap import CappedLoader, YAMLLimit
 
 DEFAULT_CONFIG = "/etc/rancher/k3s/config.yaml"
 CONFIG_ENV = "K3S_CONFIG_FILE"
@@ -171,8 +172,8 @@ def _is_file(host: Host, path: str) -> bool:
 # -- reading and merging ------------------------------------------------------------------
 
 
-class _PairsLoader(yaml.SafeLoader):
-    """SafeLoader whose top-level mapping keeps every key, duplicates included (go-yaml MapSlice)."""
+class _PairsLoader(CappedLoader):
+    """Capped SafeLoader whose top-level mapping keeps every key, duplicates included (go-yaml MapSlice)."""
 
 
 def load_pairs(text: str, source: str = "") -> list[tuple[str, Any]]:
@@ -189,6 +190,9 @@ def load_pairs(text: str, source: str = "") -> list[tuple[str, Any]]:
             value = loader.construct_object(value_node, deep=True)
             pairs.append((go_string(key), value))
         return pairs
+    except YAMLLimit as exc:
+        # go-yaml v2 >= 2.2.8 (K3s) refuses such documents too (CVE-2019-11254, "excessive aliasing").
+        raise ConfigError(f"{source}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     finally:
@@ -268,12 +272,9 @@ def _go_float(value: float) -> str:
 def read_config(host: Host, files: Sequence[str]) -> list[tuple[str, list[tuple[str, Any]]]]:
     contents = []
     for path in files:
-        try:
-            text = host.read_text(path)
-        except HostError:
-            # K3s follows links; so do we for reading (never for writing).
-            with open(host.path(path), encoding="utf-8", errors="replace") as handle:
-                text = handle.read()
+        # K3s follows links; so do we for reading (never for writing). Capped:
+        # a file beyond READ_LIMIT raises TooLarge naming it.
+        text = host.read_text(path, follow=True)
         contents.append((path, load_pairs(text or "", path)))
     return contents
 

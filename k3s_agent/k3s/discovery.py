@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import psutil
 
-from k3s_agent.host import Host, HostError
+from k3s_agent.host import READ_LIMIT, Host, HostError, read_capped
 from k3s_agent.k3s.unit import UnitFile, load_unit
 
 UNITS = {"server": "k3s.service", "agent": "k3s-agent.service"}
@@ -97,9 +97,8 @@ def scan_processes() -> list[K3sProcess]:
         pids = [int(e.name) for e in entries if e.name.isdigit()]
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/comm", "rb") as handle:
-                comm = handle.read().strip().decode(errors="replace")
-        except OSError:
+            comm = read_capped(f"/proc/{pid}/comm").strip().decode(errors="replace")
+        except (OSError, HostError):
             continue
         if comm in COMMS and _runs_as_root(pid):
             process = process_by_pid(pid)
@@ -112,19 +111,18 @@ def _runs_as_root(pid: int) -> bool:
     """Real and effective uid 0, from /proc/<pid>/status (the owner of /proc/<pid>
     is not enough: a non-dumpable process's entry is root-owned whoever runs it)."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"Uid:"):
-                    real, effective = line.split()[1:3]
-                    return real == effective == b"0"
-    except (OSError, ValueError):
+        for line in read_capped(f"/proc/{pid}/status").splitlines():
+            if line.startswith(b"Uid:"):
+                real, effective = line.split()[1:3]
+                return real == effective == b"0"
+    except (OSError, HostError, ValueError):
         pass
     return False
 
 
 def _describe(proc: psutil.Process) -> K3sProcess:
-    with open(f"/proc/{proc.pid}/cmdline", "rb") as handle:
-        raw = handle.read()
+    # A command line can be up to ARG_MAX (2 MiB by default); K3s's is a few hundred bytes.
+    raw = read_capped(f"/proc/{proc.pid}/cmdline", READ_LIMIT)
     words = tuple(raw.replace(b"\0", b" ").decode("utf-8", errors="replace").split())
     return K3sProcess(proc.pid, proc.name(), words, proc.create_time())
 
@@ -132,7 +130,7 @@ def _describe(proc: psutil.Process) -> K3sProcess:
 def process_by_pid(pid: int) -> Optional[K3sProcess]:
     try:
         return _describe(psutil.Process(pid))
-    except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError, ProcessLookupError):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError, ProcessLookupError, HostError):
         return None
 
 

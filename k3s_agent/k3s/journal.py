@@ -25,6 +25,11 @@ from k3s_agent.k3s.args import Args, parse_running_line
 
 CACHE_FILE = f"{STATE_DIR}/k3s-running-args.json"
 JOURNAL_DIR = "/var/log/journal"
+# journald splits stdout lines at LineMax (48K by default, journald.conf(5)), so a
+# Running line never reaches this; a longer MESSAGE (native protocol) is skipped,
+# never parsed in part. The threshold is a hint to libsystemd to stop copying
+# there (sd_journal_set_data_threshold(3)): it may return more, so we check too.
+MESSAGE_LIMIT = 64 << 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +104,7 @@ class RunningArgsReader:
         components = dict(progress.components) if progress else {}
         reader = self.source.open()
         try:
+            reader.data_threshold = MESSAGE_LIMIT + 64
             reader.add_match(_SYSTEMD_UNIT=unit)
             if invocation_id:
                 reader.add_match(_SYSTEMD_INVOCATION_ID=invocation_id)
@@ -159,6 +165,8 @@ def _message(reader: Any) -> Optional[str]:
     try:
         raw = reader._get("MESSAGE")
     except KeyError:  # an entry without MESSAGE (binary-only or a stray field set)
+        return None
+    if len(raw) > MESSAGE_LIMIT:  # too long to be a Running line, or cut short by the threshold
         return None
     return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
 

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from k3s_agent.host import Host, HostError
+from k3s_agent.k3s import yamlcap
 from k3s_agent.k3s.config import go_string
 
 DROPIN_DIR = "agent/etc/kubelet.conf.d"
@@ -53,8 +54,11 @@ def read_dropins(host: Host, data_dir: str) -> tuple[dict[str, Any], list[str]]:
     for found in sorted(glob.glob(os.path.join(glob.escape(host.path(folder)), "*.conf"))):
         path = f"{folder}/{os.path.basename(found)}"
         try:
-            data = yaml.safe_load(host.read_text(path) or "") or {}
-        except (HostError, yaml.YAMLError) as exc:
+            data = yamlcap.safe_load(host.read_text(path) or "") or {}
+        except HostError as exc:  # its message starts with the path
+            problems.append(str(exc))
+            continue
+        except yaml.YAMLError as exc:
             problems.append(f"{path}: {exc}")
             continue
         if isinstance(data, dict):

@@ -346,3 +346,34 @@ def test_content_file_writable_by_others_is_refused(tmp_path: Path):
     os.chmod(content, 0o644)
     os.chown(content, 65534, 65534)
     assert k3s_args.load_content(host, "/etc/k3s-agentd/admission.yaml") is None
+
+
+# A 364-byte config.yaml whose nested aliases wrote out 43 MB of flags before the cap.
+BILLION_LAUGHS = (
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdef", "bcdefg"))
+    + "node-label: [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n"
+)
+
+
+def test_billion_laughs_config_is_a_finding_not_megabytes(make):
+    h = make()
+    h.start()
+    h.node.write_config(BILLION_LAUGHS)  # after the start: the fixture reads its config too
+    found = h.check()
+    assert found["k3s:config"].status is Status.DRIFT
+    assert found["k3s:config"].message.startswith("/etc/rancher/k3s/config.yaml: refused: aliases expand it")
+    assert found["kube-apiserver:anonymous-auth"].message == "configured arguments unknown"
+
+
+def test_oversized_config_dropin_and_env_file_are_findings(make):
+    h = make()
+    h.start()
+    h.node.write_config("", name="50-big.yaml")
+    os.truncate(h.node.root / "etc/rancher/k3s/config.yaml.d/50-big.yaml", 196 << 20)
+    os.truncate(h.node.root / f"etc/systemd/system/{h.node.unit}.env", 2 << 20)
+    found = h.check()
+    assert "config.yaml.d/50-big.yaml: larger than the 1 MiB read cap (196 MiB" in found["k3s:config"].message
+    env = found[f"k3s:file:/etc/systemd/system/{h.node.unit}.env"]
+    assert env.status is Status.DRIFT and "larger than the 1 MiB read cap" in env.message
+    assert h.control.apply([env])[0].message.endswith("needs an operator")

@@ -104,3 +104,23 @@ def test_unreadable_journal_is_reported(tmp_path: Path):
     got = reader.read("k3s.service", invocation(), None)
     assert got.error.startswith("cannot read the journal")
     assert got.components == {}
+
+
+def test_a_message_beyond_the_cap_is_skipped_not_parsed_in_part(tmp_path: Path):
+    """A Running line of 200 KiB (journald's native protocol allows it): never read in part."""
+    from k3s_agent.k3s.journal import MESSAGE_LIMIT
+
+    run = invocation()
+    huge = 'msg="Running kube-apiserver --anonymous-auth=true ' + "--x=" + "y" * (200 << 10) + '"'
+    lines = [
+        'msg="Running kube-apiserver --anonymous-auth=false"',
+        huge,
+        'msg="Running kubelet --read-only-port=0"',
+    ]
+    entries = unit_entries("k3s.service", run, lines, int(time.time() * 1e6))
+    path = write_journal(tmp_path / "big.journal", entries)
+    reader = RunningArgsReader(Host(root=str(tmp_path)), JournalSource(files=[str(path)]), persist=False)
+    got = reader.read("k3s.service", run, None)
+    assert len(huge) > MESSAGE_LIMIT and got.error == ""
+    assert got.get("kube-apiserver")["anonymous-auth"] == ["false"]  # the earlier, whole line stands
+    assert got.get("kubelet")["read-only-port"] == ["0"]

@@ -325,3 +325,20 @@ def test_sshd_config_that_is_a_symlink_is_failed_not_followed(ssh_root: Path, sy
     found = ctl.check()
     assert found[0].status is Status.FAILED and "symlink" in found[0].message
     assert "X11Forwarding yes" in real.read_text()
+
+
+def test_an_oversized_drop_in_is_a_finding_for_that_file(ssh_root: Path, systemctl_log: Path) -> None:
+    """sshd reads it; we do not (beyond the read cap): named, declined by apply, the rest judged."""
+    big = ssh_root / "etc/ssh/sshd_config.d/50-huge.conf"
+    # 2 MiB of comments: sshd reads it (196 MB it refuses itself: "insufficient buffer space").
+    big.write_text("X11Forwarding no\n" + ("#" * 1023 + "\n") * (2 << 10))
+    ctl = control(ssh_root, systemctl_log, {"X11Forwarding": "no", "MaxAuthTries": 3})
+    found = by_key(ctl.check())
+    unread = found["/etc/ssh/sshd_config.d/50-huge.conf"]
+    assert unread.status is Status.DRIFT
+    assert unread.message.startswith("/etc/ssh/sshd_config.d/50-huge.conf: larger than the 1 MiB read cap")
+    assert found["MaxAuthTries"].status is Status.DRIFT  # the other keywords are still judged
+    results = heal(ctl)
+    assert results["/etc/ssh/sshd_config.d/50-huge.conf"].message.endswith("not ours to edit")
+    assert results["MaxAuthTries"].status is Status.HEALED
+    assert big.stat().st_size > 2 << 20

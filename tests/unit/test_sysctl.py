@@ -133,3 +133,57 @@ def test_read_only_host_refuses_every_write(root: Path) -> None:
     with pytest.raises(HostError, match="read-only run"):
         Host(root=str(root), read_only=True).write_atomic("/etc/x.conf", b"x")
     assert not (root / "etc/x.conf").exists()
+
+
+CHECK_196MB = """
+import json, resource, sys, time
+from k3s_agent.controls.sysctl import SysctlControl
+from k3s_agent.host import Host
+from k3s_agent.model import Mode
+from k3s_agent.policy.model import ControlPolicy
+policy = ControlPolicy("sysctl", Mode.ENFORCE, True, {"persist": True}, {"kernel.panic": {"value": 10}})
+ctl = SysctlControl(policy, Host(root=sys.argv[1], proc=sys.argv[2]))
+before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+findings = ctl.check()
+spent = time.monotonic() - start
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+rows = [[f.key, f.status.value, f.message] for f in findings]
+print(json.dumps({"seconds": spent, "grown_kib": grown, "findings": rows}))
+"""
+
+
+def test_a_196_mb_sysctl_d_file_is_a_finding_in_bounded_time_and_memory(root: Path, fake_proc: Path) -> None:
+    """It took 6 s and 791 MiB a check; now it is refused by its size, and named."""
+    import json
+    import subprocess
+    import sys
+
+    big = root / "etc/sysctl.d/60-huge.conf"
+    with open(big, "wb") as handle:
+        handle.write(b"kernel.panic = 0\n")
+        handle.truncate(196 << 20)  # sparse: the size, not the disk
+    (root / "etc/sysctl.d/70-small.conf").write_text("kernel.panic = 3\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    argv = [sys.executable, "-c", CHECK_196MB, str(root), str(fake_proc)]
+    report = json.loads(subprocess.run(argv, env=env, capture_output=True, check=True).stdout)
+    # It was 6-7 s and +380-790 MiB; ~1 ms and nothing now (slack for a loaded CI machine).
+    assert report["seconds"] < 2.0 and report["grown_kib"] < 8 << 10, report
+    found = {key: (status, message) for key, status, message in report["findings"]}
+    status, message = found["/etc/sysctl.d/60-huge.conf@boot"]
+    assert status == "drift"
+    assert message.startswith(
+        "/etc/sysctl.d/60-huge.conf: larger than the 1 MiB read cap (196 MiB, not read)"
+    )
+    # The other files are still judged: one unreadable file costs its own finding only.
+    assert "70-small.conf loads after" in found["kernel.panic@boot"][1]
+
+
+def test_an_unreadable_boot_file_is_declined_by_apply(root: Path, fake_proc: Path) -> None:
+    big = root / "etc/sysctl.d/60-huge.conf"
+    big.write_bytes(b"")
+    os.truncate(big, 2 << 20)
+    ctl = control(root, fake_proc, {"kernel.panic": 10})
+    finding = by_key(ctl.check())["/etc/sysctl.d/60-huge.conf@boot"]
+    result = ctl.apply([finding])[0]
+    assert result.status is Status.DRIFT and result.message.endswith("not ours to edit")
+    assert big.stat().st_size == 2 << 20

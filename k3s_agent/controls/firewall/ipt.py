@@ -41,6 +41,7 @@ from k3s_agent.controls.firewall.model import (
     Rule,
     Ruleset,
 )
+from k3s_agent.host import HostError, read_capped
 
 LOCK_FILE = "/run/xtables.lock"
 LOCK_TIMEOUT = 10.0
@@ -58,10 +59,9 @@ def legacy_filter_loaded(proc: str = "/proc") -> bool:
     """
     for name in ("ip_tables_names", "ip6_tables_names"):
         try:
-            with open(f"{proc}/thread-self/net/{name}") as handle:
-                if "filter" in handle.read().split():
-                    return True
-        except OSError:
+            if b"filter" in read_capped(f"{proc}/thread-self/net/{name}").split():
+                return True
+        except (OSError, HostError):
             continue
     return False
 
