@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from k3s_agent.controls import specs
 from k3s_agent.controls.base import Control, ControlSpec
@@ -22,6 +22,17 @@ from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy
 
 EventSink = Callable[[str, Finding], None]
+
+
+class Gate(Protocol):
+    """Commit-confirmed heals (k3s_agent.confirm.Gate): asked only about controls
+    that offer snapshot() and restore(); the engine knows no subsystem."""
+
+    def held(self, name: str) -> Optional[str]: ...  # why this control must not be healed now
+
+    def wants_snapshot(self, name: str) -> bool: ...  # this heal must be confirmable
+
+    def armed(self, name: str, snapshot: Any) -> None: ...  # the heal changed it: start the clock
 
 
 @dataclasses.dataclass
@@ -141,7 +152,9 @@ class Engine:
         today: Callable[[], datetime.date] = datetime.date.today,
         registry: Optional[Mapping[str, ControlSpec]] = None,
         on_progress: Optional[Callable[[str], None]] = None,
+        gate: Optional[Gate] = None,
     ):
+        self.gate = gate
         self.on_progress = on_progress or (lambda name: None)
         self.registry = specs() if registry is None else registry
         self.policy = policy
@@ -219,10 +232,45 @@ class Engine:
                 )
         if not drift:
             return [held.get(f.key, f) for f in findings]
-        results = {r.key: r for r in guard.call("apply", control.apply, drift)}
+        reversible = self.gate is not None and callable(getattr(control, "snapshot", None))
+        if reversible and self.gate is not None:
+            reason = self.gate.held(name)
+            if reason:
+                return [
+                    f.with_status(Status.DRIFT, f"{f.message}; {reason}") if f in drift else f
+                    for f in findings
+                ]
+        try:
+            before = self._snapshot(name, control, guard) if reversible else None
+        except Exception as exc:  # noqa: BLE001 - no way back: the heal must not happen
+            refused = f"not healed: cannot record the state to roll back to ({_describe(exc)})"
+            return [f.with_status(Status.FAILED, refused) if f in drift else f for f in findings]
+        try:
+            results = {r.key: r for r in guard.call("apply", control.apply, drift)}
+        finally:
+            if before is not None:
+                self._arm(name, control, guard, before)
         after = {f.key: f for f in guard.call("check", control.check)}
         verified = {f.key: self._verify(name, f, results.get(f.key), after.get(f.key)) for f in drift}
         return [verified.get(f.key) or held.get(f.key) or f for f in findings]
+
+    def _snapshot(self, name: str, control: Control, guard: _Guard) -> Any:
+        """The control's state before a heal the gate wants confirmable, else None."""
+        if self.gate is None or not self.gate.wants_snapshot(name):
+            return None
+        return guard.call("snapshot", control.snapshot)  # type: ignore[attr-defined]
+
+    def _arm(self, name: str, control: Control, guard: _Guard, before: Any) -> None:
+        # Armed only when the heal really changed something: a refused or
+        # failed heal leaves nothing to confirm. Compared after a failed apply
+        # too, since a partial change must still be rolled back.
+        # A snapshot that fails now counts as changed: rolling back is the safe side.
+        try:
+            changed = guard.call("snapshot", control.snapshot) != before  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001
+            changed = True
+        if changed and self.gate is not None:
+            self.gate.armed(name, before)
 
     def _verify(
         self, name: str, before: Finding, result: Optional[Finding], after: Optional[Finding]
