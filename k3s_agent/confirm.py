@@ -394,6 +394,8 @@ class Gate:
         self.armed_now: list[str] = []
 
     def held(self, name: str) -> Optional[str]:
+        if self.every_change and self.timeout > 0:
+            return None  # `apply --confirm` is the operator's new, confirmable try
         return self.ledger.held(name)
 
     def wants_snapshot(self, name: str) -> bool:
