@@ -262,7 +262,7 @@ def cmd_rollback(args: argparse.Namespace, host: Host) -> int:
         if left is None or left <= 0:
             break
         time.sleep(min(left, 5.0))
-    why = "rolled back on request (k3s-agentctl rollback)"
+    why = "on request (k3s-agentctl rollback)"
     lines = ledger.rollback(control_restorer(host), only_due=args.due, why=why)
     for line in lines:
         print(line)

@@ -42,6 +42,9 @@ STATES = (PENDING, ROLLED_BACK, ESTABLISHED)
 DEFAULT_TIMEOUT = 300.0
 MAX_TIMEOUT = 86400.0
 TIMER_PREFIX = "k3s-agentd-rollback-"
+# Changes armed together (one cycle arms the firewall and sshd a few ms apart)
+# come back together: a pending entry this close to its deadline joins a rollback.
+TOGETHER = 2.0
 
 
 # -- clocks ---------------------------------------------------------------------------------
@@ -281,12 +284,19 @@ class Ledger:
         """Restore pending controls (only the due ones unless told); return the journal lines."""
 
         def run(record: Record) -> list[str]:
-            lines = []
-            for name, entry in sorted(record.pending().items()):
-                reason = due(entry, self.clock) if only_due else (why or "rolled back on request")
-                if reason is None:
-                    continue
-                lines.append(self._restore_one(record, name, entry, reason, restore))
+            lines: list[str] = []
+            pending = record.pending()
+            reasons = {
+                n: due(e, self.clock) if only_due else (why or "on request") for n, e in pending.items()
+            }
+            if not any(reasons.values()):
+                return lines
+            for name, entry in sorted(pending.items()):
+                reason = reasons[name]
+                if reason is None and seconds_left(entry, self.clock) <= TOGETHER:
+                    reason = f"armed together with {', '.join(n for n, r in sorted(reasons.items()) if r)}"
+                if reason is not None:
+                    lines.append(self._restore_one(record, name, entry, reason, restore))
             return lines
 
         return list(self._change(run))
@@ -300,9 +310,9 @@ class Ledger:
             if self.log is not None:
                 self.log.error(line, control=name)
             return line
-        note = f"rolled back {armed}: {reason}; restored {what}"
+        note = f"{armed}: {reason}; restored {what}"
         record.entries[name] = Entry(ROLLED_BACK, at=self.clock.wall(), by=entry.by, note=note)
-        line = f"{name}: {note}"
+        line = f"{name}: rolled back {note}"
         if self.log is not None:
             self.log.warning(line, control=name)
         return line

@@ -265,6 +265,7 @@ def step_unconfirmed_rolls_back(ctx: Context) -> None:
     assert node.run(["test", "-e", DROPIN], check=False).returncode == 0, "the sshd change was not made"
     ctx.log(f"locked out as intended: {locked_out(node)}")
     back_in(ctx, since, CONFIRM + INTERVAL + SLACK, "no confirmation")
+    wait_until(lambda: states(node) == {"rolled_back"}, 5, "sshd rolled back with the firewall")
     logs = journal(node, "-u", UNIT)
     assert "firewall: rolled back the change k3s-agentd applied at" in logs, logs[-2000:]
     assert "sshd: rolled back" in logs and f"removed {DROPIN}" in logs, logs[-2000:]

@@ -302,7 +302,7 @@ def test_daemon_rolls_back_an_unconfirmed_first_change_and_holds_it(node: Node) 
     assert doc["summary"]["verdict"] == "drift"
     log = node.log.read_text()
     assert "firewall: rolled back the change k3s-agentd applied at" in log
-    assert "restored nftables table inet k3s_agentd as it was" in log
+    assert "restored nftables: table inet k3s_agentd as it was" in log
     assert "sshd: rolled back" in log and f"{DROPIN} as it was" in log
 
     # the operator acts: a reload lets the daemon try again (armed again), and a confirm keeps it

@@ -157,6 +157,20 @@ def test_lifecycle_arm_rollback_hold_release(ledger: Ledger) -> None:
     assert ledger.held("sshd") is None and ledger.summary() is None
 
 
+def test_changes_armed_together_come_back_together(ledger: Ledger) -> None:
+    ledger.arm("firewall", {}, 10, by="k3s-agentd")
+    advance(ledger, 0.5)  # the same cycle arms sshd a moment later
+    ledger.arm("sshd", {}, 10, by="k3s-agentd")
+    advance(ledger, 9.6)
+    lines = ledger.rollback(lambda name, snapshot: "it")
+    assert [line.split(":")[0] for line in lines] == ["firewall", "sshd"]
+    assert "armed together with firewall" in lines[1]
+    ledger.arm("sshd", {}, 10, by="k3s-agentd")  # a later change waits for its own deadline
+    ledger.arm("firewall", {}, 60, by="k3s-agentd")
+    advance(ledger, 10)
+    assert [line.split(":")[0] for line in ledger.rollback(lambda name, snapshot: "it")] == ["sshd"]
+
+
 def test_a_failed_restore_stays_pending_and_is_said(ledger: Ledger) -> None:
     def broken(name: str, snapshot: Any) -> str:
         raise OSError("disk gone")

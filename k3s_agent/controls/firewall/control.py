@@ -203,7 +203,7 @@ class FirewallControl:
             raise NftError(ROOTED_IN_HOST_NETNS)
         done = []
         if "nftables" in taken:
-            done.append("nftables " + NftBackend(self.host).restore_ours(taken["nftables"]))
+            done.append("nftables: " + NftBackend(self.host).restore_ours(taken["nftables"]))
         if "iptables" in taken:
             done.append(IptablesBackend().restore_ours(taken["iptables"]))
         return "; ".join(done) or "nothing (no firewall backend was usable when the change was made)"
