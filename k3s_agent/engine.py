@@ -269,8 +269,15 @@ class Engine:
             changed = guard.call("snapshot", control.snapshot) != before  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001
             changed = True
-        if changed and self.gate is not None:
+        if not changed or self.gate is None:
+            return
+        try:
             self.gate.armed(name, before)
+        except Exception as exc:  # no record, no way back: undo at once
+            guard.call("restore", control.restore, before)  # type: ignore[attr-defined]
+            raise RuntimeError(
+                f"cannot record the rollback ({_describe(exc)}): the change was undone"
+            ) from exc
 
     def _verify(
         self, name: str, before: Finding, result: Optional[Finding], after: Optional[Finding]

@@ -271,6 +271,19 @@ def test_no_snapshot_no_heal(ledger: Ledger) -> None:
     assert knob.applied == []
 
 
+def test_a_change_that_cannot_be_recorded_is_undone_at_once(ledger: Ledger) -> None:
+    class Unwritable(Gate):
+        def armed(self, name: str, snapshot: Any) -> None:
+            raise OSError("read-only file system")
+
+    knob = Reversible({"a": 0}, {"a": 1})
+    engine = make_engine({"knob": knob}, {"knob": ["a"]})
+    engine.gate = Unwritable(ledger, 30, by="k3s-agentd")
+    finding = engine.run_cycle().controls[0].findings[0]
+    assert finding.status is Status.FAILED and "cannot record the rollback" in finding.message
+    assert knob.world == {"a": 0}
+
+
 def test_timeout_zero_arms_nothing(ledger: Ledger) -> None:
     knob = Reversible({"a": 0}, {"a": 1})
     engine = make_engine({"knob": knob}, {"knob": ["a"]})
