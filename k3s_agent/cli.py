@@ -1,4 +1,4 @@
-"""k3s-agentctl: status, check, diff, apply, validate.
+"""k3s-agentctl: status, check, diff, apply, validate, confirm, rollback.
 
 Exit codes (stable, scripts depend on them): 0 compliant, 1 drift present,
 2 failures (or a refused policy), 3 daemon not running / busy / status unknown
@@ -31,7 +31,7 @@ from k3s_agent.report import (
     render_table,
     to_json,
 )
-from k3s_agent.statusd import STATUS_NAME, NoAnswer, ask
+from k3s_agent.statusd import STATUS_NAME, NoAnswer, ask, query
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +55,21 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("diff", parents=[common, with_policy], help="what apply would change")
     apply = sub.add_parser("apply", parents=[common, with_policy], help="one enforcing cycle")
     apply.add_argument("--all", action="store_true", help="also enforce controls the policy has in audit")
+    apply.add_argument(
+        "--confirm",
+        type=_confirm_seconds,
+        metavar="SECONDS",
+        help="roll firewall/sshd changes back after SECONDS unless `k3s-agentctl confirm` runs",
+    )
+    confirm = sub.add_parser(
+        "confirm", parents=[common], help="keep changes awaiting confirmation (run from a NEW ssh session)"
+    )
+    confirm.add_argument("--force", action="store_true", help="confirm outside an ssh session (console)")
+    rollback = sub.add_parser(
+        "rollback", parents=[common], help="roll back changes awaiting confirmation now"
+    )
+    rollback.add_argument("--due", action="store_true", help="only those whose deadline passed")
+    rollback.add_argument("--wait", action="store_true", help="wait for the next deadline first (timers)")
     validate = sub.add_parser("validate", parents=[common], help="check a policy file, touch nothing")
     validate.add_argument("file", nargs="?", help="policy file (default: the installed policy + policy.d)")
     return parser
@@ -64,7 +79,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     read_only = args.command in ("check", "diff", "validate", "status")
     host = Host(root=args.root, proc=args.proc, read_only=read_only)
-    handler = {"status": cmd_status, "check": cmd_check, "diff": cmd_diff, "apply": cmd_apply}
+    handler = {
+        "status": cmd_status,
+        "check": cmd_check,
+        "diff": cmd_diff,
+        "apply": cmd_apply,
+        "confirm": cmd_confirm,
+        "rollback": cmd_rollback,
+    }
     if args.command == "validate":
         return cmd_validate(args, host)
     return handler[args.command](args, host)
@@ -96,16 +118,38 @@ def _emit(args: argparse.Namespace, document: dict[str, Any]) -> int:
     return exit_code(document)
 
 
-def _one_cycle(args: argparse.Namespace, host: Host, enforce: bool) -> tuple[Policy, dict[str, Any]]:
+def _one_cycle(
+    args: argparse.Namespace, host: Host, enforce: bool, gate: Any = None, policy: Optional[Policy] = None
+) -> tuple[Policy, dict[str, Any]]:
     """Load the policy (PolicyError propagates) and run one cycle of it."""
     from k3s_agent.engine import Engine
 
-    policy = _policy(args, host)
+    policy = policy or _policy(args, host)
     if enforce and getattr(args, "all", False):
         policy = policy.with_mode(Mode.ENFORCE)
-    cycle = Engine(policy, host).run_cycle(enforce=enforce, only=args.control)
+    cycle = Engine(policy, host, gate=gate).run_cycle(enforce=enforce, only=args.control)
     note = "one-shot apply" if enforce else "one-shot check: nothing changed"
     return policy, build_document(cycle, policy, {"running": None, "note": note})
+
+
+def _confirm_seconds(text: str) -> float:
+    from k3s_agent.confirm import MAX_TIMEOUT
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 1 <= value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{text}: between 1 and {MAX_TIMEOUT:g} seconds")
+    return value
+
+
+def _journal() -> Any:
+    """Confirmations and rollbacks go to the journal, whoever runs them (stderr
+    where no journald listens, e.g. in a container without systemd)."""
+    from k3s_agent.log import configure
+
+    return configure(journal=os.path.exists("/run/systemd/journal/socket"), verbose=False)
 
 
 def cmd_check(args: argparse.Namespace, host: Host) -> int:
@@ -117,11 +161,115 @@ def cmd_check(args: argparse.Namespace, host: Host) -> int:
 
 
 def cmd_apply(args: argparse.Namespace, host: Host) -> int:
+    """One enforcing cycle. Controls rolled back and not confirmed stay held; with
+    --confirm, every firewall/sshd change is armed for rollback."""
+    from k3s_agent.confirm import Gate, Ledger, ssh_session
+
     try:
-        _, document = _one_cycle(args, host, enforce=True)
+        policy = _policy(args, host)
     except PolicyError as exc:
         return _refused(exc)
+    timeout = args.confirm or 0.0
+    ledger = Ledger(host, log=_journal() if timeout else None)
+    by = "k3s-agentctl apply --confirm" if timeout else "k3s-agentctl apply"
+    gate = Gate(ledger, timeout, by=by, every_change=True, session=ssh_session(os.environ, host.proc))
+    _, document = _one_cycle(args, host, enforce=True, gate=gate, policy=policy)
+    document["confirmation"] = ledger.summary()
+    if timeout:
+        _announce(host, ledger, gate.armed_now, timeout)
     return _emit(args, document)
+
+
+def _announce(host: Host, ledger: Any, armed: list[str], timeout: float) -> None:
+    from k3s_agent.confirm import arrange_rollback, stamp
+
+    if not armed:
+        print("nothing changed that needs confirmation", file=sys.stderr)
+        return
+    pending = ledger.read().pending()
+    deadline = min(pending[n].deadline for n in armed if n in pending)
+    how = arrange_rollback(host, timeout)
+    query(host.run_dir, "wake")  # a running daemon re-reads the record and watches it too
+    print(
+        f"{', '.join(armed)}: changed. ROLLED BACK at {stamp(deadline)} unless you run "
+        f"`k3s-agentctl confirm` from a NEW ssh session before then (watching: {how}"
+        f"{' and k3s-agentd' if query(host.run_dir, 'status') else ''})",
+        file=sys.stderr,
+    )
+
+
+def cmd_confirm(args: argparse.Namespace, host: Host) -> int:
+    """Keep what awaits confirmation, when run from a new SSH session (or --force)."""
+    from k3s_agent.confirm import Ledger, ssh_session, stamp
+
+    session = ssh_session(os.environ, host.proc)
+    if not session and not args.force:
+        print(
+            "refused: not in an SSH session (SSH_CONNECTION is not set here or in a parent). "
+            "Confirm from a NEW ssh login, which proves the node is still reachable; "
+            "on a console use --force.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    ledger = Ledger(host, log=_journal())
+    pending = ledger.read().pending()
+    if not pending:
+        held = ledger.summary()
+        print("nothing awaits confirmation" + (f" ({held['message']})" if held else ""))
+        return 0
+    same = sorted(n for n, e in pending.items() if session and e.session == session)
+    if same and not args.force:
+        print(
+            f"refused: this is the SSH session that applied {', '.join(same)} ({session}); "
+            "open a NEW ssh session and confirm there (that proves a new login still works)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    who = f"ssh session {session}" if session else "the console (--force)"
+    done = ledger.confirm(session or "console (--force)")
+    for name in done:
+        entry = pending[name]
+        ledger.log.info(
+            f"{name}: confirmed from {who}: keeping the change {entry.by} applied at {stamp(entry.at)} "
+            f"(rollback was due at {stamp(entry.deadline)})",
+            control=name,
+        )
+    _stop_timers(host)
+    query(host.run_dir, "wake")
+    print(f"confirmed: {', '.join(done)}")
+    return 0
+
+
+def _stop_timers(host: Host) -> None:
+    """The transient rollback timers are moot now; one left would find nothing due anyway."""
+    from k3s_agent.confirm import TIMER_PREFIX
+
+    systemctl = host.which("systemctl")
+    if host.root == "/" and systemctl and os.path.isdir("/run/systemd/system"):
+        host.run([systemctl, "stop", f"{TIMER_PREFIX}*.timer"])
+
+
+def cmd_rollback(args: argparse.Namespace, host: Host) -> int:
+    """Roll back what awaits confirmation: all of it now, or (--due) what is due,
+    after waiting for the next deadline (--wait; what the rollback timer runs)."""
+    import time
+
+    from k3s_agent.confirm import Ledger, control_restorer
+
+    ledger = Ledger(host, log=_journal())
+    while args.wait:
+        left = ledger.next_due_in()
+        if left is None or left <= 0:
+            break
+        time.sleep(min(left, 5.0))
+    why = "on request (k3s-agentctl rollback)"
+    lines = ledger.rollback(control_restorer(host), only_due=args.due, why=why)
+    for line in lines:
+        print(line)
+    if not lines:
+        print("nothing to roll back")
+    query(host.run_dir, "wake")
+    return EXIT_FAILED if any("ROLLBACK FAILED" in line for line in lines) else 0
 
 
 def cmd_diff(args: argparse.Namespace, host: Host) -> int:

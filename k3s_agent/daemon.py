@@ -19,10 +19,11 @@ import time
 from typing import Any, Optional
 
 from k3s_agent import __version__
+from k3s_agent.confirm import Gate, Ledger, control_restorer
 from k3s_agent.engine import CycleReport, Engine
 from k3s_agent.host import Host, HostError, sweep_stale_temps, write_private
 from k3s_agent.log import MESSAGE_IDS, configure, finding_fields, finding_message, refusal_message
-from k3s_agent.model import Finding, Status
+from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.loader import load_policy
 from k3s_agent.policy.model import Policy
 from k3s_agent.policy.schema import PolicyError
@@ -65,6 +66,7 @@ class Daemon:
         self.policy_error: Optional[str] = None
         self.policy_fallback: Optional[str] = None  # what runs instead of a refused policy at start
         self.last_logged: dict[tuple[str, str], Status] = {}
+        self.ledger = Ledger(host, log=log)
         self.policy = self._initial_policy()
         self.engine = self._engine(self.policy)
         self.last: Optional[CycleReport] = None
@@ -126,6 +128,12 @@ class Daemon:
         self.policy, self.policy_error, self.policy_fallback = policy, None, None
         self.engine = self._engine(policy)
         self._restart_watcher()
+        released = self.ledger.release_held()
+        if released:
+            self.log.warning(
+                f"policy reloaded: {', '.join(released)} had been rolled back and may be healed again "
+                f"(the next change awaits confirmation when confirm_timeout is set)"
+            )
         self.log.info(
             "policy reloaded",
             message_id=MESSAGE_IDS["policy_reloaded"],
@@ -143,7 +151,16 @@ class Daemon:
         )
 
     def _engine(self, policy: Policy) -> Engine:
-        return Engine(policy, self.host, on_event=self._on_event, on_progress=self._beat)
+        gate = Gate(self.ledger, policy.confirm_timeout, by="k3s-agentd")
+        return Engine(policy, self.host, on_event=self._on_event, on_progress=self._beat, gate=gate)
+
+    def _rollback_due(self) -> None:
+        """Restore every change whose confirmation deadline passed (also one left
+        pending by a crashed daemon, a reboot, or `k3s-agentctl apply --confirm`)."""
+        try:
+            self.ledger.rollback(control_restorer(self.host, self.engine.controls))
+        except Exception as exc:  # noqa: BLE001 - logged; the record stays and is retried
+            self.log.error(f"rollback of unconfirmed changes failed: {exc}; will retry")
 
     def _beat(self, _control: str = "") -> None:
         self.heartbeat = time.monotonic()
@@ -176,6 +193,9 @@ class Daemon:
     # -- the loop ------------------------------------------------------------------
 
     def run(self) -> int:
+        # Before anything else: a change nobody confirmed before a crash or a
+        # reboot must come back first, and must not be healed over.
+        self._rollback_due()
         server = StatusServer(self.host.run_dir, lambda: self.document, self.wake)
         server.start()
         self._install_signals()
@@ -209,12 +229,16 @@ class Daemon:
 
     def cycle(self) -> None:
         self.last_cycle = time.monotonic()
+        self._rollback_due()
+        idle = [n for n, c in self.policy.controls.items() if not (c.enabled and c.mode is Mode.ENFORCE)]
+        self.ledger.forget_established(idle)
         trigger, self.trigger = self.trigger, "sweep"
         if trigger == "sweep":
             self.last_sweep = self.last_cycle
         self.last = self.engine.run_cycle(enforce=True, trigger=trigger)
         self.heartbeat = time.monotonic()
         self.document = build_document(self.last, self.policy, self._daemon_facts())
+        self.document["confirmation"] = self.ledger.summary()
         self._publish()
 
     def _sleep(self) -> None:
@@ -224,11 +248,13 @@ class Daemon:
         while not self.stopping and not self.reload_requested:
             self.heartbeat = time.monotonic()
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            # Re-read every slice: `k3s-agentctl apply --confirm` may have armed one.
+            rollback_in = self.ledger.next_due_in()
+            if remaining <= 0 or (rollback_in is not None and rollback_in <= 0):
                 return
             # Short waits: a signal that the kernel hands to another thread runs its
             # Python handler only when this thread wakes (SIGTERM within 2 s).
-            if self.wake_event.wait(min(remaining, 0.5)):
+            if self.wake_event.wait(min(remaining, 0.5, 0.5 if rollback_in is None else rollback_in)):
                 if self.stopping or self.reload_requested:
                     return
                 self._nap(WAKE_DEBOUNCE)  # let a burst of writes settle
@@ -261,7 +287,9 @@ class Daemon:
         summary = self.document["summary"]
         counts = summary["by_status"]
         line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        sd_notify(f"STATUS={summary['verdict']}: {line}")
+        confirmation = self.document.get("confirmation") or {}
+        prefix = f"{confirmation['message']}; " if confirmation.get("message") else ""
+        sd_notify(f"STATUS={prefix}{summary['verdict']}: {line}")
         metrics = render_prometheus(self.document).encode()
         try:
             _write_private(os.path.join(self.host.run_dir, STATUS_NAME), to_json(self.document).encode())

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from k3s_agent.controls import specs
 from k3s_agent.controls.base import Control, ControlSpec
@@ -22,6 +22,17 @@ from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy
 
 EventSink = Callable[[str, Finding], None]
+
+
+class Gate(Protocol):
+    """Commit-confirmed heals (k3s_agent.confirm.Gate): asked only about controls
+    that offer snapshot() and restore(); the engine knows no subsystem."""
+
+    def held(self, name: str) -> Optional[str]: ...  # why this control must not be healed now
+
+    def wants_snapshot(self, name: str) -> bool: ...  # this heal must be confirmable
+
+    def armed(self, name: str, snapshot: Any) -> None: ...  # the heal changed it: start the clock
 
 
 @dataclasses.dataclass
@@ -183,7 +194,9 @@ class Engine:
         today: Callable[[], datetime.date] = datetime.date.today,
         registry: Optional[Mapping[str, ControlSpec]] = None,
         on_progress: Optional[Callable[[str], None]] = None,
+        gate: Optional[Gate] = None,
     ):
+        self.gate = gate
         self.on_progress = on_progress or (lambda name: None)
         self.registry = specs() if registry is None else registry
         self.policy = policy
@@ -272,16 +285,34 @@ class Engine:
                 # never lapses for longer than one interval.
                 if sweep or self.contest.contest(item) is None:
                     drift.append(f)
-        verified: dict[str, Finding] = {}
-        if drift:
-            results = {r.key: r for r in guard.call("apply", control.apply, drift)}
-            after = {f.key: f for f in guard.call("check", control.check)}
-            verified = {f.key: self._verify(f, results.get(f.key), after.get(f.key)) for f in drift}
+        verified = self._apply_and_verify(name, control, guard, drift) if drift else {}
         healed = {key for key, f in verified.items() if f.status is Status.HEALED}
         for key in healed:
             self.contest.settled((name, key), verified[key].desired, plan)
         out = [self._contested(name, verified.get(f.key) or f) for f in findings]
         return out, healed
+
+    def _apply_and_verify(
+        self, name: str, control: Control, guard: _Guard, drift: list[Finding]
+    ) -> dict[str, Finding]:
+        """apply -> (arm a rollback) -> check again; the verified finding per drifted key."""
+        reversible = self.gate is not None and callable(getattr(control, "snapshot", None))
+        if reversible and self.gate is not None:
+            reason = self.gate.held(name)
+            if reason:  # rolled back and not confirmed: healing it again would re-lock
+                return {f.key: f.with_status(Status.DRIFT, f"{f.message}; {reason}") for f in drift}
+        try:
+            before = self._snapshot(name, control, guard) if reversible else None
+        except Exception as exc:  # noqa: BLE001 - no way back: the heal must not happen
+            refused = f"not healed: cannot record the state to roll back to ({_describe(exc)})"
+            return {f.key: f.with_status(Status.FAILED, refused) for f in drift}
+        try:
+            results = {r.key: r for r in guard.call("apply", control.apply, drift)}
+        finally:
+            if before is not None:
+                self._arm(name, control, guard, before)
+        after = {f.key: f for f in guard.call("check", control.check)}
+        return {f.key: self._verify(f, results.get(f.key), after.get(f.key)) for f in drift}
 
     def _contested(self, name: str, finding: Finding) -> Finding:
         """A contested item reads `contested` (ok, healed or waiting) until it is forgiven."""
@@ -297,6 +328,31 @@ class Engine:
             Status.DRIFT: f"{finding.message}; healed at the next sweep",
         }[finding.status]
         return finding.with_status(Status.CONTESTED, f"{now}; {fight}")
+
+    def _snapshot(self, name: str, control: Control, guard: _Guard) -> Any:
+        """The control's state before a heal the gate wants confirmable, else None."""
+        if self.gate is None or not self.gate.wants_snapshot(name):
+            return None
+        return guard.call("snapshot", control.snapshot)  # type: ignore[attr-defined]
+
+    def _arm(self, name: str, control: Control, guard: _Guard, before: Any) -> None:
+        # Armed only when the heal really changed something: a refused or
+        # failed heal leaves nothing to confirm. Compared after a failed apply
+        # too, since a partial change must still be rolled back.
+        # A snapshot that fails now counts as changed: rolling back is the safe side.
+        try:
+            changed = guard.call("snapshot", control.snapshot) != before  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001
+            changed = True
+        if not changed or self.gate is None:
+            return
+        try:
+            self.gate.armed(name, before)
+        except Exception as exc:  # no record, no way back: undo at once
+            guard.call("restore", control.restore, before)  # type: ignore[attr-defined]
+            raise RuntimeError(
+                f"cannot record the rollback ({_describe(exc)}): the change was undone"
+            ) from exc
 
     def _verify(self, before: Finding, result: Optional[Finding], after: Optional[Finding]) -> Finding:
         claimed = result.status if result is not None else Status.HEALED

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 STATE_DIR = "/var/lib/k3s-agentd"
@@ -152,6 +153,55 @@ class Host:
         finally:
             os.close(dfd)
 
+    def remove(self, absolute: str, backup: bool = True) -> Optional[str]:
+        """Delete a regular file, a copy kept in the backup dir first.
+
+        Returns the backup path, or None when nothing was removed. A symlink or
+        anything but a regular file is refused, as in write_atomic.
+        """
+        if self.read_only:
+            raise HostError(f"{absolute}: not removed, this is a read-only run")
+        if any(part in (".", "..") for part in absolute.split("/")) or not absolute.startswith("/"):
+            raise HostError(f"{absolute}: not a normalised absolute path, not removed")
+        parent, name = os.path.split(absolute)
+        dfd = self._open_parent(parent)
+        try:
+            old = _lstat_at(name, dfd)
+            if old is None:
+                return None
+            if not stat.S_ISREG(old.st_mode):
+                raise HostError(f"{absolute}: exists and is not a regular file, refusing to remove it")
+            saved = self._backup(absolute, dfd, name) if backup else absolute
+            os.unlink(name, dir_fd=dfd)
+            os.fsync(dfd)
+            return saved
+        finally:
+            os.close(dfd)
+
+    @contextlib.contextmanager
+    def lock(self, absolute: str, timeout: float = 30.0) -> Iterator[None]:
+        """An exclusive flock on a (0600, created when missing) lock file, for one
+        read-modify-write of agent state shared between processes."""
+        parent, name = os.path.split(absolute)
+        dfd = self._open_parent(parent)
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise HostError(f"{absolute}: still locked after {timeout:g}s") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
     def _open_parent(self, absolute: str) -> int:
         """An fd for a host directory, made (0755) where missing, walked one component at a time.
 
@@ -262,6 +312,25 @@ class Host:
             raise HostError(f"{argv[0]}: not installed") from exc
         except subprocess.TimeoutExpired as exc:
             raise HostError(f"{' '.join(argv)}: no answer within {timeout:g}s") from exc
+
+    def spawn(self, argv: Sequence[str], env: Optional[dict[str, str]] = None) -> int:
+        """Start a command detached from us and from our terminal (own session, no
+        stdio, argv only); return its pid. It outlives us and a hung-up SSH session."""
+        if self.read_only:
+            raise HostError(f"{argv[0]}: not started, this is a read-only run")
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                env=env,
+            )
+        except FileNotFoundError as exc:
+            raise HostError(f"{argv[0]}: not installed") from exc
+        return proc.pid
 
 
 def _open_child(fd: int, part: str) -> int:

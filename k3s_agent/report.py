@@ -61,6 +61,9 @@ def build_document(
             for c in cycle.controls
         ],
         "daemon": daemon or {},
+        # commit-confirmed state (k3s_agent/confirm.py): None, or what awaits
+        # confirmation / was rolled back; filled in by whoever knows the record.
+        "confirmation": None,
     }
 
 
@@ -120,6 +123,7 @@ def render_table(document: dict[str, Any], verbose: bool = False) -> str:
     out.append(head)
     counts = ", ".join(f"{n} {s}" for s, n in summary["by_status"].items() if n)
     out.append(f"{summary['items']} items: {counts}")
+    out += _confirmation_lines(document.get("confirmation") or {})
     for control in document["controls"]:
         csum = control["summary"]
         facts = control.get("facts") or {}
@@ -152,6 +156,22 @@ def render_table(document: dict[str, Any], verbose: bool = False) -> str:
         out.append("")
         out.append(daemon["note"])
     return "\n".join(out) + "\n"
+
+
+def _confirmation_lines(confirmation: dict[str, Any]) -> list[str]:
+    """`awaiting confirmation (rollback at ...)` or what was rolled back, per control."""
+    if not confirmation.get("message"):
+        return []
+    lines = [f"!! {confirmation['message']}"]
+    states = confirmation.get("controls") or {}
+    for name, state in states.items():
+        detail = state.get("rollback_at") or state.get("note") or ""
+        lines.append(f"   {name}: {state.get('state')} {detail}".rstrip())
+    if any(state.get("state") == "awaiting confirmation" for state in states.values()):
+        lines.append(
+            "   keep it: `k3s-agentctl confirm` from a NEW ssh session (proves you can still log in)"
+        )
+    return lines
 
 
 def _short(value: Any) -> str:

@@ -348,6 +348,43 @@ class SshdControl:
                 lines[number - 1] = "Include " + " ".join(f'"{p}"' for p in paths)
         return "\n".join(lines) + "\n"
 
+    # -- commit-confirmed (k3s_agent/confirm.py) ---------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Our drop-in (or its absence) and our marked block in sshd_config (or its
+        absence, and where it stood): all we ever write."""
+        main = self._main_text() or ""
+        span = block_span(main)
+        block = None if span is None else "".join(main.splitlines(keepends=True)[span[0] - 1 : span[1]])
+        return {"dropin": self.host.read_text(DROPIN), "block": block, "block_line": span[0] if span else 0}
+
+    def restore(self, taken: dict[str, Any]) -> str:
+        """Put snapshot()'s drop-in and block back byte for byte, then reload sshd as a
+        heal does (only when a file changed). Others' lines in sshd_config stay."""
+        done = []
+        current = self.host.read_text(DROPIN)
+        if taken["dropin"] is None and current is not None:
+            saved = self.host.remove(DROPIN)
+            done.append(f"removed {DROPIN} (it did not exist before; copy kept in {saved})")
+        elif taken["dropin"] is not None and current != taken["dropin"]:
+            self.host.write_atomic(DROPIN, taken["dropin"].encode(), mode=0o600)
+            done.append(f"{DROPIN} as it was")
+        main = self._main_text()
+        if main is not None:
+            lines = strip_block(main).splitlines(keepends=True)
+            if taken["block"] is not None:
+                lines.insert(max(int(taken["block_line"]) - 1, 0), taken["block"])
+            if "".join(lines) != main:
+                st = os.stat(self.host.path(MAIN), follow_symlinks=False)
+                mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
+                self.host.write_atomic(MAIN, "".join(lines).encode(), mode=mode, uid=uid, gid=gid)
+                done.append(
+                    f"the managed block of {MAIN} as it was" if taken["block"] else f"no block in {MAIN}"
+                )
+        if not done:
+            return "sshd files already as they were (nothing to reload)"
+        return "; ".join(done) + "; " + self.reload()
+
     # -- plumbing ---------------------------------------------------------------------
 
     def _sshd(self, args: list[str], cached: bool = True) -> Any:

@@ -26,7 +26,14 @@ from k3s_agent.controls import specs
 from k3s_agent.controls.base import ControlSpec, Lint
 from k3s_agent.host import Host
 from k3s_agent.model import Mode
-from k3s_agent.policy.model import PROFILES, ContestSettings, ControlPolicy, Policy, Waiver
+from k3s_agent.policy.model import (
+    DEFAULT_CONFIRM_TIMEOUT,
+    PROFILES,
+    ContestSettings,
+    ControlPolicy,
+    Policy,
+    Waiver,
+)
 from k3s_agent.policy.schema import (
     Field,
     PolicyError,
@@ -72,6 +79,9 @@ TOP_FIELDS: dict[str, Field] = {
     # a huge timeout overflows Thread.join.
     "interval": Field(float, between(1, 86400), doc="seconds between full check cycles"),
     "control_timeout": Field(float, between(1, 3600), doc="seconds one control may take"),
+    "confirm_timeout": Field(
+        float, between(0, 86400), doc="seconds to confirm the first enforcing firewall/sshd change; 0 = off"
+    ),
     "contest": Field(dict),
     "metrics": Field(dict),
     "waiver": Field(list),
@@ -458,6 +468,7 @@ def build_policy(layers: list[Layer], host: Host, profile: str) -> Policy:
         mode=mode,
         interval=float(merged.get("interval", 60)),
         control_timeout=float(merged.get("control_timeout", 30)),
+        confirm_timeout=float(merged.get("confirm_timeout", DEFAULT_CONFIRM_TIMEOUT)),
         contest=ContestSettings(
             threshold=contest.get("threshold", 3),
             window=float(contest.get("window", 600)),

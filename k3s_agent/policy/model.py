@@ -14,6 +14,9 @@ from k3s_agent.model import Mode
 # in the loader so `k3s-agentctl status` can build its argument parser
 # without importing the loader.
 PROFILES = ("k3s-cis-server", "k3s-cis-agent")
+# Seconds the daemon's first enforcing firewall/sshd change waits for
+# `k3s-agentctl confirm` before it is rolled back (k3s_agent/confirm.py).
+DEFAULT_CONFIRM_TIMEOUT = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Policy:
     waivers: tuple[Waiver, ...]
     sources: tuple[str, ...]
     metrics_textfile: Optional[str] = None
+    confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT
 
     def with_mode(self, mode: Mode) -> Policy:
         """This policy with every control (and the default) in one mode."""

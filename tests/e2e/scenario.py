@@ -47,6 +47,9 @@ version = 1
 extends = "auto"
 mode = "enforce"
 interval = {INTERVAL}
+# commit-confirmed first enforcement has its own e2e (test_confirm.py):
+# here nobody confirms, and a rollback mid-scenario would hold firewall and sshd
+confirm_timeout = 0
 """
 BROKEN_POLICY = """# e2e: refused on purpose (interval must be a number >= 1)
 version = 1

@@ -186,6 +186,31 @@ class FirewallControl:
             )
         return [f.with_status(Status.HEALED, healed) for f in drift]
 
+    # -- commit-confirmed (k3s_agent/confirm.py) ---------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Our ruleset, and nothing foreign, in every backend that can hold it here:
+        a heal may also remove our leftovers in the other backend."""
+        taken: dict[str, Any] = {}
+        nft = NftBackend(self.host)
+        if nft.runner.available() is None:
+            taken["nftables"] = nft.snapshot_ours()
+        if isinstance(self.backend, IptablesBackend) or legacy_filter_loaded(self.host.proc):
+            taken["iptables"] = IptablesBackend().snapshot_ours()
+        return taken
+
+    def restore(self, taken: dict[str, Any]) -> str:
+        """Put our ruleset back as snapshot() saw it; the engine verifies nothing here:
+        the caller (a rollback) reports what was restored."""
+        if self.host.root != "/" and in_initial_netns(self.host.proc):
+            raise NftError(ROOTED_IN_HOST_NETNS)
+        done = []
+        if "nftables" in taken:
+            done.append("nftables: " + NftBackend(self.host).restore_ours(taken["nftables"]))
+        if "iptables" in taken:
+            done.append(IptablesBackend().restore_ours(taken["iptables"]))
+        return "; ".join(done) or "nothing (no firewall backend was usable when the change was made)"
+
     def watches(self) -> list[Watch]:
         if not desired.configured(self.policy):
             return []

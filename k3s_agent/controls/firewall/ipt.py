@@ -354,6 +354,68 @@ class IptablesBackend:
                 chain.delete()
                 table.commit()
 
+    def snapshot_ours(self) -> dict[str, Any]:
+        """Per family: our chain's rules (python-iptables dicts, counters left out)
+        or None when it does not exist, where INPUT jumps to it, INPUT's policy."""
+        taken: dict[str, Any] = {}
+        with xtables_lock():
+            for family in self.families:
+                table = self._table(family)
+                table.refresh()
+                rules = None
+                if table.is_chain(IPT_CHAIN):
+                    rules = [self._decode(r, family) for r in self.iptc.Chain(table, IPT_CHAIN).rules]
+                    rules = [{k: v for k, v in r.items() if k != "counters"} for r in rules]
+                input_chain = self.iptc.Chain(table, "INPUT")
+                jumps = [
+                    index
+                    for index, rule in enumerate(input_chain.rules, start=1)
+                    if self._decode(rule, family).get("target") == IPT_CHAIN
+                ]
+                policy = input_chain.get_policy().name
+                taken[str(family)] = {"chain": rules, "jumps": jumps, "policy": policy}
+        return taken
+
+    def restore_ours(self, taken: dict[str, Any]) -> str:
+        """Our chain, our jumps and INPUT's policy back as snapshot_ours() saw them;
+        nothing else is touched. One commit per table, under the xtables lock."""
+        done = []
+        with xtables_lock():
+            for family in self.families:
+                part = taken.get(str(family))
+                if part is None:
+                    continue
+                table = self._table(family)
+                table.refresh()
+                self._put_back(table, family, part)
+                table.commit()
+                label = "ip6tables" if family == 6 else "iptables"
+                rules = part["chain"]
+                done.append(
+                    f"{label}: " + ("no chain" if rules is None else f"{IPT_CHAIN} with {len(rules)} rules")
+                )
+        return "; ".join(done) or "nothing of ours in iptables"
+
+    def _put_back(self, table: Any, family: int, part: dict[str, Any]) -> None:
+        iptc = self.iptc
+        input_chain = iptc.Chain(table, "INPUT")
+        for rule in list(input_chain.rules):
+            if self._decode(rule, family).get("target") == IPT_CHAIN:
+                input_chain.delete_rule(rule)
+        if table.is_chain(IPT_CHAIN):
+            iptc.Chain(table, IPT_CHAIN).flush()
+            if part["chain"] is None:
+                iptc.Chain(table, IPT_CHAIN).delete()
+        elif part["chain"] is not None:
+            table.create_chain(IPT_CHAIN)
+        for spec in part["chain"] or []:
+            iptc.Chain(table, IPT_CHAIN).append_rule(self._encode(spec, family))
+        for position in sorted(part["jumps"]):
+            jump = iptc.easy.encode_iptc_rule({"target": IPT_CHAIN}, ipv6=family == 6)
+            input_chain.insert_rule(jump, position=min(position - 1, len(input_chain.rules)))
+        if input_chain.get_policy().name != part["policy"]:
+            input_chain.set_policy(getattr(iptc.Policy, part["policy"]))
+
     def _foreign(self, table: Any, family: int) -> dict[str, list[bytes]]:
         """Every chain but ours, rule by rule as raw entries (counters zeroed), our jump left out.
 

@@ -110,6 +110,34 @@ class NftRunner:
             raise NftError(err.strip() or f"list ruleset failed ({rc})")
         return str(out)
 
+    def run_text(self, text: str) -> None:
+        """One batch of commands in nft's own syntax (`nft -f -`): one transaction."""
+        if self._module is not None:
+            nft = self._module.Nftables()
+            nft.set_json_output(False)
+            rc, _out, err = nft.cmd(text)
+        else:
+            result = self._nft(["-f", "-"], text)
+            rc, err = result.returncode, result.stderr
+        if rc != 0:
+            raise NftError(str(err).strip() or f"nft -f returned {rc}")
+
+    def table_text(self) -> Optional[str]:
+        """Our table as `nft -s list table` prints it (input nft -f accepts), None when absent."""
+        if self._module is not None:
+            nft = self._module.Nftables()
+            nft.set_json_output(False)
+            nft.set_stateless_output(True)
+            rc, out, err = nft.cmd(f"list table {FAMILY} {TABLE}")
+        else:
+            result = self._nft(["-s", "list", "table", FAMILY, TABLE], None)
+            rc, out, err = result.returncode, result.stdout, result.stderr
+        if rc == 0:
+            return str(out)
+        if "No such file or directory" in str(err):
+            return None
+        raise NftError(str(err).strip() or f"list table failed ({rc})")
+
     def _nft(self, args: list[str], stdin: Optional[str]) -> Any:
         binary = self.host.which("nft")
         if binary is None:
@@ -367,6 +395,21 @@ class NftBackend:
 
     def remove(self) -> None:
         self.runner.run([{"delete": {"table": _table()}}])
+
+    def snapshot_ours(self) -> Optional[str]:
+        """Our table as text, None when it does not exist (commit-confirmed rollback)."""
+        return self.runner.table_text()
+
+    def restore_ours(self, text: Optional[str]) -> str:
+        """Put our table back exactly as snapshot_ours() saw it, in one transaction;
+        no other table is named, so none is touched."""
+        head = f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
+        if text is None:
+            if self.present():
+                self.runner.run_text(head)
+            return f"no table {FAMILY} {TABLE} (as before)"
+        self.runner.run_text(head + text)
+        return f"table {FAMILY} {TABLE} as it was ({len(text.splitlines())} lines)"
 
     def foreign_snapshot(self) -> dict[str, str]:
         """Every table but ours, as `nft -s` prints it: table header -> its text."""
