@@ -266,6 +266,26 @@ class Ledger:
             )
         return armed
 
+    def establish(self, name: str, by: str) -> bool:
+        """A control found compliant in enforce mode with no entry: nothing to confirm.
+
+        An upgraded node that already enforced (or one hardened by hand) is not
+        gated on its next drift repair: there was no first change to prove, and
+        rolling a repair back would restore the drift. True when it was recorded.
+        """
+
+        def put(record: Record) -> bool:
+            if name in record.entries:
+                return False
+            record.entries[name] = Entry(
+                ESTABLISHED, at=self.clock.wall(), by=by, note="compliant when first enforced"
+            )
+            return True
+
+        if name in self.read().entries:
+            return False  # the common case, without taking the lock
+        return bool(self._change(put))
+
     def confirm(self, session: str) -> list[str]:
         """Keep every pending change; return the controls confirmed."""
 
@@ -415,6 +435,11 @@ class Gate:
         if entry is None:
             return True
         return self.every_change and entry.state != PENDING
+
+    def settled(self, name: str) -> None:
+        """The control is compliant in enforce mode: see Ledger.establish."""
+        if self.timeout > 0 and not self.every_change:
+            self.ledger.establish(name, self.by)
 
     def armed(self, name: str, snapshot: Any) -> None:
         self.ledger.arm(name, snapshot, self.timeout, self.by, self.session)

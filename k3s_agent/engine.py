@@ -34,6 +34,8 @@ class Gate(Protocol):
 
     def armed(self, name: str, snapshot: Any) -> None: ...  # the heal changed it: start the clock
 
+    def settled(self, name: str) -> None: ...  # compliant in enforce mode, nothing changed
+
 
 @dataclasses.dataclass
 class ControlReport:
@@ -285,6 +287,8 @@ class Engine:
                 # never lapses for longer than one interval.
                 if sweep or self.contest.contest(item) is None:
                     drift.append(f)
+        if not drift and self.gate is not None and _reversible(control) and _all_compliant(findings):
+            self.gate.settled(name)  # nothing changed: no first change left to confirm
         verified = self._apply_and_verify(name, control, guard, drift) if drift else {}
         healed = {key for key, f in verified.items() if f.status is Status.HEALED}
         for key in healed:
@@ -296,7 +300,7 @@ class Engine:
         self, name: str, control: Control, guard: _Guard, drift: list[Finding]
     ) -> dict[str, Finding]:
         """apply -> (arm a rollback) -> check again; the verified finding per drifted key."""
-        reversible = self.gate is not None and callable(getattr(control, "snapshot", None))
+        reversible = self.gate is not None and _reversible(control)
         if reversible and self.gate is not None:
             reason = self.gate.held(name)
             if reason:  # rolled back and not confirmed: healing it again would re-lock
@@ -406,3 +410,12 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ControlTimeout):
         return f"timeout: {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _reversible(control: Control) -> bool:
+    """The control can be rolled back (offers snapshot() and restore())."""
+    return callable(getattr(control, "snapshot", None)) and callable(getattr(control, "restore", None))
+
+
+def _all_compliant(findings: list[Finding]) -> bool:
+    return all(f.status in (Status.OK, Status.ABSENT, Status.UNSUPPORTED) for f in findings)

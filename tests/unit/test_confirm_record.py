@@ -232,6 +232,28 @@ def test_engine_arms_the_first_change_only(ledger: Ledger) -> None:
     assert ledger.read().entries["knob"].state == "established"
 
 
+def test_compliant_when_first_enforced_is_established_and_a_later_repair_not_armed(ledger: Ledger) -> None:
+    """An upgraded node that already enforced: its next drift repair is not rolled back
+    (that would restore the drift)."""
+    knob = Reversible({"a": 1}, {"a": 1})
+    engine = make_engine({"knob": knob}, {"knob": ["a"]})
+    engine.gate = Gate(ledger, 30, by="k3s-agentd")
+    assert statuses(engine.run_cycle(), "knob") == {"a": Status.OK}
+    assert ledger.read().entries["knob"].state == "established"
+    knob.world["a"] = 5  # someone undoes it
+    assert statuses(engine.run_cycle(), "knob") == {"a": Status.HEALED}
+    assert ledger.read().entries["knob"].state == "established"
+
+
+def test_a_pending_change_is_not_established_by_a_compliant_cycle(ledger: Ledger) -> None:
+    knob = Reversible({"a": 0}, {"a": 1})
+    engine = make_engine({"knob": knob}, {"knob": ["a"]})
+    engine.gate = Gate(ledger, 30, by="k3s-agentd")
+    engine.run_cycle()  # heals, arms
+    engine.run_cycle()  # compliant now: still awaiting confirmation
+    assert ledger.read().entries["knob"].state == "pending"
+
+
 def test_engine_does_not_arm_when_nothing_changed(ledger: Ledger) -> None:
     knob = Reversible({"a": 0}, {"a": 1}, stick=False)
     engine = make_engine({"knob": knob}, {"knob": ["a"]})
