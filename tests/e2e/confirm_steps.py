@@ -7,24 +7,22 @@ with a `kill -9` of the daemon in the window, and with a reboot in the
 window. Then a change that does not lock anyone out is confirmed from a real
 new SSH session and stays.
 
-The SSH probe: `operator_login(node, timeout, address)` has the signature of
-tests/e2e/operator.py (branch e2e-ssh); until both are merged this module
-carries a minimal one and a minimal peer (a network namespace joined to the
-node by a veth, re-wired after every boot). At merge, swap them for
-tests/e2e/operator.py and tests/e2e/peer.py.
+The SSH probe and the peer are the scenario's (tests/e2e/operator.py,
+tests/e2e/peer.py): the node's ens3 lives in a namespace made before the
+first boot, so a reboot finds the same wiring.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
 import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
 from tests.e2e.node import Node, wait_until
+from tests.e2e.operator import SSH_OPTIONS, ensure_operator, operator_login, peer_of
+from tests.e2e.peer import PEER4
 from tests.e2e.scenario import UNIT, Context, journal, node_now, status, unit_props
 
 CONFIRM = 20  # seconds: the test policy's confirm_timeout
@@ -35,9 +33,6 @@ BOOT_SLACK = 30.0  # a reboot in the window: nspawn down and up again
 POLICY = "/etc/k3s-agentd/policy.toml"
 RECORD = "/var/lib/k3s-agentd/confirm.json"
 DROPIN = "/etc/ssh/sshd_config.d/01-k3s-agentd.conf"
-OPERATOR = "k3sa-op"
-NODE_IF, PEER_IF = "ens3", "mgmt0"
-PEER4, NODE4 = "10.213.9.1", "10.213.9.2"
 
 LOCKING_POLICY = f"""# e2e: locks SSH out on purpose, rolled back because nobody confirms
 version = 1
@@ -74,75 +69,9 @@ ports = ["@ssh"]
 sources = ["@management"]
 order = 10
 """
-SSH_OPTIONS = (
-    *("-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"),
-    *("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"),
-)
 
 
-# -- a minimal peer and probe (same names and signatures as tests/e2e/operator.py) -----------
-
-
-class VethPeer:
-    """Where the operator logs in from: a netns on this machine, a veth into the node."""
-
-    timeout = 10.0
-    tcp_timeout = 1.0
-
-    def __init__(self, workdir: str) -> None:
-        self.ns = f"k3sa-cfpeer-{os.getpid()}"
-        self.address = NODE4
-        self.addresses = [NODE4]
-        self.key_path = os.path.join(workdir, "operator_ed25519")
-        self.public_key = ""
-
-    def create(self) -> None:
-        for old in (self.key_path, self.key_path + ".pub"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(old)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.key_path], check=True)
-        with open(self.key_path + ".pub", encoding="ascii") as handle:
-            self.public_key = handle.read().strip()
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "add", self.ns], check=True)
-
-    def wire(self, leader: int) -> None:
-        """A fresh veth into the node's network namespace (a reboot gives it a new one)."""
-        subprocess.run(["ip", "-n", self.ns, "link", "del", PEER_IF], capture_output=True, check=False)
-        subprocess.run(
-            ["ip", "link", "add", PEER_IF, "netns", self.ns, "type", "veth", "peer", "name", NODE_IF,
-             "netns", str(leader)], check=True)  # fmt: skip
-        node = ["nsenter", "-t", str(leader), "-n", "--"]
-        for prefix, addr, ifname in (
-            (["ip", "-n", self.ns], PEER4, PEER_IF),
-            ([*node, "ip"], NODE4, NODE_IF),
-        ):
-            subprocess.run([*prefix, "addr", "add", f"{addr}/24", "dev", ifname], check=True)
-            subprocess.run([*prefix, "link", "set", ifname, "up"], check=True)
-            subprocess.run([*prefix, "link", "set", "lo", "up"], check=True)
-
-    def prepare(self) -> None:
-        """The key already is where run() finds it."""
-
-    def run(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True, timeout=timeout
-        )
-
-    def destroy(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)
-
-
-def peer_of(node: Node) -> VethPeer:
-    peer = getattr(node, "peer", None)
-    if peer is None:
-        raise AssertionError(f"node {node.name} has no peer to log in from")
-    return peer
-
-
-def operator_login(node: Node, timeout: float = 10.0, address: Optional[str] = None) -> tuple[bool, str]:
-    """One NEW SSH login as the operator with its key, from the node's peer: (it worked, output)."""
-    return ssh_from_peer(node, OPERATOR, ["true"], timeout, address)
+# -- the probe's peer, and root's key for `confirm` --------------------------------------------
 
 
 def ssh_from_peer(
@@ -158,21 +87,11 @@ def ssh_from_peer(
     return done.returncode == 0, (done.stdout + done.stderr).strip()
 
 
-_ACCOUNT = r"""set -eu
-id -u "$1" >/dev/null 2>&1 || useradd -m -s /bin/bash -U "$1"
-usermod -p '*' "$1"
-for home in "/home/$1" /root; do
-  install -d -m 0700 "$home/.ssh"
-  printf '%s\n' "$2" > "$home/.ssh/authorized_keys"
-  chmod 0600 "$home/.ssh/authorized_keys"
-done
-chown -R "$1:$1" "/home/$1/.ssh"
-"""
-
-
-def ensure_operator(node: Node) -> None:
-    """The operator account with the peer's key (root gets it too: `confirm` runs as root)."""
-    node.run(["/bin/sh", "-c", _ACCOUNT, "sh", OPERATOR, peer_of(node).public_key])
+def ensure_root_key(node: Node) -> None:
+    """The peer's key for root too: `k3s-agentctl confirm` runs as root, from a new SSH session."""
+    key = peer_of(node).public_key + "\n"
+    node.run(["install", "-d", "-m", "0700", "/root/.ssh"])
+    node.copy_in(key.encode(), "/root/.ssh/authorized_keys", 0o600)
 
 
 # -- reading the node -----------------------------------------------------------------------
@@ -241,8 +160,8 @@ def reload_and_rearm(ctx: Context) -> float:
 def step_setup(ctx: Context) -> None:
     """Peer wired, operator account, a login works; the locking policy written."""
     node = ctx.node
-    peer_of(node).wire(node.leader)  # type: ignore[attr-defined]
     ensure_operator(node)
+    ensure_root_key(node)
     ok, output = operator_login(node)
     assert ok, f"no operator login before any policy: {output}"
     node.copy_in(LOCKING_POLICY.encode(), POLICY, 0o644)
@@ -290,7 +209,6 @@ def step_reboot_in_the_window(ctx: Context) -> None:
     node = ctx.node
     since = reload_and_rearm(ctx)
     node.reboot()
-    peer_of(node).wire(node.leader)  # type: ignore[attr-defined]
     back_in(ctx, since, CONFIRM + INTERVAL + SLACK + BOOT_SLACK, "a reboot in the window")
     held(node)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.confirm_steps import STEPS, VethPeer
+from tests.e2e.confirm_steps import STEPS
 from tests.e2e.conftest import REPO, _deb
 from tests.e2e.nspawn import NspawnNode, make_node_rootfs
 from tests.e2e.scenario import Context, Skipped, diagnostics
@@ -30,10 +30,7 @@ def confirm_ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
     started = time.monotonic()
     with open(work / "build.log", "w") as log:
         rootfs = make_node_rootfs(str(work), _deb(log), str(REPO / "tests" / "k3s_fixture"), log)
-    node = NspawnNode(rootfs, name="k3s-e2e-confirm")
-    peer = VethPeer(str(work))
-    peer.create()
-    node.peer = peer  # type: ignore[attr-defined]
+    node = NspawnNode(rootfs, name="k3s-e2e-confirm")  # with its own peer namespace (peer.py)
     node.boot()
     sys.stderr.write(
         f"\ne2e confirm node ready in {time.monotonic() - started:.0f}s; console {node.console_log}\n"
@@ -42,7 +39,6 @@ def confirm_ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
         yield Context(node, log=lambda line: sys.stderr.write(f"  {line}\n"))
     finally:
         node.shutdown()
-        peer.destroy()
         if not os.environ.get("K3S_AGENTD_E2E_KEEP"):
             subprocess.run(["rm", "-rf", "--one-file-system", rootfs], check=False)
 

@@ -150,7 +150,10 @@ def ssh_root(root: Path, tmp_path: Path) -> Path:
 
 def sshd_control(root: Path, items: dict[str, Any]) -> SshdControl:
     host = Host(root=str(root))
-    policy = ControlPolicy("sshd", Mode.ENFORCE, True, {}, {k: {"value": v} for k, v in items.items()})
+    # No accounts under this root: the lock-out guard (tested on its own) would
+    # refuse every change; these tests are about restore.
+    options = {"allow_lockout": True}
+    policy = ControlPolicy("sshd", Mode.ENFORCE, True, options, {k: {"value": v} for k, v in items.items()})
     return SshdControl(policy, host, sshd=SSHD, reload=Reloader(host, booted=False))
 
 
