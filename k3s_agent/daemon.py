@@ -126,7 +126,9 @@ class Daemon:
             return  # SIGTERM during the reload: the old policy runs until we exit
         save_last_good(self.host, policy)
         self.policy, self.policy_error, self.policy_fallback = policy, None, None
-        self.engine = self._engine(policy)
+        engine = self._engine(policy)
+        engine.contest.adopt(self.engine.contest)
+        self.engine = engine
         self._restart_watcher()
         released = self.ledger.release_held()
         if released:

@@ -169,6 +169,12 @@ class ContestTracker:
             fight.contested = fight.contested or len(fight.undos) >= self.settings.threshold
         return undo
 
+    def adopt(self, earlier: ContestTracker) -> None:
+        """Carry the fights of the engine a reload replaces: a SIGHUP must not
+        forgive an item (what counts as settled holds the desired values, so a
+        changed policy never turns our own change into an undo)."""
+        self.items = earlier.items
+
     def contest(self, item: Item) -> Optional[Contest]:
         """The item's fight if it is contested; forgiven after a window with no undo."""
         fight = self.items.get(item)

@@ -52,3 +52,22 @@ def test_sleep_sets_the_trigger(
     daemon.cycle()
     assert daemon.trigger == "sweep"  # one event cycle at a time
     assert (daemon.last_sweep == daemon.last_cycle) is (trigger == "sweep")
+
+
+def test_a_reload_keeps_who_is_contested(root: Path) -> None:
+    """SIGHUP builds a new engine; the fights of the old one carry over (a reload
+    must not forgive an item someone keeps undoing)."""
+    policy = root / "etc/k3s-agentd/policy.toml"
+    policy.write_text('extends = "none"\n')
+    daemon = Daemon(Host(root=str(root)), None, structlog.get_logger())
+    item = ("sysctl", "net.ipv4.ip_forward")
+    tracker = daemon.engine.contest
+    for _ in range(tracker.settings.threshold):
+        tracker.settled(item, "1", 0)
+        tracker.drifted(item, "1", 0)
+    assert tracker.contest(item) is not None
+    policy.write_text('extends = "none"\ninterval = 30\n')
+    old_engine = daemon.engine
+    daemon.reload()
+    assert daemon.engine is not old_engine and daemon.policy.interval == 30
+    assert daemon.engine.contest.contest(item) is not None
