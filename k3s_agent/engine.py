@@ -385,8 +385,12 @@ class Engine:
         return out
 
     def _failed_items(self, section: ControlPolicy, error: str) -> list[Finding]:
+        """Every item of a control that broke, failed, with its CIS id (reports count it)."""
         keys = list(section.items) or ["*"]
-        return [Finding(section.name, key, Status.FAILED, message=error) for key in keys]
+        return [
+            Finding(section.name, key, Status.FAILED, message=error, cis=_cis(section.items.get(key)))
+            for key in keys
+        ]
 
     def _facts(self, control: Control) -> dict[str, Any]:
         try:
@@ -425,3 +429,8 @@ def _reversible(control: Control) -> bool:
 
 def _all_compliant(findings: list[Finding]) -> bool:
     return all(f.status in (Status.OK, Status.ABSENT, Status.UNSUPPORTED) for f in findings)
+
+
+def _cis(item: Any) -> Optional[str]:
+    cis = item.get("cis") if isinstance(item, Mapping) else None
+    return str(cis) if cis else None

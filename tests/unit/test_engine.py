@@ -278,3 +278,16 @@ def test_facts_come_from_describe() -> None:
 def test_policy_objects_are_immutable() -> None:
     engine = make_engine({"knob": Knob({}, {})}, {"knob": []})
     assert dataclasses.is_dataclass(engine.policy)
+
+
+def test_a_broken_control_fails_its_items_with_their_cis_ids() -> None:
+    """Reports (kube-bench JSON) count a crashed control's checks as FAIL, not missing."""
+    engine = make_engine({"broken": Broken({}, {})}, {"broken": ["x", "y"]})
+    section = engine.policy.controls["broken"]
+    items = {"x": {"cis": "1.1.1"}, "y": {}}
+    engine.policy.controls["broken"] = dataclasses.replace(section, items=items)
+    findings = engine.run_cycle().controls[0].findings
+    assert {f.key: (f.status, f.cis) for f in findings} == {
+        "x": (Status.FAILED, "1.1.1"),
+        "y": (Status.FAILED, None),
+    }
