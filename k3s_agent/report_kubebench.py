@@ -83,9 +83,10 @@ _LIST_LIMIT = 20  # items named in one check's actual_value / expected_result
 
 
 def cis_ids(value: Optional[str]) -> list[str]:
-    """The benchmark ids a finding's `cis` names ("1.2.6/1.2.7/1.2.8"); others dropped."""
-    parts = re.split(r"[/,\s]+", value or "")
-    return [p for p in parts if _CIS_ID.match(p)]
+    """The benchmark ids a finding's `cis` names ("1.2.6/1.2.7/1.2.8"); none unless
+    every part is an id (free text that mentions a number is no benchmark check)."""
+    parts = [p for p in re.split(r"[/,\s]+", value or "") if p]
+    return parts if parts and all(_CIS_ID.match(p) for p in parts) else []
 
 
 def section_of(cis: str) -> str:
