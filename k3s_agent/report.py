@@ -104,7 +104,14 @@ FORMATS = ("table", "json", "prometheus", "kube-bench-json", "junit")
 
 
 def render(document: dict[str, Any], fmt: str, verbose: bool = False) -> str:
-    """The document in one of FORMATS (docs/reports.md)."""
+    """The document in one of FORMATS (docs/reports.md), always encodable as UTF-8:
+    a file name that is not UTF-8 comes back from os as lone surrogates
+    (surrogateescape), which would make printing the report raise."""
+    text = _render(document, fmt, verbose)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _render(document: dict[str, Any], fmt: str, verbose: bool) -> str:
     if fmt == "json":
         return to_json(document)
     if fmt == "prometheus":

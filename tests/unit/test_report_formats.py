@@ -332,3 +332,29 @@ def test_cli_check_formats_end_to_end(root: Path) -> None:
     out = json.loads(kb.stdout)
     assert [c["id"] for c in out["Controls"]][:1] == ["1"]  # the server profile's control-plane checks
     assert sum(out["Totals"].values()) == len(by_number(out)) > 20
+
+
+def test_cli_status_offline_renders_the_last_status_file(root: Path) -> None:
+    (root / "run/k3s-agentd/status.json").write_text(json.dumps(document()))
+    kb = agentctl(root, "status", "--format", "kube-bench-json")
+    assert kb.returncode == 3
+    assert by_number(json.loads(kb.stdout))["1.2.16"]["status"] == "FAIL"
+    assert "k3s-agentd is NOT running" in kb.stderr  # the note, outside the report
+    prom = agentctl(root, "status", "--prometheus")
+    assert prom.returncode == 3 and "k3s_agentd_verdict 2" in prom.stdout
+    (root / "run/k3s-agentd/status.json").unlink()
+    junit = agentctl(root, "status", "--format", "junit")
+    assert (junit.returncode, junit.stdout) == (3, "")
+    assert "has recorded no status" in junit.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "prometheus", "kube-bench-json", "junit"])
+def test_every_format_encodes_a_name_that_is_not_utf8(fmt: str) -> None:
+    name = os.fsdecode(b"/etc/bad-\xff-name")  # as os.listdir returns it: a lone surrogate
+    doc = document()
+    doc["controls"][0]["findings"].append(
+        Finding("files", name, Status.DRIFT, "0600", "0644", cis="1.1.20").to_dict()
+    )
+    text = render(doc, fmt, verbose=True)
+    text.encode("utf-8")  # printable
+    assert "bad-" in text
