@@ -107,7 +107,11 @@ def render(document: dict[str, Any], fmt: str, verbose: bool = False) -> str:
     """The document in one of FORMATS (docs/reports.md), always encodable as UTF-8:
     a file name that is not UTF-8 comes back from os as lone surrogates
     (surrogateescape), which would make printing the report raise."""
-    text = _render(document, fmt, verbose)
+    return utf8(_render(document, fmt, verbose))
+
+
+def utf8(text: str) -> str:
+    """Lone surrogates as a visible backslash escape; everything else unchanged."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
@@ -258,7 +262,7 @@ def render_prometheus(document: dict[str, Any]) -> str:
                 f"# TYPE k3s_agentd_{name} counter",
                 f"k3s_agentd_{name} {daemon[name]}",
             ]
-    return "\n".join(lines) + "\n"
+    return utf8("\n".join(lines) + "\n")  # the daemon's metrics endpoint encodes it too
 
 
 def _esc(value: str) -> str:

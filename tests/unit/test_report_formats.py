@@ -19,7 +19,7 @@ from k3s_agent.cli import main
 from k3s_agent.engine import ControlReport, CycleReport
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ContestSettings, Policy
-from k3s_agent.report import build_document, exit_code, render
+from k3s_agent.report import build_document, exit_code, render, render_prometheus
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "reports"
 REPO = Path(__file__).resolve().parents[2]
@@ -357,4 +357,5 @@ def test_every_format_encodes_a_name_that_is_not_utf8(fmt: str) -> None:
     )
     text = render(doc, fmt, verbose=True)
     text.encode("utf-8")  # printable
+    render_prometheus(doc).encode("utf-8")  # what the daemon's metrics endpoint serves
     assert "bad-" in text
