@@ -25,11 +25,10 @@ from k3s_agent.policy.schema import PolicyError
 from k3s_agent.report import (
     EXIT_FAILED,
     EXIT_UNKNOWN,
+    FORMATS,
     build_document,
     exit_code,
-    render_prometheus,
-    render_table,
-    to_json,
+    render,
 )
 from k3s_agent.statusd import STATUS_NAME, NoAnswer, ask, query
 
@@ -42,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--proc", default=os.environ.get("K3S_AGENTD_PROC", "/proc"), help="proc mount")
     common.add_argument("--json", action="store_true", help="the node-compliance JSON document")
     common.add_argument("--verbose", "-v", action="store_true", help="show ok items too")
+    # the report formats (docs/reports.md); `--json` stays the same as `--format json`
+    formats = argparse.ArgumentParser(add_help=False)
+    formats.add_argument("--format", choices=FORMATS, help="output format (default: table)")
     with_policy = argparse.ArgumentParser(add_help=False)
     source = with_policy.add_mutually_exclusive_group()
     source.add_argument("--policy", help="policy file (default: the installed policy + policy.d)")
@@ -49,11 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     with_policy.add_argument("--control", action="append", help="only this control (repeatable)")
 
     sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", parents=[common], help="what the daemon sees now")
-    status.add_argument("--prometheus", action="store_true", help="Prometheus text format")
-    sub.add_parser("check", parents=[common, with_policy], help="one read-only check, no daemon needed")
-    sub.add_parser("diff", parents=[common, with_policy], help="what apply would change")
-    apply = sub.add_parser("apply", parents=[common, with_policy], help="one enforcing cycle")
+    status = sub.add_parser("status", parents=[common, formats], help="what the daemon sees now")
+    status.add_argument("--prometheus", action="store_true", help="same as --format prometheus")
+    check_help = "one read-only check, no daemon needed"
+    sub.add_parser("check", parents=[common, formats, with_policy], help=check_help)
+    sub.add_parser("diff", parents=[common, formats, with_policy], help="what apply would change")
+    apply = sub.add_parser("apply", parents=[common, formats, with_policy], help="one enforcing cycle")
     apply.add_argument("--all", action="store_true", help="also enforce controls the policy has in audit")
     apply.add_argument(
         "--confirm",
@@ -76,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if "format" in args:
+        args.format = _output_format(parser, args)
     read_only = args.command in ("check", "diff", "validate", "status")
     host = Host(root=args.root, proc=args.proc, read_only=read_only)
     handler = {
@@ -113,8 +119,20 @@ def _refused(exc: PolicyError) -> int:
     return EXIT_FAILED
 
 
+def _output_format(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """--format, or its older spellings --json / --prometheus; two different ones are an error."""
+    asked = {args.format} - {None}
+    if args.json:
+        asked.add("json")
+    if getattr(args, "prometheus", False):
+        asked.add("prometheus")
+    if len(asked) > 1:
+        parser.error(f"choose one output format, not {' and '.join(sorted(asked))}")
+    return asked.pop() if asked else "table"
+
+
 def _emit(args: argparse.Namespace, document: dict[str, Any]) -> int:
-    sys.stdout.write(to_json(document) if args.json else render_table(document, args.verbose))
+    sys.stdout.write(render(document, args.format, args.verbose))
     return exit_code(document)
 
 
@@ -277,7 +295,7 @@ def cmd_diff(args: argparse.Namespace, host: Host) -> int:
         _, document = _one_cycle(args, host, enforce=False)
     except PolicyError as exc:
         return _refused(exc)
-    if args.json:
+    if args.format != "table":
         return _emit(args, document)
     changes = 0
     for control in document["controls"]:
@@ -325,9 +343,6 @@ def cmd_status(args: argparse.Namespace, host: Host) -> int:
         document = ask(host.run_dir, "status")
     except NoAnswer as exc:
         return _status_offline(args, host, exc)
-    if args.prometheus:
-        sys.stdout.write(render_prometheus(document))
-        return exit_code(document)
     return _emit(args, document)
 
 
@@ -342,10 +357,11 @@ def _status_offline(args: argparse.Namespace, host: Host, why: NoAnswer) -> int:
     except (OSError, HostError, ValueError):
         message = f"k3s-agentd is {state.replace('NOT', 'not')} and has recorded no status ({why})"
         daemon = {"running": why.running, "answered": False, "reason": str(why)}
-        if args.json:
+        if args.format == "json":
             print(json.dumps({"daemon": daemon, "error": message}))
         else:
-            print(message)
+            # table: the reader; machine formats: stdout stays empty, not a broken report
+            print(message, file=sys.stdout if args.format == "table" else sys.stderr)
         return EXIT_UNKNOWN
     if not isinstance(document.get("daemon"), dict):
         document["daemon"] = {}
@@ -354,10 +370,9 @@ def _status_offline(args: argparse.Namespace, host: Host, why: NoAnswer) -> int:
     daemon["note"] = (
         f"k3s-agentd is {state}; last status from {host.path(path)} ({document.get('generated_at')}); {why}"
     )
-    if args.json:
-        print(to_json(document), end="")
-    else:
-        sys.stdout.write(render_table(document, args.verbose))
+    if args.format not in ("table", "json"):
+        print(daemon["note"], file=sys.stderr)  # these formats have no place for it
+    sys.stdout.write(render(document, args.format, args.verbose))
     return EXIT_UNKNOWN
 
 

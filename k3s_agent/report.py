@@ -1,4 +1,5 @@
-"""The node-compliance document, and its renderings: table, JSON, Prometheus text.
+"""The node-compliance document, and its renderings: table, JSON, Prometheus text
+(kube-bench JSON and JUnit XML in report_kubebench.py / report_junit.py).
 
 The JSON schema is versioned (SCHEMA, SCHEMA_VERSION) and documented in
 docs/status-schema.md; fields are only ever added within a version.
@@ -97,6 +98,37 @@ def exit_code(document: dict[str, Any]) -> int:
 
 def to_json(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
+FORMATS = ("table", "json", "prometheus", "kube-bench-json", "junit")
+
+
+def render(document: dict[str, Any], fmt: str, verbose: bool = False) -> str:
+    """The document in one of FORMATS (docs/reports.md), always encodable as UTF-8:
+    a file name that is not UTF-8 comes back from os as lone surrogates
+    (surrogateescape), which would make printing the report raise."""
+    return utf8(_render(document, fmt, verbose))
+
+
+def utf8(text: str) -> str:
+    """Lone surrogates as a visible backslash escape; everything else unchanged."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _render(document: dict[str, Any], fmt: str, verbose: bool) -> str:
+    if fmt == "json":
+        return to_json(document)
+    if fmt == "prometheus":
+        return render_prometheus(document)
+    if fmt == "kube-bench-json":
+        from k3s_agent import report_kubebench
+
+        return report_kubebench.render(document)
+    if fmt == "junit":
+        from k3s_agent import report_junit
+
+        return report_junit.render(document)
+    return render_table(document, verbose)
 
 
 # -- human table -------------------------------------------------------------------
@@ -230,7 +262,7 @@ def render_prometheus(document: dict[str, Any]) -> str:
                 f"# TYPE k3s_agentd_{name} counter",
                 f"k3s_agentd_{name} {daemon[name]}",
             ]
-    return "\n".join(lines) + "\n"
+    return utf8("\n".join(lines) + "\n")  # the daemon's metrics endpoint encodes it too
 
 
 def _esc(value: str) -> str:
