@@ -8,8 +8,12 @@ Per item the verdict separates what a restart would change from what it would no
   configured not, running ok         -> drift ("running but not configured":
                                         someone started K3s by hand; lost at restart)
   configured not, running not        -> drift (missing / wrong value)
+An unset flag counts as the component's own default (args.COMPONENT_DEFAULTS).
+A drift the item's `benchmark` table (the benchmark's weaker requirement) does
+not share is ok, "stricter than CIS x.y: ..." (beyond_benchmark = "enforce": drift).
 Remediation is opt-in (`remediate = "config"`): the missing settings are written
-to <config>.d/90-k3s-agentd.yaml, and the item becomes pending. K3s is never
+to <config>.d/90-k3s-agentd.yaml, each component flag once, only after every
+path the new args name is in place; the item becomes pending. K3s is never
 restarted by the agent.
 
 The audit policy and the admission (Pod Security + EventRateLimit) config that
@@ -258,7 +262,8 @@ class K3sArgsControl:
             observed = {"configured": conf.observed, "running": run.observed}
         verdict = _verdict(component, conf, run)
         bench = item.get("benchmark")
-        if verdict[0] is not Status.OK and bench:
+        # Only drift is softened: a pending restart would still bring the stricter value.
+        if verdict[0] is Status.DRIFT and bench:
             b_conf, b_run = self._judgements(node, component, flag, bench)
             if _verdict(component, b_conf, b_run)[0] is Status.OK:
                 # Met by the benchmark, failed by the policy: the policy is stricter.
