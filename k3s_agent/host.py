@@ -178,6 +178,29 @@ class Host:
         finally:
             os.close(dfd)
 
+    def ensure_dir(self, absolute: str, mode: int = 0o700, uid: int = 0, gid: int = 0) -> os.stat_result:
+        """A directory, made with `mode` and owner when missing (its parents 0755 as in
+        write_atomic); an existing one is left as it is. Returns its stat for the
+        caller to judge. A symlink or non-directory in its place is refused."""
+        if self.read_only:
+            raise HostError(f"{absolute}: not created, this is a read-only run")
+        if not absolute.startswith("/") or any(part in (".", "..") for part in absolute.split("/")):
+            raise HostError(f"{absolute}: not a normalised absolute path, not created")
+        parent, name = os.path.split(absolute.rstrip("/") or "/")
+        dfd = self._open_parent(parent)
+        try:
+            if name and _lstat_at(name, dfd) is None:
+                os.mkdir(name, mode, dir_fd=dfd)
+                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+                os.chmod(name, mode, dir_fd=dfd)  # mkdir's mode is masked by the umask
+                os.fsync(dfd)
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False) if name else os.fstat(dfd)
+        finally:
+            os.close(dfd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise HostError(f"{absolute}: exists and is not a directory")
+        return st
+
     @contextlib.contextmanager
     def lock(self, absolute: str, timeout: float = 30.0) -> Iterator[None]:
         """An exclusive flock on a (0600, created when missing) lock file, for one

@@ -8,8 +8,12 @@ Per item the verdict separates what a restart would change from what it would no
   configured not, running ok         -> drift ("running but not configured":
                                         someone started K3s by hand; lost at restart)
   configured not, running not        -> drift (missing / wrong value)
+An unset flag counts as the component's own default (args.COMPONENT_DEFAULTS).
+A drift the item's `benchmark` table (the benchmark's weaker requirement) does
+not share is ok, "stricter than CIS x.y: ..." (beyond_benchmark = "enforce": drift).
 Remediation is opt-in (`remediate = "config"`): the missing settings are written
-to <config>.d/90-k3s-agentd.yaml, and the item becomes pending. K3s is never
+to <config>.d/90-k3s-agentd.yaml, each component flag once, only after every
+path the new args name is in place; the item becomes pending. K3s is never
 restarted by the agent.
 
 The audit policy and the admission (Pod Security + EventRateLimit) config that
@@ -33,7 +37,7 @@ from k3s_agent.controls.base import ControlSpec, Lint, Watch
 from k3s_agent.host import Host, HostError, read_fd
 from k3s_agent.k3s import args as k3sargs
 from k3s_agent.k3s import yamlcap
-from k3s_agent.k3s.config import Configured, config_files, configured
+from k3s_agent.k3s.config import Configured, config_files, configured, merge_files, read_config
 from k3s_agent.k3s.node import K3sNode, Observer
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
@@ -76,37 +80,77 @@ FILE_KINDS = {
 }
 
 
+# What an item (or its `benchmark` table) may require of a flag.
+REQUIREMENTS = ("value", "contains", "subset_of", "at_least", "set", "forbidden")
+
+
 @dataclasses.dataclass(frozen=True)
 class Judgement:
     ok: bool
     observed: Optional[str]
     why: str
+    by_default: bool = False  # judged on the component's own default: the flag is not set
 
 
-def judge(values: Optional[Sequence[str]], item: dict[str, Any], flag: str) -> Judgement:
-    """Does this flag's values (None/[] = not set) satisfy the item?"""
-    values = list(values or [])
-    if flag in LIST_FLAGS and len(values) > 1:
-        effective: Optional[str] = ",".join(values)
-    else:
-        effective = values[-1] if values else None
+def judge(
+    values: Optional[Sequence[str]], item: dict[str, Any], flag: str, default: Optional[str] = None
+) -> Judgement:
+    """Does this flag's values (None/[] = not set) satisfy the item?
+
+    An unset flag is judged by `default`, the value the component itself runs with
+    (k3s_agent.k3s.args.COMPONENT_DEFAULTS), except for `set` and `subset_of`, which
+    ask for the flag itself (kube-bench: the flag must be in the Running line).
+    """
+    given = list(values or [])
+    if "set" in item and bool(given) != bool(item["set"]):
+        return Judgement(False, _effective(given, flag), "not set" if item["set"] else "must not be set")
+    by_default = not given and default is not None
+    values = [default] if by_default and default is not None else given
+    effective = _effective(values, flag)
+    shown = f"{effective} (default)" if by_default else effective
     members = k3sargs.list_members(values)
+    unset = "not set" + (f", default {effective}" if by_default else "")
     if "value" in item:
-        want = item["value"]
+        want = k3sargs.normalize_scalar(item["value"])
         if effective is None:
-            return Judgement(False, None, f"not set (want {k3sargs.normalize_scalar(want)})")
-        if not k3sargs.same_value(want, effective, bool(item.get("ordered", False))):
-            return Judgement(False, effective, f"is {effective} (want {k3sargs.normalize_scalar(want)})")
+            return Judgement(False, None, f"not set (want {want})")
+        if not k3sargs.same_value(item["value"], effective, bool(item.get("ordered", False))):
+            return Judgement(False, shown, f"{unset if by_default else 'is ' + effective} (want {want})")
+    if "at_least" in item:
+        number = _number(effective)
+        if number is None or number < item["at_least"]:
+            seen = unset if by_default else ("not set" if effective is None else f"is {effective}")
+            return Judgement(False, shown, f"{seen} (want >= {item['at_least']:g})")
+    if "subset_of" in item:
+        extra = sorted(k3sargs.list_members(given) - set(item["subset_of"]))
+        if not given:
+            return Judgement(False, None, "not set (want a subset of the allowed list)")
+        if extra:
+            return Judgement(False, effective, f"has {','.join(extra)}, not in the allowed list")
     missing = [m for m in item.get("contains", ()) if m not in members]
     if missing:
-        return Judgement(False, effective, f"lacks {','.join(missing)}")
+        return Judgement(False, shown, f"lacks {','.join(missing)}")
     forbidden = item.get("forbidden", ())
-    if "*" in forbidden and values:
+    if "*" in forbidden and given:
         return Judgement(False, effective, "must not be set")
     bad = sorted(m for m in forbidden if m in members or (effective is not None and m == effective))
     if bad:
-        return Judgement(False, effective, f"has forbidden {','.join(bad)}")
-    return Judgement(True, effective, "")
+        note = " (its default)" if by_default else ""
+        return Judgement(False, shown, f"has forbidden {','.join(bad)}{note}")
+    return Judgement(True, shown, "", by_default)
+
+
+def _effective(values: Sequence[str], flag: str) -> Optional[str]:
+    if flag in LIST_FLAGS and len(values) > 1:
+        return ",".join(values)
+    return values[-1] if values else None
+
+
+def _number(text: Optional[str]) -> Optional[float]:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -127,6 +171,8 @@ class K3sArgsControl:
             for kind in FILE_KINDS
             if policy.option(f"{kind}_file")
         }
+        self.beyond_benchmark = policy.option("beyond_benchmark", "report")
+        self.cis_version = policy.option("cis_version", "1.8")
         self.last: Optional[K3sNode] = None
 
     # -- observe ----------------------------------------------------------------------
@@ -210,34 +256,34 @@ class K3sArgsControl:
             )
         if node.configured is None:
             return self._finding(key, Status.DRIFT, desired=desired, message="configured arguments unknown")
-        conf = judge(self._configured_values(node.configured, component, flag), item, flag)
-        run = self._running_judgement(node, component, flag, item)
+        conf, run = self._judgements(node, component, flag, item)
         observed: Any = conf.observed
         if run is not None and run.observed != conf.observed:
             observed = {"configured": conf.observed, "running": run.observed}
-        if conf.ok and (run is None or run.ok):
-            note = "" if run is not None else "configured (running value not verifiable)"
-            return self._finding(key, Status.OK, desired=desired, observed=observed, message=note)
-        if conf.ok:
-            return self._finding(
-                key,
-                Status.PENDING,
-                desired=desired,
-                observed=observed,
-                message=f"configured but not running: restart pending (running {run.why})",
-            )
-        if run is not None and run.ok:
-            return self._finding(
-                key,
-                Status.DRIFT,
-                desired=desired,
-                observed=observed,
-                message=f"running but not configured (configured {conf.why}): lost at the next restart",
-            )
-        where = _blame(node)
-        return self._finding(
-            key, Status.DRIFT, desired=desired, observed=observed, message=f"{conf.why}{where}"
-        )
+        verdict = _verdict(component, conf, run)
+        bench = item.get("benchmark")
+        # Only drift is softened: a pending restart would still bring the stricter value.
+        if verdict[0] is Status.DRIFT and bench:
+            b_conf, b_run = self._judgements(node, component, flag, bench)
+            if _verdict(component, b_conf, b_run)[0] is Status.OK:
+                # Met by the benchmark, failed by the policy: the policy is stricter.
+                note = (
+                    f"stricter than CIS {self.cis_version}: {verdict[1]}; "
+                    f"the benchmark ({_describe_item(bench)}) is met"
+                )
+                status = Status.OK if self.beyond_benchmark == "report" else verdict[0]
+                return self._finding(key, status, desired=desired, observed=observed, message=note)
+        status, message = verdict
+        if status is Status.DRIFT and not conf.ok and not (run is not None and run.ok):
+            message += _blame(node)
+        return self._finding(key, status, desired=desired, observed=observed, message=message)
+
+    def _judgements(
+        self, node: K3sNode, component: str, flag: str, item: dict[str, Any]
+    ) -> tuple[Judgement, Optional[Judgement]]:
+        default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
+        conf = judge(self._configured_values(node.configured, component, flag), item, flag, default)
+        return conf, self._running_judgement(node, component, flag, item, default)
 
     @staticmethod
     def _configured_values(conf: Configured, component: str, flag: str) -> Optional[list[str]]:
@@ -246,7 +292,7 @@ class K3sArgsControl:
         return k3sargs.configured_component_args(component, conf.flags).get(flag)
 
     def _running_judgement(
-        self, node: K3sNode, component: str, flag: str, item: dict[str, Any]
+        self, node: K3sNode, component: str, flag: str, item: dict[str, Any], default: Optional[str] = None
     ) -> Optional[Judgement]:
         if component == k3sargs.K3S:
             witness = K3S_WITNESS.get(flag)
@@ -261,7 +307,7 @@ class K3sArgsControl:
                 values = ["true"] if values else ["false"]
             return judge(values, item, flag)
         args = node.running_args(component)
-        return None if args is None else judge(args.get(flag), item, flag)
+        return None if args is None else judge(args.get(flag), item, flag, default)
 
     def _configured_without_own(self, node: K3sNode) -> Optional[Configured]:
         if node.service.unit is None or node.configured is None:
@@ -338,31 +384,46 @@ class K3sArgsControl:
         if node.configured is None or node.service.unit is None:
             return [f.with_status(Status.DRIFT, f"{f.message}; no K3s unit to configure") for f in drift]
         without = self._configured_without_own(node)
-        settings = desired_settings(self.items, without or node.configured)
         path = own_dropin(node.configured)
+        settings = desired_settings(
+            self.items, without or node.configured, carried_args(self.host, node.configured, path)
+        )
         text = render_dropin(settings)
         # Would it work? Re-read K3s's config with the new file in place before writing it.
         after = _configured_with(self.host, node, path, text)
         results = []
-        blocked = []
+        todo = []
         for finding in drift:
             component, flag = split_key(finding.key)
             if component in k3sargs.SERVER_COMPONENTS and node.service.role != "server":
                 results.append(finding)
-                continue
-            if not judge(self._configured_values(after, component, flag), self.items[finding.key], flag).ok:
-                blocked.append(finding)
-        for finding in blocked:
-            results.append(
-                finding.with_status(
-                    Status.DRIFT,
-                    f"{finding.message}; cannot be fixed from {path}: an ExecStart flag, a later drop-in "
-                    "or a forbidden value set elsewhere wins",
+            elif not self._holds_after(after, component, flag):
+                results.append(
+                    finding.with_status(
+                        Status.DRIFT,
+                        f"{finding.message}; cannot be fixed from {path}: an ExecStart flag, a later drop-in "
+                        "or a forbidden value set elsewhere wins",
+                    )
                 )
-            )
-        todo = [f for f in drift if f not in blocked and f not in results]
+            elif component != k3sargs.K3S and len(self._configured_values(after, component, flag) or []) > 1:
+                results.append(
+                    finding.with_status(
+                        Status.DRIFT,
+                        f"{finding.message}; cannot be fixed from {path}: --{flag} would be passed twice "
+                        "(also on the ExecStart line or in a later drop-in); kube-bench reads one",
+                    )
+                )
+            else:
+                todo.append(finding)
         if not todo:
             return results
+        missing = self._prepare_paths(after) if node.service.role == "server" else []
+        if missing:
+            why = "; ".join(missing)
+            return results + [
+                f.with_status(Status.DRIFT, f"{f.message}; {path} not written: {why} (K3s would not start)")
+                for f in todo
+            ]
         try:
             current = self.host.read_text(path)
             saved = None if current == text else self.host.write_atomic(path, text.encode(), mode=0o600)
@@ -376,6 +437,88 @@ class K3sArgsControl:
             )
             for f in todo
         ]
+
+    def _holds_after(self, after: Configured, component: str, flag: str) -> bool:
+        item = self.items[f"{component}:{flag}"]
+        default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
+        return judge(self._configured_values(after, component, flag), item, flag, default).ok
+
+    # -- paths the apiserver needs before K3s may be restarted on our drop-in ----------
+
+    def _prepare_paths(self, after: Configured) -> list[str]:
+        """Make every file/dir the apiserver args name ready; what cannot be, as reasons.
+
+        kube-apiserver exits at start on a missing --audit-policy-file or
+        --admission-control-config-file, and on EventRateLimit without its
+        configuration; K3s exits with it. So they must be in place first.
+        """
+        args = k3sargs.configured_component_args("kube-apiserver", after.flags)
+        problems = []
+        managed = {path: (kind, content) for kind, (path, content) in self.files.items()}
+        for flag in ("audit-policy-file", "admission-control-config-file"):
+            value = _last(args, flag)
+            if value:
+                problems += self._ensure_file(flag, value, managed.get(value))
+        log = _last(args, "audit-log-path")
+        if log and log != "-" and log.startswith("/"):
+            problems += self._ensure_log_dir(os.path.dirname(log) or "/")
+        plugins = k3sargs.list_members(args.get("enable-admission-plugins", []))
+        admission = _last(args, "admission-control-config-file")
+        if "EventRateLimit" in plugins and not problems:
+            problems += self._event_rate_limit_ready(admission)
+        return problems
+
+    def _ensure_file(self, flag: str, path: str, managed: Optional[tuple[str, Optional[str]]]) -> list[str]:
+        if managed is not None:
+            kind, content = managed
+            check = self._check_file(kind, path, content)
+            if check.status is Status.OK:
+                return []
+            written = self._write_file(check, kind, content)
+            return [] if written.status is Status.HEALED else [f"--{flag} {path}: {written.message}"]
+        try:
+            st = os.stat(self.host.path(path))
+        except FileNotFoundError:
+            return [f"--{flag} {path} is missing"]
+        if not stat.S_ISREG(st.st_mode):
+            return [f"--{flag} {path} is not a regular file"]
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return [
+                f"--{flag} {path}: mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}, "
+                "want root-owned, not group/other-writable"
+            ]
+        return []
+
+    def _ensure_log_dir(self, folder: str) -> list[str]:
+        try:
+            st = self.host.ensure_dir(folder, mode=0o700)
+        except (OSError, HostError) as exc:
+            return [f"--audit-log-path directory {folder}: {exc}"]
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return [
+                f"--audit-log-path directory {folder}: mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}, "
+                "want root-owned, not group/other-writable"
+            ]
+        return []
+
+    def _event_rate_limit_ready(self, admission: Optional[str]) -> list[str]:
+        """EventRateLimit needs its configuration in the admission config (inline or a `path`)."""
+        if not admission:
+            return ["EventRateLimit without --admission-control-config-file"]
+        try:
+            data = yamlcap.safe_load(self.host.read_text(admission, follow=True) or "")
+        except (HostError, yaml.YAMLError) as exc:
+            return [f"{admission}: {exc}"]
+        plugins = data.get("plugins", []) if isinstance(data, dict) else []
+        entry = next((p for p in plugins if isinstance(p, dict) and p.get("name") == "EventRateLimit"), None)
+        if entry is None or not (entry.get("configuration") or entry.get("path")):
+            return [f"{admission} has no EventRateLimit configuration"]
+        ref = entry.get("path")
+        if ref:
+            # A relative path is relative to the admission config file (apiserver ReadAdmissionConfiguration).
+            full = ref if str(ref).startswith("/") else os.path.join(os.path.dirname(admission), str(ref))
+            return self._ensure_file("admission-control-config-file (EventRateLimit path)", full, None)
+        return []
 
     def watches(self) -> list[Watch]:
         return [
@@ -405,6 +548,24 @@ class K3sArgsControl:
 # -- remediation content ---------------------------------------------------------------------
 
 
+def _verdict(component: str, conf: Judgement, run: Optional[Judgement]) -> tuple[Status, str]:
+    """Configured x running -> (status, message), the table in the module docstring."""
+    if conf.ok and (run is None or run.ok):
+        if run is None:
+            return Status.OK, "configured (running value not verifiable)"
+        if run.by_default:
+            return Status.OK, f"not set: the {component} default meets it"
+        return Status.OK, ""
+    if conf.ok:
+        return Status.PENDING, f"configured but not running: restart pending (running {run.why})"
+    if run is not None and run.ok:
+        return (
+            Status.DRIFT,
+            f"running but not configured (configured {conf.why}): lost at the next restart",
+        )
+    return Status.DRIFT, conf.why
+
+
 def _blame(node: K3sNode) -> str:
     """Our own drop-in is in place and the item still fails: something later wins."""
     if node.configured is None or own_dropin(node.configured) not in node.configured.files:
@@ -416,27 +577,74 @@ def own_dropin(conf: Configured) -> str:
     return f"{conf.config_path}.d/{OWN_DROPIN}"
 
 
-def desired_settings(items: dict[str, dict[str, Any]], base: Configured) -> dict[str, Any]:
-    """What to write so every item that `base` (K3s's config without our file) misses holds."""
+def desired_settings(
+    items: dict[str, dict[str, Any]], base: Configured, carried: Optional[dict[str, list[str]]] = None
+) -> dict[str, Any]:
+    """What to write so every item that `base` (K3s's config without our file) misses holds.
+
+    Component args go in as a whole `<component>-arg` list that REPLACES the one of
+    the config files before ours (docs.k3s.io "Configuration File" > "Multiple Config
+    Files": "the last value found for a given key will be used. A `+` can be appended
+    to the key to append"). `carried` holds those files' entries: the operator's
+    entries for other flags are carried over, theirs for a flag we set are dropped
+    (our value already holds their list members), so each flag is passed ONCE. An
+    appended second `enable-admission-plugins` is what kube-bench (reading one) fails.
+    """
     out: dict[str, Any] = {}
+    ours: dict[str, list[str]] = {}
     for key, item in sorted(items.items()):
         component, flag = split_key(key)
         values = K3sArgsControl._configured_values(base, component, flag)
-        if judge(values, item, flag).ok:
+        default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
+        if judge(values, item, flag, default).ok:
             continue
-        if "value" in item:
-            value = item["value"]
-        elif item.get("contains"):
-            members = sorted(k3sargs.list_members(values or []) | set(item["contains"]))
-            value = ",".join(m for m in members if m not in item.get("forbidden", ()))
-        else:
+        value = _remedy(item, values or [])
+        if value is None:
             continue  # a forbidden value set elsewhere: nothing we can add fixes that
         if component == k3sargs.K3S:
             out[flag] = value
         else:
-            out.setdefault(f"{k3sargs.EXTRA_ARG_FLAG[component]}+", []).append(
+            ours.setdefault(k3sargs.EXTRA_ARG_FLAG[component], []).append(
                 f"{flag}={k3sargs.normalize_scalar(value)}"
             )
+    for arg_key, entries in ours.items():
+        mine = {_arg_name(entry) for entry in entries}
+        kept = [e for e in (carried or {}).get(arg_key, []) if _arg_name(e) not in mine]
+        out[arg_key] = kept + entries
+    return out
+
+
+def _remedy(item: dict[str, Any], values: Sequence[str]) -> Any:
+    """The value that satisfies the item, None when adding a value cannot."""
+    if "value" in item:
+        return item["value"]
+    if "at_least" in item:
+        number = item["at_least"]
+        return int(number) if float(number).is_integer() else number
+    if item.get("subset_of"):
+        return ",".join(item["subset_of"])
+    if item.get("contains"):
+        members = sorted(k3sargs.list_members(values) | set(item["contains"]))
+        return ",".join(m for m in members if m not in item.get("forbidden", ()))
+    return None
+
+
+def _arg_name(entry: str) -> str:
+    """`name` of a "[--]name[+-]=value" extra-arg entry."""
+    body = entry[2:] if entry.startswith("--") else entry
+    return body.partition("=")[0].rstrip("+-")
+
+
+def carried_args(host: Host, conf: Configured, own: str) -> dict[str, list[str]]:
+    """`<component>-arg` entries of the config files K3s reads before `own` (merged as K3s does)."""
+    files = config_files(host, conf.config_path)
+    before = [f for f in files if f != own and (f == conf.config_path or f < own)]
+    out: dict[str, list[str]] = {}
+    keys = set(k3sargs.EXTRA_ARG_FLAG.values())
+    for flag in merge_files(read_config(host, before)):
+        name, _, value = flag.lstrip("-").partition("=")
+        if name in keys:
+            out.setdefault(name, []).append(value)
     return out
 
 
@@ -512,11 +720,22 @@ def _describe_item(item: dict[str, Any]) -> str:
     parts = []
     if "value" in item:
         parts.append(f"= {k3sargs.normalize_scalar(item['value'])}")
+    if "at_least" in item:
+        parts.append(f">= {item['at_least']:g}")
+    if "set" in item:
+        parts.append("set" if item["set"] else "not set")
+    if item.get("subset_of"):
+        parts.append("subset of " + ",".join(item["subset_of"]))
     if item.get("contains"):
         parts.append("contains " + ",".join(item["contains"]))
     if item.get("forbidden"):
         parts.append("not " + ",".join(item["forbidden"]))
     return "; ".join(parts)
+
+
+def _last(args: k3sargs.Args, flag: str) -> Optional[str]:
+    values = args.get(flag)
+    return values[-1] if values else None
 
 
 def _true(value: Optional[str]) -> bool:
@@ -529,8 +748,8 @@ def _true(value: Optional[str]) -> bool:
 def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     problems = []
     for key, item in control.items.items():
-        if not any(k in item for k in ("value", "contains", "forbidden")):
-            problems.append(Lint(key, "says nothing: give value, contains or forbidden"))
+        if not any(k in item for k in REQUIREMENTS):
+            problems.append(Lint(key, f"says nothing: give one of {', '.join(REQUIREMENTS)}"))
     plugins = control.items.get("kube-apiserver:enable-admission-plugins", {})
     wanted = set(plugins.get("contains", ())) | set(k3sargs.split_list(str(plugins.get("value", ""))))
     if "EventRateLimit" in wanted and "kube-apiserver:admission-control-config-file" not in control.items:
@@ -569,6 +788,24 @@ def _key_check(key: str) -> Optional[str]:
     return None
 
 
+def _benchmark_check(table: Any) -> Optional[str]:
+    unknown = sorted(set(table) - {*REQUIREMENTS, "ordered"})
+    if unknown:
+        return f"unknown key {unknown[0]!r} (known: {', '.join(REQUIREMENTS)}, ordered)"
+    if not any(k in table for k in REQUIREMENTS):
+        return f"says nothing: give one of {', '.join(REQUIREMENTS)}"
+    for key in ("contains", "subset_of", "forbidden"):
+        value = table.get(key, [])
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return f"{key}: expected an array of strings"
+    number = table.get("at_least", 0)
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        return "at_least: expected a number"
+    if "set" in table and not isinstance(table["set"], bool):
+        return "set: expected true or false"
+    return None
+
+
 def _build(policy: ControlPolicy, host: Host) -> K3sArgsControl:
     return K3sArgsControl(policy, host)
 
@@ -590,6 +827,12 @@ SPEC = ControlSpec(
         "admission_config_content": Field(
             str, non_empty, doc="built-in file name or absolute path of its content"
         ),
+        "beyond_benchmark": Field(
+            str,
+            one_of("report", "enforce"),
+            doc="an item stricter than its met `benchmark`: report (ok, noted) or enforce (drift)",
+        ),
+        "cis_version": Field(str, non_empty, doc="the CIS benchmark version findings name"),
     },
     item_fields={
         "value": Field(
@@ -600,6 +843,14 @@ SPEC = ControlSpec(
             list, list_of(str, non_empty), doc='values that must not be set ("*": the flag itself)'
         ),
         "ordered": Field(bool, doc="compare a comma list in order"),
+        "subset_of": Field(
+            list, list_of(str, non_empty), doc="allowed members: the flag is set and holds only these"
+        ),
+        "at_least": Field((int, float), doc="a number the flag's value must reach"),
+        "set": Field(bool, doc="true: the flag must be passed (its default does not count); false: must not"),
+        "benchmark": Field(
+            dict, _benchmark_check, doc="the benchmark's own (weaker) requirement, same keys: met = ok, noted"
+        ),
     },
     item_key=_key_check,
     lint=lint,

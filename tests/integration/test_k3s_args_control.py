@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
-from k3s_fixture import HARDENED_CONFIG, K3sNode, K3sProcess
-from k3s_fixture.journalfile import JOURNAL_REMOTE, invocation, unit_entries, write_journal
+from k3s_fixture import HARDENED_CONFIG
+from k3s_fixture.journalfile import JOURNAL_REMOTE, unit_entries, write_journal
+from k3sharness import items as _items
 
 from k3s_agent.controls import k3s_args
 from k3s_agent.controls.k3s_args import K3sArgsControl
 from k3s_agent.host import Host
-from k3s_agent.k3s.discovery import scan_processes
-from k3s_agent.k3s.journal import JournalSource, RunningArgsReader
 from k3s_agent.k3s.node import Observer
 from k3s_agent.model import Status
 from k3s_agent.policy.loader import Layer, compose, load_policy
@@ -24,83 +22,6 @@ from k3s_agent.policy.schema import PolicyError
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not JOURNAL_REMOTE, reason="needs systemd-journal-remote")]
 
 VANILLA = 'write-kubeconfig-mode: "0600"\n'
-
-
-class Harness:
-    """A control wired to one fixture node: its process only, its journal file."""
-
-    def __init__(
-        self, tmp: Path, node: K3sNode, profile: str = "k3s-cis-server", options: Optional[dict] = None
-    ):
-        self.tmp = tmp
-        self.node = node
-        self.host = Host(root=str(node.root))
-        self.journal = tmp / "k3s.journal"
-        self.entries: list[dict[str, object]] = []
-        self.proc: Optional[K3sProcess] = None
-        self.invocation: Optional[str] = None
-        policy = load_policy(self.host, profile=profile)
-        section = policy.controls["k3s_args"]
-        if options:
-            section = type(section)(**{**section.__dict__, "options": {**section.options, **options}})
-        self.section = section
-        self.control = self.build()
-
-    def build(self) -> K3sArgsControl:
-        reader = RunningArgsReader(self.host, JournalSource(files=[str(self.journal)]), persist=False)
-        observer = Observer(self.host, reader=reader, show=self.show, scan=self.scan)
-        return K3sArgsControl(self.section, self.host, observer=observer)
-
-    def show(self, host: Host, unit: str) -> dict[str, str]:
-        if self.proc is None or unit != self.node.unit:
-            return {"ActiveState": "inactive", "MainPID": "0"} if unit == self.node.unit else {}
-        return {"ActiveState": "active", "MainPID": str(self.proc.pid), "InvocationID": self.invocation or ""}
-
-    def scan(self):
-        return [p for p in scan_processes() if self.proc is not None and p.pid == self.proc.pid]
-
-    def start(self) -> K3sProcess:
-        """(Re)start K3s like systemd would: new process, new invocation, its lines in the journal."""
-        self.stop()
-        self.proc = self.node.start()
-        self.invocation = invocation()
-        now = int(time.time() * 1e6)
-        self.entries += unit_entries(self.node.unit, self.invocation, self.proc.log_lines(), now)
-        self.journal.unlink(missing_ok=True)
-        write_journal(self.journal, self.entries)
-        return self.proc
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
-
-    def check(self) -> dict[str, object]:
-        return {f.key: f for f in self.control.check()}
-
-
-@pytest.fixture
-def make(tmp_path: Path):
-    made: list[Harness] = []
-
-    def factory(config: Optional[str] = None, role: str = "server", **kw) -> Harness:
-        node_kw = {k: kw.pop(k) for k in ("exec_flags", "fixture") if k in kw}
-        node = K3sNode(tmp_path / f"node{len(made)}", role=role, config=config, **node_kw)
-        harness = Harness(tmp_path, node, "k3s-cis-server" if role == "server" else "k3s-cis-agent", **kw)
-        made.append(harness)
-        return harness
-
-    yield factory
-    for harness in made:
-        harness.stop()
-
-
-def _items(findings: dict[str, object]) -> dict[str, object]:
-    return {
-        k: v
-        for k, v in findings.items()
-        if ":" in k and not k.startswith("k3s:service") and not k.startswith("/")
-    }
 
 
 def test_not_installed_is_absent(tmp_path: Path):
@@ -196,7 +117,7 @@ def test_remediate_config_writes_dropin_then_restart_heals(make):
     ]
     dropin = h.node.path("/etc/rancher/k3s/config.yaml.d/90-k3s-agentd.yaml")
     assert dropin.exists() and (dropin.stat().st_mode & 0o777) == 0o600
-    assert "kube-apiserver-arg+:" in dropin.read_text()
+    assert "kube-apiserver-arg:" in dropin.read_text() and "-arg+:" not in dropin.read_text()
     assert {f.status for f in _items(h.check()).values()} <= {Status.PENDING, Status.OK}
     h.start()  # K3s (the fixture, reading config its own way) restarts with our drop-in
     after = {
