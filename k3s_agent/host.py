@@ -212,15 +212,8 @@ class Host:
         finally:
             os.close(dfd)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise HostError(f"{absolute}: still locked after {timeout:g}s") from None
-                    time.sleep(0.05)
+            if not flock_within(fd, timeout, poll=0.05):
+                raise HostError(f"{absolute}: still locked after {timeout:g}s")
             yield
         finally:
             os.close(fd)  # releases the flock
@@ -354,6 +347,22 @@ class Host:
         except FileNotFoundError as exc:
             raise HostError(f"{argv[0]}: not installed") from exc
         return proc.pid
+
+
+def flock_within(fd: int, timeout: float, poll: float = 0.01) -> bool:
+    """Take an exclusive flock on fd, waiting at most timeout seconds; False if still held.
+
+    Polls with LOCK_NB: a blocking flock cannot be given a deadline, and a
+    holder that hangs must cost us one failed cycle, not the loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
 
 
 def _open_child(fd: int, part: str) -> int:

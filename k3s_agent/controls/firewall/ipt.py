@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -41,7 +39,7 @@ from k3s_agent.controls.firewall.model import (
     Rule,
     Ruleset,
 )
-from k3s_agent.host import HostError, read_capped
+from k3s_agent.host import HostError, flock_within, read_capped
 
 LOCK_FILE = "/run/xtables.lock"
 LOCK_TIMEOUT = 10.0
@@ -79,15 +77,8 @@ def xtables_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     path = os.environ.get("XTABLES_LOCKFILE", LOCK_FILE)
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise IptError(f"{path}: xtables lock still held after {timeout:g}s") from None
-                time.sleep(0.01)
+        if not flock_within(fd, timeout):
+            raise IptError(f"{path}: xtables lock still held after {timeout:g}s")
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock
