@@ -41,6 +41,7 @@ MAX_FILES = 64  # bounded walk of a directory anyone with root may fill
 # The `type` of a plugin in a CNI config -> the CNI it belongs to.
 PLUGIN_TYPES = {"calico": "calico", "cilium-cni": "cilium", "flannel": "flannel"}
 FLANNEL_CONDITIONS = {"vxlan", "wireguard"}
+OTHER = "other"
 UNKNOWN = (
     "unknown CNI: pod traffic between nodes would be cut; name its ports in "
     '[controls.firewall] items or set cni = "flannel" | "calico" | "cilium" | "none"'
@@ -83,9 +84,14 @@ def from_flannel(backend: str) -> Cni:
     return Cni("flannel", backend, (f"K3s flannel-backend: {backend}",))
 
 
-def detect(host: Host, flannel_backend: str, choice: str = "auto") -> Cni:
-    """The CNI on this node: the policy's `cni` if not auto, else K3s's config, CNI files, interfaces."""
-    interfaces = host.net_interfaces()
+def detect(
+    host: Host, flannel_backend: str, choice: str = "auto", interfaces: Optional[Sequence[str]] = None
+) -> Cni:
+    """The CNI on this node: the policy's `cni` if not auto, else K3s's config, CNI files, interfaces.
+
+    interfaces: this network namespace's (Host.net_interfaces) unless given.
+    """
+    interfaces = host.net_interfaces() if interfaces is None else interfaces
     if choice == "none":
         return Cni("none", evidence=('policy cni = "none"',))
     if choice == "flannel":
@@ -96,7 +102,7 @@ def detect(host: Host, flannel_backend: str, choice: str = "auto") -> Cni:
     if flannel_backend != "none":
         return from_flannel(flannel_backend)
     found, evidence = from_conf_files(host)
-    if found is None:
+    if found is None:  # no config written yet (the CNI's pods starting): its devices may tell
         found, seen = from_interfaces(interfaces)
         evidence += seen
     if found in ("calico", "cilium"):
@@ -134,6 +140,9 @@ def from_interfaces(interfaces: Iterable[str]) -> tuple[Optional[str], tuple[str
 def from_conf_files(host: Host) -> tuple[Optional[str], tuple[str, ...]]:
     """The CNI of the first CNI config file (lexical order, as libcni picks it), and what was seen.
 
+    OTHER: that file names a CNI we do not know (interfaces then do not
+    outvote it); None: no usable config file at all.
+
     Only regular files are read (a link is reported, never followed), at most
     CONF_LIMIT bytes each and MAX_FILES per directory.
     """
@@ -146,7 +155,7 @@ def from_conf_files(host: Host) -> tuple[Optional[str], tuple[str, ...]]:
             if kind is not None:
                 return kind, tuple(evidence)
             if not note.endswith(("not a regular file", "unreadable")):
-                return None, tuple(evidence)  # the runtime uses this file: a CNI we do not know
+                return OTHER, tuple(evidence)  # the runtime uses this file: a CNI we do not know
     return None, tuple(evidence)
 
 
