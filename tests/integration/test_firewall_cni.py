@@ -157,6 +157,13 @@ def test_ipip_from_nodes_only(root: Path, backend: str) -> None:
         results, after = run_in(server, heal, control)
         assert results and all(r.status is Status.HEALED for r in results), results
         assert not drift(after), drift(after)
+        # The kernel holds protocol 4 (/etc/protocols: ipencap), never 94 (which it calls ipip).
+        if backend == "nftables":
+            assert (
+                "meta l4proto ipencap" in sh("nft", "list", "table", "inet", "k3s_agentd", ns=server).stdout
+            )
+        else:
+            assert "-p ipencap" in sh("iptables-legacy", "-S", "K3S-AGENTD-INPUT", ns=server).stdout
         receiver = run_in(server, socket.socket, socket.AF_INET, socket.SOCK_RAW, 4)
         receiver.settimeout(1.0)
         try:
