@@ -1,8 +1,9 @@
 """Host firewall: our own chain (iptables) or table (nftables), healed atomically.
 
-Modules: model (rules, values), k3s (what K3s's config says), hostnet (sshd
-ports, local subnets), desired (the ruleset), guard (lock-out proof), detect
-(which backend), nft / ipt (the backends), compare (findings), control.
+Modules: model (rules, values), k3s (what K3s's config says), cni (which
+CNI carries pod traffic), hostnet (sshd ports, local subnets), desired (the
+ruleset), guard (lock-out proof), detect (which backend), nft / ipt (the
+backends), compare (findings), control.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 from k3s_agent.controls.base import ControlSpec, Lint
-from k3s_agent.controls.firewall import desired, guard, hostnet, k3s
+from k3s_agent.controls.firewall import cni, desired, guard, hostnet, k3s
 from k3s_agent.controls.firewall.control import FirewallControl
 from k3s_agent.controls.firewall.model import (
     ACTIONS,
@@ -91,6 +92,7 @@ SPEC = ControlSpec(
         "log_rate": Field(int, between(1, 10000), doc="log messages per minute"),
         "allow_lockout": Field(bool, doc="let a ruleset through that the lock-out guard refuses"),
         "jump_position": Field(int, at_least(1), doc="iptables: position of INPUT's jump to our chain"),
+        "cni": Field(str, one_of(*cni.CHOICES), doc="the CNI whose ports @nodes may reach (auto: detected)"),
     },
     item_fields={
         "action": Field(str, one_of(*ACTIONS)),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from k3s_agent.controls.base import Watch
-from k3s_agent.controls.firewall import desired, guard, hostnet, k3s
+from k3s_agent.controls.firewall import cni, desired, guard, hostnet, k3s
 from k3s_agent.controls.firewall.compare import NAME, findings
 from k3s_agent.controls.firewall.detect import Choice, choose
 from k3s_agent.controls.firewall.ipt import IptablesBackend, IptError, legacy_filter_loaded
@@ -59,14 +60,27 @@ class FirewallControl:
         return self.backend
 
     def _read_inputs(self) -> desired.Inputs:
-        if self._fixed_inputs is not None:
-            return self._fixed_inputs
+        fixed = self._fixed_inputs
+        if fixed is not None:
+            if fixed.cni is not None:
+                return fixed
+            return dataclasses.replace(fixed, cni=self._cni(fixed.k3s))
         ports, self.ssh_how = hostnet.ssh_ports(self.host, list(self.policy.option("ssh_ports", [])))
+        facts = k3s.read_facts(self.host)
         return desired.Inputs(
-            k3s=k3s.read_facts(self.host),
+            k3s=facts,
             ssh_ports=tuple(ports),
             local_subnets=hostnet.local_subnets(),
+            cni=self._cni(facts),
         )
+
+    def _cni(self, facts: k3s.K3sFacts) -> cni.Cni:
+        return cni.detect(self.host, facts.flannel_backend, self.policy.option("cni", "auto"))
+
+    def cni_refusal(self, ruleset: Ruleset) -> str:
+        """Why the drop must not be enforced: a CNI we cannot name would lose its pod traffic."""
+        assert self.inputs is not None
+        return self.inputs.network().refusal(ruleset.default_input)
 
     def ruleset(self) -> Ruleset:
         self.inputs = self._read_inputs()
@@ -144,6 +158,9 @@ class FirewallControl:
         if problems:
             # Still report drift, but say up front that apply will refuse.
             result.insert(0, Finding(NAME, "lockout-guard", Status.DRIFT, "ssh reachable", None, problems))
+        unknown = self.cni_refusal(ruleset)
+        if unknown:
+            result.insert(0, Finding(NAME, "cni", Status.DRIFT, "a known CNI", "unknown", unknown))
         return result
 
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
@@ -157,7 +174,7 @@ class FirewallControl:
         if backend is None:
             return [f.with_status(Status.UNSUPPORTED, self.unavailable) for f in drift]
         ruleset = self.ruleset()
-        refusal = guard.refusal(self.guard_problems(ruleset))
+        refusal = self.cni_refusal(ruleset) or guard.refusal(self.guard_problems(ruleset))
         if refusal:
             return [f.with_status(Status.FAILED, refusal) for f in drift]
         try:
@@ -225,6 +242,7 @@ class FirewallControl:
             Watch("path", k3s.CONFIG),
             Watch("path", k3s.CONFIG_DIR),
             Watch("path", hostnet.SSHD_CONFIG),
+            *(Watch("path", folder) for folder in cni.CONF_DIRS),
         ]
 
     def describe(self) -> dict[str, Any]:
@@ -243,7 +261,11 @@ class FirewallControl:
             facts["ssh_ports_found_by"] = self.ssh_how or "fixed"
             facts["lockout_guard_interfaces"] = list(guard.probe_interfaces(self.host.net_interfaces()))
             facts["k3s_config"] = list(self.inputs.k3s.sources)
-            facts["k3s_conditions"] = sorted(self.inputs.k3s.conditions())
+            facts["k3s_conditions"] = sorted(self.inputs.conditions())
+            network = self.inputs.network()
+            facts["cni"] = network.name
+            facts["cni_mode"] = network.mode or None
+            facts["cni_evidence"] = list(network.evidence)
             facts["nodes"] = [str(n) for n in desired.symbols(self.policy, self.inputs)["@nodes"]]
         return facts
 

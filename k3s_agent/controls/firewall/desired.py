@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
+from k3s_agent.controls.firewall.cni import FLANNEL_CONDITIONS, Cni, from_flannel
 from k3s_agent.controls.firewall.k3s import K3sFacts
 from k3s_agent.controls.firewall.model import (
     SSH_PORTS,
@@ -50,6 +51,14 @@ class Inputs:
     k3s: K3sFacts
     ssh_ports: tuple[int, ...]
     local_subnets: tuple[Network, ...]
+    cni: Optional[Cni] = None  # None: K3s's flannel as its config says (no look at the host)
+
+    def network(self) -> Cni:
+        return self.cni if self.cni is not None else from_flannel(self.k3s.flannel_backend)
+
+    def conditions(self) -> set[str]:
+        """The `when` conditions that hold: K3s's, with the CNI's in place of flannel's."""
+        return (self.k3s.conditions() - FLANNEL_CONDITIONS) | self.network().conditions()
 
 
 def configured(policy: ControlPolicy) -> bool:
@@ -78,7 +87,7 @@ def build(policy: ControlPolicy, inputs: Inputs) -> Ruleset:
     # No implicit drop: only a policy that says "drop" (the built-in profiles do) drops.
     default_input = policy.option("default_input", "accept")
     rules = head_rules()
-    held = inputs.k3s.conditions()
+    held = inputs.conditions()
     ordered = sorted(policy.items.items(), key=lambda kv: (kv[1].get("order", DEFAULT_ORDER), kv[0]))
     for name, item in ordered:
         rules.append(item_rule(name, item, named, held, inputs.ssh_ports))

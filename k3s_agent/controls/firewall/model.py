@@ -23,7 +23,12 @@ COMMENT_PREFIX = "k3s-agentd:"  # iptables: our rules carry this comment
 LOG_PREFIX = "k3s-agentd drop: "
 
 ACTIONS = ("accept", "drop", "reject")
-PROTOS = ("any", "tcp", "udp", "icmp")
+# ipip: IP protocol 4, IP-in-IP (Linux's IPPROTO_IPIP, Calico's default
+# encapsulation). /etc/protocols names 4 "ipencap" and 94 "ipip"; in a policy
+# "ipip" is always 4, and the backends render the number (nft) or
+# python-iptables' own name for 4 ("ipip"), never a name /etc/protocols resolves.
+PROTOS = ("any", "tcp", "udp", "icmp", "ipip")
+IPIP = 4
 # Names of the rules we always build ourselves; an item may not reuse them.
 BUILTIN = (
     "established",
@@ -36,7 +41,18 @@ BUILTIN = (
 )
 SSH_PORTS = "@ssh"  # in an item's ports: the ports sshd really listens on
 SYMBOLS = ("@nodes", "@pods", "@services", "@management")
-CONDITIONS = ("etcd", "vxlan", "wireguard", "registry", "ipv6")
+# vxlan/wireguard: K3s's flannel backend; calico, cilium(-vxlan/-geneve): cni.py.
+CONDITIONS = (
+    "etcd",
+    "vxlan",
+    "wireguard",
+    "registry",
+    "ipv6",
+    "calico",
+    "cilium",
+    "cilium-vxlan",
+    "cilium-geneve",
+)
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,47}")
 # IFNAMSIZ 16 with its NUL: at most 15 characters, a trailing * included

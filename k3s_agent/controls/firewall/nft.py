@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from k3s_agent.controls.firewall.compare import Entry, Observed, Structure
 from k3s_agent.controls.firewall.model import (
+    IPIP,
     LOG_PREFIX,
     NFT_CHAIN,
     TABLE,
@@ -199,6 +200,8 @@ def expressions(rule: Rule, family: Optional[int]) -> list[dict[str, Any]]:
         exprs.append(_match(_payload(rule.proto, "dport"), _one_or_set(ports)))
     elif rule.proto == "icmp":
         exprs.append(_match(_meta("l4proto"), "icmp" if family == 4 else "ipv6-icmp"))
+    elif rule.proto == "ipip":
+        exprs.append(_match(_meta("l4proto"), IPIP))
     elif rule.proto != "any":
         exprs.append(_match(_meta("l4proto"), rule.proto))
     return exprs + _verdict(rule)
@@ -217,8 +220,16 @@ def _verdict(rule: Rule) -> list[dict[str, Any]]:
 
 def canon(exprs: Sequence[dict[str, Any]]) -> str:
     """Comparable text of an expression list: counters' numbers dropped."""
-    cleaned = [{"counter": None} if "counter" in e else e for e in exprs]
+    cleaned = [{"counter": None} if "counter" in e else _l4proto_number(e) for e in exprs]
     return json.dumps(cleaned, sort_keys=True, separators=(",", ":"))
+
+
+def _l4proto_number(expr: dict[str, Any]) -> dict[str, Any]:
+    """`meta l4proto 4` as nft lists it back: by /etc/protocols' name ("ipencap"), the number without it."""
+    body = expr.get("match")
+    if body and body.get("left") == _meta("l4proto") and body.get("right") == "ipencap":
+        return {"match": {**body, "right": IPIP}}
+    return expr
 
 
 def render(ruleset: Ruleset) -> list[Entry]:
