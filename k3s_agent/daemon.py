@@ -1,7 +1,9 @@
 """k3s-agentd: the engine on a timer, under systemd.
 
-Wakes on the interval, on SIGHUP (reload the policy; a bad one is refused and
-the old one stays), on a watched file changing, or on `k3s-agentctl` asking.
+Wakes on the interval (a sweep of every control), on SIGHUP (reload the policy;
+a bad one is refused and the old one stays), on `k3s-agentctl` asking, and for a
+targeted cycle of the controls whose watch fired or whose fingerprint moved
+(scheduler.py decides which and when).
 SIGTERM finishes the current control and exits 0. Readiness, watchdog and a
 STATUS= line go to systemd through sd_notify.
 """
@@ -19,7 +21,7 @@ import time
 from typing import Any, Optional
 
 from k3s_agent import __version__
-from k3s_agent.engine import CycleReport, Engine
+from k3s_agent.engine import CycleReport, Engine, merge_reports
 from k3s_agent.host import Host, HostError
 from k3s_agent.log import MESSAGE_IDS, configure, finding_fields, finding_message, refusal_message
 from k3s_agent.model import Finding, Status
@@ -28,14 +30,11 @@ from k3s_agent.policy.model import Policy
 from k3s_agent.policy.schema import PolicyError
 from k3s_agent.policy.snapshot import load_last_good, save_last_good
 from k3s_agent.report import build_document, render_prometheus, to_json
+from k3s_agent.scheduler import Scheduler
 from k3s_agent.statusd import STATUS_NAME, StatusServer
-from k3s_agent.watch import NetlinkWatcher, PathWatcher
+from k3s_agent.watch import NetlinkWatcher, PathWatcher, netlink_kind
 
 METRICS_NAME = "metrics.prom"
-WAKE_DEBOUNCE = 1.0  # seconds: a burst of events is one cycle
-# kube-proxy and the network-policy controller rewrite rules all the time; event
-# wake-ups are capped to one cycle per this many seconds so they cannot keep us busy.
-MIN_EVENT_GAP = 5.0
 
 
 def sd_notify(message: str) -> None:
@@ -66,12 +65,15 @@ class Daemon:
         self.last_logged: dict[tuple[str, str], Status] = {}
         self.policy = self._initial_policy()
         self.engine = self._engine(self.policy)
+        self.scheduler = Scheduler()
+        self.scheduler.reset(self.engine.controls)
         self.last: Optional[CycleReport] = None
         self.document: dict[str, Any] = {}
         self.watchers: list[Any] = []
         self.last_cycle = 0.0
         self.last_sweep = 0.0
         self.trigger = "sweep"  # why the next cycle runs: "sweep" or "event" (a watch fired)
+        self.only: Optional[list[str]] = None  # the controls an event cycle checks
         self.wake_reasons: set[str] = set()
 
     # -- policy ---------------------------------------------------------------------
@@ -103,6 +105,7 @@ class Daemon:
         save_last_good(self.host, policy)
         self.policy, self.policy_error = policy, None
         self.engine = self._engine(policy)
+        self.scheduler.reset(self.engine.controls)
         self._restart_watcher()
         self.log.info(
             "policy reloaded",
@@ -147,9 +150,14 @@ class Daemon:
         getattr(self.log, level)(finding_message(event, finding), **finding_fields(finding))
 
     def wake(self, why: str = "") -> None:
-        """Run a cycle soon; why="watch" for a watched path or netlink change."""
+        """Run a sweep now (`k3s-agentctl wake`)."""
         self.wake_reasons.add(why)
         self.wake_event.set()
+
+    def _fired(self, controls: set[str]) -> None:
+        """A watch of these controls fired (watcher threads): look again if one became due."""
+        if self.scheduler.fired(controls):
+            self.wake_event.set()
 
     # -- the loop ------------------------------------------------------------------
 
@@ -184,42 +192,40 @@ class Daemon:
         return 0
 
     def cycle(self) -> None:
+        """A sweep of every control, or an event cycle of self.only; the status
+        document stays the latest full view (a targeted report is merged in)."""
         self.last_cycle = time.monotonic()
         trigger, self.trigger = self.trigger, "sweep"
-        if trigger == "sweep":
-            self.last_sweep = self.last_cycle
-        self.last = self.engine.run_cycle(enforce=True, trigger=trigger)
+        only, self.only = self.only, None
+        if trigger == "sweep" or not only:
+            self.last_sweep, only = self.last_cycle, None
+        before = self.scheduler.before(only or list(self.engine.guards))
+        cpu = time.process_time()
+        report = self.engine.run_cycle(enforce=True, only=only, trigger=trigger)
+        self.last = merge_reports(self.last, report) if only else report
         self.heartbeat = time.monotonic()
         self.document = build_document(self.last, self.policy, self._daemon_facts())
         self._publish()
+        # Publishing is part of what an event costs: charged to the controls checked.
+        self.scheduler.record(report, before, time.process_time() - cpu, targeted=only is not None)
 
     def _sleep(self) -> None:
         """Wait for the next sweep (one interval after the last sweep, however many
-        event cycles ran since) or an earlier wake-up; sets self.trigger."""
+        event cycles ran since), a manual wake, or controls the scheduler says are
+        due; sets self.trigger and self.only."""
         deadline = self.last_sweep + self.policy.interval
         while not self.stopping and not self.reload_requested:
-            self.heartbeat = time.monotonic()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            self.heartbeat = now = time.monotonic()
+            if now >= deadline or self.wake_reasons:
+                self.wake_reasons = set()
+                return  # a sweep: the interval is up, or `k3s-agentctl wake`
+            due = self.scheduler.due()
+            if due:
+                self.trigger, self.only = "event", due
                 return
-            if self.wake_event.wait(min(remaining, 5.0)):
-                if self.stopping or self.reload_requested:
-                    return
-                self._nap(WAKE_DEBOUNCE)  # let a burst of writes settle
-                gap = self.last_cycle + MIN_EVENT_GAP - time.monotonic()
-                self._nap(min(gap, deadline - time.monotonic()))
+            until = min(deadline, self.scheduler.next_wake(), now + 5.0)
+            if self.wake_event.wait(max(until - now, 0.0)):
                 self.wake_event.clear()
-                reasons, self.wake_reasons = self.wake_reasons, set()
-                if reasons <= {"watch"} and time.monotonic() < deadline:
-                    self.trigger = "event"  # a manual `wake` or a due sweep heals everything
-                return
-
-    def _nap(self, seconds: float) -> None:
-        """Sleep that a stop or reload request cuts short."""
-        end = time.monotonic() + seconds
-        while not self.stopping and not self.reload_requested and time.monotonic() < end:
-            self.heartbeat = time.monotonic()
-            time.sleep(min(0.2, max(end - time.monotonic(), 0)))
 
     def _daemon_facts(self) -> dict[str, Any]:
         return {
@@ -260,12 +266,20 @@ class Daemon:
     def _restart_watcher(self) -> None:
         for watcher in self.watchers:
             watcher.close()
-        watches = [w for control in self.engine.controls.values() for w in _safe_watches(control)]
-        paths = [self.host.path(w.target) for w in watches if w.kind == "path"]
-        netlink = [w.target for w in watches if w.kind == "netlink"]
+        # Which controls each watch belongs to: an event checks only those.
+        paths: dict[str, set[str]] = {}
+        kinds: dict[str, set[str]] = {}
+        netlink = []
+        for name, control in self.engine.controls.items():
+            for w in _safe_watches(control):
+                if w.kind == "path":
+                    paths.setdefault(self.host.path(w.target), set()).add(name)
+                elif w.kind == "netlink":
+                    netlink.append(w.target)
+                    kinds.setdefault(netlink_kind(w.target), set()).add(name)
         self.watchers = [
-            PathWatcher(paths, lambda _path: self.wake("watch")),
-            NetlinkWatcher(netlink, lambda _kind: self.wake("watch")),
+            PathWatcher(list(paths), lambda path: self._fired(paths.get(path, set()))),
+            NetlinkWatcher(netlink, lambda kind: self._fired(kinds.get(kind, set()))),
         ]
         for watcher in self.watchers:
             watcher.start()

@@ -45,6 +45,16 @@ class CycleReport:
         return [f for c in self.controls for f in c.findings]
 
 
+def merge_reports(full: Optional[CycleReport], partial: CycleReport) -> CycleReport:
+    """The latest full view: `full` with the controls `partial` checked replaced
+    (an event cycle checks a few controls; status still shows them all)."""
+    if full is None:
+        return partial
+    fresh = {c.name: c for c in partial.controls}
+    controls = [fresh.pop(c.name, c) for c in full.controls] + list(fresh.values())
+    return CycleReport(partial.number, partial.started, partial.duration, controls)
+
+
 class ControlTimeout(Exception):
     pass
 
