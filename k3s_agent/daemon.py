@@ -233,6 +233,7 @@ class Daemon:
             "pid": os.getpid(),
             "policy_error": self.policy_error,
             "watching": [w for watcher in self.watchers for w in watcher.watching],
+            "events": self.scheduler.stats(),
             **self.counters,
         }
 
