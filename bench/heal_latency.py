@@ -48,6 +48,8 @@ mode = "enforce"
 interval = 60
 [contest]
 threshold = 100000  # the bench undoes the same items 20 times in a row on purpose
+[controls.sshd]
+allow_lockout = true  # a container nobody logs into: no account but root to keep reachable
 """
 IPTABLES_POLICY = '[controls.firewall]\nbackend = "iptables"\n'
 SYSCTL_KEY = "net.ipv4.conf.all.log_martians"
@@ -269,7 +271,7 @@ def idle(t: NodeTarget, seconds: float) -> str:
     return f"idle daemon over {seconds:g}s: CPU {share:.3%} of a core, VmRSS {rss / 1024:.1f} MB"
 
 
-def on_node(trials: int, idle_seconds: float) -> None:
+def on_node(trials: int, idle_seconds: float, keep: bool = False) -> None:
     from tests.e2e.conftest import _deb
     from tests.e2e.nspawn import NspawnNode, make_node_rootfs
 
@@ -285,6 +287,10 @@ def on_node(trials: int, idle_seconds: float) -> None:
             node.run(["systemctl", "start", "k3s.service"], timeout=60)
         node.run(["systemctl", "restart", "k3s-agentd.service"], timeout=90)
         time.sleep(5)  # the first sweep converges the node
+        mode = t.status().get("policy", {}).get("mode")
+        if mode != "enforce":
+            journal = t.run("journalctl", "-u", "k3s-agentd", "-o", "cat", "--no-pager", "-n", "20")
+            raise AssertionError(f"the daemon runs in {mode} mode, not enforce:\n{journal}")
         lines = measure(t, NODE_KINDS, trials)
         if idle_seconds:
             lines.append(idle(t, idle_seconds))
@@ -299,8 +305,11 @@ def on_node(trials: int, idle_seconds: float) -> None:
         lines += measure(t, LEGACY_KINDS, trials)
         print("\n" + "\n".join(lines))
     finally:
-        node.shutdown()
-        subprocess.run(["rm", "-rf", "--one-file-system", work], check=False)
+        if keep:
+            print(f"node left running: nsenter -t {node.leader} -a; stop: kill {node.proc.pid}")
+        else:
+            node.shutdown()
+            subprocess.run(["rm", "-rf", "--one-file-system", work], check=False)
 
 
 # -- a network namespace ----------------------------------------------------------------
@@ -355,9 +364,10 @@ def main() -> None:
     parser.add_argument("--node", action="store_true", help="in a booted nspawn node (the real package)")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--idle", type=float, default=0.0, help="also measure idle CPU/RSS for N seconds")
+    parser.add_argument("--keep", action="store_true", help="leave the node running (debugging)")
     args = parser.parse_args()
     if args.node:
-        on_node(args.trials, args.idle)
+        on_node(args.trials, args.idle, args.keep)
     else:
         in_netns(args.trials)
 
