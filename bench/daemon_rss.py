@@ -92,19 +92,21 @@ def soak(cycles: int) -> None:
     daemon = Daemon(Host(root=str(root), proc=str(proc)), None, structlog.get_logger())
     daemon.cycle()  # converge what a temp root can
     name = next(iter(daemon.engine.guards))
-    rss = []
+    warm_up = 1000  # caches fill, the allocator settles: growth after that is what a soak is about
+    rss = {}
     started = time.monotonic()
-    for number in range(1, cycles + 1):
+    for number in range(1, warm_up + cycles + 1):
         if number % 2:
             daemon.trigger, daemon.only = "event", [name]
         daemon.cycle()
-        if number in (100, cycles):
-            rss.append(int(proc_status("self")["VmRSS"].split()[0]))
+        if number in (100, warm_up, warm_up + cycles):
+            rss[number] = int(proc_status("self")["VmRSS"].split()[0]) / 1024
     took = time.monotonic() - started
-    first, last = rss[0] / 1024, rss[-1] / 1024
+    early, warm, last = rss[100], rss[warm_up], rss[warm_up + cycles]
     print(
-        f"soak: {cycles} cycles (half sweeps, half targeted) in {took:.0f}s; VmRSS after 100: "
-        f"{first:.1f} MB, after {cycles}: {last:.1f} MB, growth {last - first:.2f} MB"
+        f"soak: {warm_up} + {cycles} cycles (half sweeps, half targeted) in {took:.0f}s; VmRSS after 100: "
+        f"{early:.1f} MB, after {warm_up}: {warm:.1f} MB, {cycles} cycles later: {last:.1f} MB "
+        f"(growth {last - warm:.2f} MB; {last - early:.2f} MB since cycle 100)"
     )
 
 
