@@ -6,11 +6,15 @@ python bench/daemon_rss.py [--idle 600] [--interval 60]
     CPU (share of one core) from /proc/<pid>/stat and VmRSS/VmHWM at the end.
     Goals: CPU <= 0.5 % of a core over 10 minutes, RSS <= 40 MB.
 
+python bench/daemon_rss.py --churn 120
+    The same daemon while iptables-nft rules of someone else's (kube-proxy's
+    way) change 10 times a second: daemon CPU. Goal: <= 2 % of a core.
+
 python bench/daemon_rss.py --soak 10000
     The daemon's own cycle (Daemon.cycle: engine, merge, status document,
     status and metrics files) run in this process, alternating full sweeps
-    and targeted event cycles of one control: VmRSS after the first 100
-    cycles and after all of them. Goal: growth <= 1 MB over 10,000 cycles.
+    and targeted event cycles of one control: VmRSS after 1,000 warm-up
+    cycles and after N more. Goal: growth <= 1 MB over 10,000 cycles.
 """
 
 from __future__ import annotations
@@ -42,7 +46,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def idle(seconds: float, interval: int) -> None:
+def churn(pid: int, seconds: float, per_second: float = 10.0) -> int:
+    """kube-proxy's way: iptables-nft rules of its own added and deleted in the daemon's netns."""
+    rule = ["INPUT", "-p", "tcp", "--dport", "30080", "-j", "ACCEPT"]
+    end, changes = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        verb = "-A" if changes % 2 == 0 else "-D"
+        subprocess.run(["nsenter", "-t", str(pid), "-n", "iptables-nft", "-w", verb, *rule], check=True)
+        changes += 1
+        time.sleep(1 / per_second)
+    return changes
+
+
+def idle(seconds: float, interval: int, churn_seconds: float = 0.0) -> None:
     root, proc = converged_root("k3s-cis-server")
     (root / "etc/k3s-agentd/policy.toml").write_text(f'extends = "k3s-cis-server"\ninterval = {interval}\n')
     argv = ["unshare", "--net", "--", sys.executable, "-m", "k3s_agent.daemon", "--root", str(root)]
@@ -57,6 +73,11 @@ def idle(seconds: float, interval: int) -> None:
         pid = _python_child(daemon.pid)
         time.sleep(5)  # past start-up and the first cycle's echoes
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        if churn_seconds:
+            changes = churn(pid, churn_seconds)
+            share = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+            print(f"iptables-nft churn: {changes} changes in {churn_seconds:g}s: daemon CPU {share:.3%}")
+            return
         time.sleep(seconds)
         share = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         fields = proc_status(pid)
@@ -115,11 +136,12 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=600.0, help="seconds to watch the idle daemon")
     parser.add_argument("--interval", type=int, default=60)
     parser.add_argument("--soak", type=int, default=0, help="run this many cycles in-process instead")
+    parser.add_argument("--churn", type=float, default=0.0, help="seconds of iptables-nft churn, 10/s")
     args = parser.parse_args()
     if args.soak:
         soak(args.soak)
     else:
-        idle(args.idle, args.interval)
+        idle(args.idle, args.interval, args.churn)
 
 
 if __name__ == "__main__":
