@@ -106,6 +106,7 @@ class Daemon:
         self.policy, self.policy_error = policy, None
         self.engine = self._engine(policy)
         self.scheduler.reset(self.engine.controls)
+        self.trigger, self.only = "sweep", None  # a new policy: check everything
         self._restart_watcher()
         self.log.info(
             "policy reloaded",
