@@ -16,6 +16,7 @@ def converged_root(profile: str = "k3s-cis-server") -> tuple[Path, Path]:
     root, proc = base / "root", base / "proc"
     for folder in ("etc/sysctl.d", "var/lib/k3s-agentd", "run/k3s-agentd", "etc/k3s-agentd"):
         (root / folder).mkdir(parents=True, exist_ok=True)
+    (proc / "sys").mkdir(parents=True)  # the firewall lint lists processes under it
     policy = load_policy(Host(root=str(root), proc=str(proc)), profile=profile)
     for key, item in policy.controls["sysctl"].items.items():
         path = proc / "sys" / key.replace(".", "/")

@@ -1,7 +1,9 @@
 """k3s-agentd: the engine on a timer, under systemd.
 
-Wakes on the interval, on SIGHUP (reload the policy; a bad one is refused and
-the old one stays), on a watched file changing, or on `k3s-agentctl` asking.
+Wakes on the interval (a sweep of every control), on SIGHUP (reload the policy;
+a bad one is refused and the old one stays), on `k3s-agentctl` asking, and for a
+targeted cycle of the controls whose watch fired or whose fingerprint moved
+(scheduler.py decides which and when).
 SIGTERM finishes the current control and exits 0. Readiness, watchdog and a
 STATUS= line go to systemd through sd_notify.
 """
@@ -20,7 +22,7 @@ from typing import Any, Optional
 
 from k3s_agent import __version__
 from k3s_agent.confirm import Gate, Ledger, control_restorer
-from k3s_agent.engine import CycleReport, Engine
+from k3s_agent.engine import CycleReport, Engine, merge_reports
 from k3s_agent.host import Host, HostError, sweep_stale_temps, write_private
 from k3s_agent.log import MESSAGE_IDS, configure, finding_fields, finding_message, refusal_message
 from k3s_agent.model import Finding, Mode, Status
@@ -29,14 +31,11 @@ from k3s_agent.policy.model import Policy
 from k3s_agent.policy.schema import PolicyError
 from k3s_agent.policy.snapshot import fallback_policy, save_last_good
 from k3s_agent.report import build_document, render_prometheus, to_json
+from k3s_agent.scheduler import Scheduler
 from k3s_agent.statusd import STATUS_NAME, StatusServer
-from k3s_agent.watch import NetlinkWatcher, PathWatcher
+from k3s_agent.watch import NetlinkWatcher, PathWatcher, netlink_kind
 
 METRICS_NAME = "metrics.prom"
-WAKE_DEBOUNCE = 1.0  # seconds: a burst of events is one cycle
-# kube-proxy and the network-policy controller rewrite rules all the time; event
-# wake-ups are capped to one cycle per this many seconds so they cannot keep us busy.
-MIN_EVENT_GAP = 5.0
 
 
 def sd_notify(message: str) -> None:
@@ -69,12 +68,15 @@ class Daemon:
         self.ledger = Ledger(host, log=log)
         self.policy = self._initial_policy()
         self.engine = self._engine(self.policy)
+        self.scheduler = Scheduler()
+        self.scheduler.reset(self.engine.controls)
         self.last: Optional[CycleReport] = None
         self.document: dict[str, Any] = {}
         self.watchers: list[Any] = []
         self.last_cycle = 0.0
         self.last_sweep = 0.0
         self.trigger = "sweep"  # why the next cycle runs: "sweep" or "event" (a watch fired)
+        self.only: Optional[list[str]] = None  # the controls an event cycle checks
         self.wake_reasons: set[str] = set()
 
     # -- policy ---------------------------------------------------------------------
@@ -129,6 +131,8 @@ class Daemon:
         engine = self._engine(policy)
         engine.contest.adopt(self.engine.contest)
         self.engine = engine
+        self.scheduler.reset(self.engine.controls)
+        self.trigger, self.only = "sweep", None  # a new policy: check everything
         self._restart_watcher()
         released = self.ledger.release_held()
         if released:
@@ -188,9 +192,14 @@ class Daemon:
         getattr(self.log, level)(finding_message(event, finding), **finding_fields(finding))
 
     def wake(self, why: str = "") -> None:
-        """Run a cycle soon; why="watch" for a watched path or netlink change."""
+        """Run a sweep now (`k3s-agentctl wake`)."""
         self.wake_reasons.add(why)
         self.wake_event.set()
+
+    def _fired(self, controls: set[str]) -> None:
+        """A watch of these controls fired (watcher threads): look again if one became due."""
+        if self.scheduler.fired(controls):
+            self.wake_event.set()
 
     # -- the loop ------------------------------------------------------------------
 
@@ -230,50 +239,52 @@ class Daemon:
         return 0
 
     def cycle(self) -> None:
+        """A sweep of every control, or an event cycle of self.only; the status
+        document stays the latest full view (a targeted report is merged in)."""
         self.last_cycle = time.monotonic()
         self._rollback_due()
         idle = [n for n, c in self.policy.controls.items() if not (c.enabled and c.mode is Mode.ENFORCE)]
         self.ledger.forget_established(idle)
         trigger, self.trigger = self.trigger, "sweep"
-        if trigger == "sweep":
-            self.last_sweep = self.last_cycle
-        self.last = self.engine.run_cycle(enforce=True, trigger=trigger)
+        only, self.only = self.only, None
+        if trigger == "sweep" or not only:
+            self.last_sweep, only = self.last_cycle, None
+        before = self.scheduler.before(only or list(self.engine.guards))
+        cpu = time.process_time()
+        report = self.engine.run_cycle(enforce=True, only=only, trigger=trigger)
+        self.last = merge_reports(self.last, report) if only else report
         self.heartbeat = time.monotonic()
         self.document = build_document(self.last, self.policy, self._daemon_facts())
         self.document["confirmation"] = self.ledger.summary()
         self._publish()
+        # Publishing is part of what an event costs: charged to the controls checked.
+        self.scheduler.record(report, before, time.process_time() - cpu, targeted=only is not None)
 
     def _sleep(self) -> None:
         """Wait for the next sweep (one interval after the last sweep, however many
-        event cycles ran since) or an earlier wake-up; sets self.trigger."""
+        event cycles ran since), a manual wake, or controls the scheduler says are
+        due; sets self.trigger and self.only."""
         deadline = self.last_sweep + self.policy.interval
         while not self.stopping and not self.reload_requested:
-            self.heartbeat = time.monotonic()
-            remaining = deadline - time.monotonic()
+            self.heartbeat = now = time.monotonic()
+            if now >= deadline or self.wake_reasons:
+                self.wake_reasons = set()
+                return  # a sweep: the interval is up, or `k3s-agentctl wake`
             # Re-read every slice: `k3s-agentctl apply --confirm` may have armed one.
             rollback_in = self.ledger.next_due_in()
-            if remaining <= 0 or (rollback_in is not None and rollback_in <= 0):
+            if rollback_in is not None and rollback_in <= 0:
+                return  # a sweep, which rolls back first
+            due = self.scheduler.due()
+            if due:
+                self.trigger, self.only = "event", due
                 return
             # Short waits: a signal that the kernel hands to another thread runs its
             # Python handler only when this thread wakes (SIGTERM within 2 s).
-            if self.wake_event.wait(min(remaining, 0.5, 0.5 if rollback_in is None else rollback_in)):
-                if self.stopping or self.reload_requested:
-                    return
-                self._nap(WAKE_DEBOUNCE)  # let a burst of writes settle
-                gap = self.last_cycle + MIN_EVENT_GAP - time.monotonic()
-                self._nap(min(gap, deadline - time.monotonic()))
+            until = min(deadline, self.scheduler.next_wake(), now + 0.5)
+            if rollback_in is not None:
+                until = min(until, now + rollback_in)
+            if self.wake_event.wait(max(until - now, 0.0)):
                 self.wake_event.clear()
-                reasons, self.wake_reasons = self.wake_reasons, set()
-                if reasons <= {"watch"} and time.monotonic() < deadline:
-                    self.trigger = "event"  # a manual `wake` or a due sweep heals everything
-                return
-
-    def _nap(self, seconds: float) -> None:
-        """Sleep that a stop or reload request cuts short."""
-        end = time.monotonic() + seconds
-        while not self.stopping and not self.reload_requested and time.monotonic() < end:
-            self.heartbeat = time.monotonic()
-            time.sleep(min(0.2, max(end - time.monotonic(), 0)))
 
     def _daemon_facts(self) -> dict[str, Any]:
         return {
@@ -282,6 +293,7 @@ class Daemon:
             "policy_error": self.policy_error,
             "policy_fallback": self.policy_fallback,
             "watching": [w for watcher in self.watchers for w in watcher.watching],
+            "events": self.scheduler.stats(),
             **self.counters,
         }
 
@@ -317,13 +329,21 @@ class Daemon:
     def _restart_watcher(self) -> None:
         for watcher in self.watchers:
             watcher.close()
-        watches = [w for control in self.engine.controls.values() for w in _safe_watches(control)]
-        paths = [self.host.path(w.target) for w in watches if w.kind == "path"]
-        sweep_stale_temps(paths)  # temps of an agent killed mid-write, in the folders we manage
-        netlink = [w.target for w in watches if w.kind == "netlink"]
+        # Which controls each watch belongs to: an event checks only those.
+        paths: dict[str, set[str]] = {}
+        kinds: dict[str, set[str]] = {}
+        netlink = []
+        for name, control in self.engine.controls.items():
+            for w in _safe_watches(control):
+                if w.kind == "path":
+                    paths.setdefault(self.host.path(w.target), set()).add(name)
+                elif w.kind == "netlink":
+                    netlink.append(w.target)
+                    kinds.setdefault(netlink_kind(w.target), set()).add(name)
+        sweep_stale_temps(list(paths))  # temps of an agent killed mid-write, in the folders we manage
         self.watchers = [
-            PathWatcher(paths, lambda _path: self.wake("watch")),
-            NetlinkWatcher(netlink, lambda _kind: self.wake("watch")),
+            PathWatcher(list(paths), lambda path: self._fired(paths.get(path, set()))),
+            NetlinkWatcher(netlink, lambda kind: self._fired(kinds.get(kind, set()))),
         ]
         for watcher in self.watchers:
             watcher.start()

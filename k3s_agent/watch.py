@@ -40,13 +40,16 @@ _EVENT = struct.Struct("iIII")
 
 
 class PathWatcher:
-    """Watches files/directories; calls wake(path) (debounced by the caller's loop)."""
+    """Watches files/directories; calls wake(path) with each path it was asked to watch
+    whose watch fired (debounced by the caller's loop), so the caller can tell whose it is."""
 
     def __init__(self, paths: Iterable[str], wake: Callable[[str], None]):
         self.wake = wake
         self.fd: Optional[int] = None
         self.wds: dict[int, str] = {}  # wd -> what it watches
-        self.asked: dict[int, str] = {}  # wd -> the path we were asked to watch
+        # wd -> the paths we were asked to watch: several share one wd when they resolve
+        # to the same inode (a missing file watched through its folder, that folder itself).
+        self.asked: dict[int, set[str]] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         libc_name = ctypes.util.find_library("c") or "libc.so.6"
@@ -66,7 +69,7 @@ class PathWatcher:
         wd = self.libc.inotify_add_watch(self.fd, os.fsencode(target), MASK)
         if wd >= 0:
             self.wds[wd] = target
-            self.asked[wd] = path
+            self.asked.setdefault(wd, set()).add(path)
 
     @property
     def watching(self) -> list[str]:
@@ -96,12 +99,14 @@ class PathWatcher:
             while offset + _EVENT.size <= len(data):
                 wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
                 offset += _EVENT.size + length
-                self.wake(self.wds.get(wd, "?"))
+                for path in sorted(self.asked.get(wd, ())):
+                    self.wake(path)
                 if mask & IN_IGNORED and wd in self.asked:
                     # A file replaced by rename (write_atomic, sed -i, editors) or
                     # deleted loses its watch: watch the new file, or its folder.
                     self.wds.pop(wd, None)
-                    self._add(self.asked.pop(wd))
+                    for path in sorted(self.asked.pop(wd)):
+                        self._add(path)
 
     def close(self) -> None:
         # The reader thread owns the fd while it runs: closing it under a select()
@@ -149,6 +154,11 @@ def nft_tables_in(data: bytes) -> set[str]:
                 tables.add(raw.split(b"\0", 1)[0].decode(errors="replace"))
         offset += (length + 3) & ~3
     return tables
+
+
+def netlink_kind(target: str) -> str:
+    """What NetlinkWatcher passes to wake() for a target: "nftables" or "route"."""
+    return "nftables" if target.partition(":")[0] == "nftables" else "route"
 
 
 class NetlinkWatcher:

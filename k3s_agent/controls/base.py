@@ -9,7 +9,7 @@ to verify. A control knows nothing of timers, sockets or systemd.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from k3s_agent.host import Host
@@ -44,6 +44,21 @@ class Control(Protocol):
     def describe(self) -> dict[str, object]:
         """Facts for status (e.g. which firewall backend was chosen and why)."""
         ...
+
+
+class Fingerprinted(Protocol):
+    """An optional capability of a Control, for state no event announces.
+
+    `fingerprint()` returns a cheap sample of what check() looks at and no
+    watch covers (runtime sysctl values: the kernel sends no event for a
+    `sysctl -w`). It must have no side effect and cost well under a
+    millisecond: the daemon calls it every half second and runs a targeted
+    check of the control when it differs from the sample taken after its last
+    check (scheduler.py). A control without the method is checked on its
+    watches and the sweep only.
+    """
+
+    def fingerprint(self) -> Hashable: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -250,8 +250,22 @@ class SysctlControl:
     def watches(self) -> list[Watch]:
         return [Watch("path", d) for d in SYSCTL_DIRS[:2]] + [Watch("path", SYSCTL_CONF)]
 
+    def fingerprint(self) -> tuple[str, ...]:
+        """The runtime values, raw: the kernel sends no event when one is written
+        (`sysctl -w`), so the daemon samples this every half second (one small
+        read per key, ~10 us each) and checks this control when it moves."""
+        return tuple(_read_raw(self._proc_file(key)) for key in self.items)
+
     def describe(self) -> dict[str, object]:
         return {"persist_file": PERSIST_FILE if self.persist else None, "items": len(self.items)}
+
+
+def _read_raw(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4096).decode(errors="replace")
+    except OSError as exc:
+        return f"<{exc.errno}>"
 
 
 # -- boot-time order ------------------------------------------------------------------

@@ -404,17 +404,22 @@ def _strip_handles(text: str) -> str:
     return re.sub(r"\s*# handle \d+", "", text)
 
 
-def _drift_nft(ctx: Context, family: str, table: str, listing: str) -> None:
-    node = ctx.node
-    chain, handle = "", ""
+def first_nft_rule(listing: str) -> tuple[str, str]:
+    """(chain, handle) of the first rule in an `nft -a list table` listing; ("", "") if none."""
+    chain = ""
     for line in listing.splitlines():
         head = re.match(r"\s*chain (\S+) \{", line)
         if head:
             chain = head.group(1)
         rule = re.search(r"# handle (\d+)$", line)
         if chain and rule and not line.strip().startswith(("chain", "type", "policy", "set", "table")):
-            handle = rule.group(1)
-            break
+            return chain, rule.group(1)
+    return "", ""
+
+
+def _drift_nft(ctx: Context, family: str, table: str, listing: str) -> None:
+    node = ctx.node
+    chain, handle = first_nft_rule(listing)
     assert handle, f"no rule in nft table {family} {table}:\n{listing}"
     before = _strip_handles(listing)
     node.run(["nft", "delete", "rule", family, table, chain, "handle", handle])

@@ -1,4 +1,4 @@
-"""Which cycles are sweeps: the daemon's sleep decides, the engine heals contested items only then."""
+"""Which cycles are sweeps, which are targeted: the daemon's sleep decides, the scheduler says what is due."""
 
 from __future__ import annotations
 
@@ -6,51 +6,78 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 import structlog
 
-from k3s_agent import daemon as daemon_module
 from k3s_agent.daemon import Daemon
 from k3s_agent.host import Host
 
 pytestmark = pytest.mark.root  # policy files must be root-owned
 
 INTERVAL = 1.0
+POLICY = """
+extends = "none"
+[controls.sysctl]
+persist = false
+[controls.sysctl.items."kernel.panic"]
+value = 10
+"""
 
-# (wake-ups during the sleep, seconds since the last sweep when it starts, trigger of the next cycle)
+
+def watch(daemon: Daemon) -> None:
+    daemon._fired({"sysctl"})  # what the inotify thread calls for a sysctl.d change
+
+
+def manual(daemon: Daemon) -> None:
+    daemon.wake()  # `k3s-agentctl wake`
+
+
+def both(daemon: Daemon) -> None:
+    watch(daemon)
+    manual(daemon)
+
+
+# (what wakes us during the sleep, seconds since the last sweep when it starts, trigger, controls checked)
 CASES = [
-    ("interval elapsed, nothing woke us", [], 0.0, "sweep"),
-    ("a watched path changed", ["watch"], 0.0, "event"),
-    ("k3s-agentctl wake", [""], 0.0, "sweep"),
-    ("a watch and a manual wake together", ["watch", ""], 0.0, "sweep"),
-    ("a watch when the sweep is already due", ["watch"], 5.0, "sweep"),
+    ("interval elapsed, nothing woke us", None, 0.0, "sweep", None),
+    ("a watched path changed", watch, 0.0, "event", ["sysctl"]),
+    ("k3s-agentctl wake", manual, 0.0, "sweep", None),
+    ("a watch and a manual wake together", both, 0.0, "sweep", None),
+    ("a watch when the sweep is already due", watch, 5.0, "sweep", None),
 ]
 
 
-@pytest.mark.parametrize(("wakes", "since", "trigger"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("waker", "since", "trigger", "only"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_sleep_sets_the_trigger(
-    root: Path, monkeypatch: pytest.MonkeyPatch, wakes: list[str], since: float, trigger: str
+    root: Path,
+    fake_proc: Path,
+    waker: Optional[Callable[[Daemon], None]],
+    since: float,
+    trigger: str,
+    only: Optional[list[str]],
 ) -> None:
-    monkeypatch.setattr(daemon_module, "WAKE_DEBOUNCE", 0.0)
-    monkeypatch.setattr(daemon_module, "MIN_EVENT_GAP", 0.0)
-    (root / "etc/k3s-agentd/policy.toml").write_text('extends = "none"\n')
-    daemon = Daemon(Host(root=str(root)), None, structlog.get_logger())
+    (root / "etc/k3s-agentd/policy.toml").write_text(POLICY)
+    daemon = Daemon(Host(root=str(root), proc=str(fake_proc)), None, structlog.get_logger())
     daemon.policy = dataclasses.replace(daemon.policy, interval=INTERVAL)
+    daemon.cycle()  # the first sweep heals kernel.panic ...
+    time.sleep(daemon.scheduler.settle)  # ... and the echoes of that write are over
     daemon.last_sweep = daemon.last_cycle = time.monotonic() - since
-    waker: Optional[threading.Timer] = None
-    if wakes:
-        waker = threading.Timer(0.1, lambda: [daemon.wake(why) for why in wakes])
-        waker.start()
+    timer: Optional[threading.Timer] = None
+    if waker is not None:
+        timer = threading.Timer(0.1, waker, args=(daemon,))
+        timer.start()
     started = time.monotonic()
     daemon._sleep()
-    if waker is not None:
-        waker.join()
-    assert daemon.trigger == trigger
+    if timer is not None:
+        timer.join()
+    assert (daemon.trigger, daemon.only) == (trigger, only)
     assert time.monotonic() - started < INTERVAL + 0.5
     daemon.cycle()
-    assert daemon.trigger == "sweep"  # one event cycle at a time
+    assert (daemon.trigger, daemon.only) == ("sweep", None)  # one event cycle at a time
     assert (daemon.last_sweep == daemon.last_cycle) is (trigger == "sweep")
 
 
@@ -71,3 +98,26 @@ def test_a_reload_keeps_who_is_contested(root: Path) -> None:
     daemon.reload()
     assert daemon.engine is not old_engine and daemon.policy.interval == 30
     assert daemon.engine.contest.contest(item) is not None
+
+
+def test_a_runtime_write_is_healed_by_a_targeted_cycle(root: Path, fake_proc: Path) -> None:
+    """No event comes for `sysctl -w`: the fingerprint sample finds it, well before the interval."""
+    (root / "etc/k3s-agentd/policy.toml").write_text(POLICY)
+    daemon = Daemon(Host(root=str(root), proc=str(fake_proc)), None, structlog.get_logger())
+    daemon.policy = dataclasses.replace(daemon.policy, interval=60)
+    daemon.cycle()
+    panic = fake_proc / "sys/kernel/panic"
+    assert panic.read_text() == "10"
+    panic.write_text("0\n")
+    started = time.monotonic()
+    daemon._sleep()
+    assert (daemon.trigger, daemon.only) == ("event", ["sysctl"])
+    daemon.cycle()
+    assert panic.read_text() == "10"
+    assert time.monotonic() - started < 1.5
+    # the status document is still the full view: every control, sysctl's report the new one
+    doc = daemon.document
+    assert doc["cycle"]["number"] == 2
+    assert len(doc["controls"]) == len(daemon.engine.guards) > 1
+    sysctl = next(c for c in doc["controls"] if c["name"] == "sysctl")
+    assert [f["status"] for f in sysctl["findings"]] == ["healed"]

@@ -153,6 +153,43 @@ def test_hung_control_times_out_and_the_loop_goes_on() -> None:
     assert statuses(first, "knob") == {"b": Status.HEALED}
 
 
+def test_a_hung_call_that_returns_frees_the_control_again() -> None:
+    Hangs.release.clear()
+    engine = make_engine({"hangs": Hangs({}, {})}, {"hangs": ["h"]}, timeout=0.3)
+    assert "did not finish" in (engine.run_cycle().controls[0].error or "")
+    Hangs.release.set()
+    time.sleep(0.1)
+    assert "still stuck" not in (engine.run_cycle().controls[0].error or "")
+
+
+def test_calls_reuse_one_worker_thread_per_control() -> None:
+    """A thread per call made RSS creep up (bench/daemon_rss.py --soak): one worker per control."""
+    knob = Knob({"b": 0}, {"b": 1})
+    engine = make_engine({"knob": knob}, {"knob": ["b"]})
+    engine.run_cycle()  # check, apply, re-check
+    worker = engine.guards["knob"].worker
+    assert worker is not None and worker.thread.is_alive()
+    for _ in range(20):
+        knob.world["b"] = 0
+        assert statuses(engine.run_cycle(), "knob")["b"] in (Status.HEALED, Status.CONTESTED)
+    assert engine.guards["knob"].worker is worker
+
+
+def test_an_idle_worker_exits_and_a_new_one_takes_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    from k3s_agent import engine as engine_module
+
+    monkeypatch.setattr(engine_module._Worker, "IDLE", 0.05)
+    knob = Knob({"b": 1}, {"b": 1})
+    engine = make_engine({"knob": knob}, {"knob": ["b"]})
+    engine.run_cycle()
+    first = engine.guards["knob"].worker
+    assert first is not None
+    first.thread.join(2.0)
+    assert not first.thread.is_alive()  # the workers of a reload's old engine go away
+    assert statuses(engine.run_cycle(), "knob") == {"b": Status.OK}
+    assert engine.guards["knob"].worker is not first
+
+
 def test_waived_item_is_reported_waived_never_ok_and_not_healed() -> None:
     knob = Knob({"a": 1, "b": 0}, {"a": 1, "b": 1})
     waivers = [

@@ -187,3 +187,16 @@ def test_an_unreadable_boot_file_is_declined_by_apply(root: Path, fake_proc: Pat
     result = ctl.apply([finding])[0]
     assert result.status is Status.DRIFT and result.message.endswith("not ours to edit")
     assert big.stat().st_size == 2 << 20
+
+
+def test_the_fingerprint_moves_with_a_runtime_write_and_only_then(root: Path, fake_proc: Path) -> None:
+    """The fast path for `sysctl -w`, which sends no event: a sample of the raw runtime values."""
+    ctl = control(root, fake_proc, {"kernel.panic": 10, "net.ipv4.no_such_thing": 1}, persist=True)
+    first = ctl.fingerprint()
+    assert ctl.fingerprint() == first  # reading has no effect
+    (root / "etc/sysctl.d/50-other.conf").write_text("kernel.panic = 3\n")
+    assert ctl.fingerprint() == first  # files have their inotify watch, not this
+    (fake_proc / "sys/kernel/panic").write_text("10\n")
+    assert ctl.fingerprint() != first
+    # a missing key is a stable marker, not an exception
+    assert ctl.fingerprint()[1] == ctl.fingerprint()[1] == "<2>"

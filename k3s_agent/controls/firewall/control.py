@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from k3s_agent.controls.base import Watch
-from k3s_agent.controls.firewall import cni, desired, guard, hostnet, k3s
+from k3s_agent.controls.firewall import cni, desired, guard, hostnet, iptinfo, k3s
 from k3s_agent.controls.firewall.compare import NAME, findings
 from k3s_agent.controls.firewall.detect import Choice, choose
 from k3s_agent.controls.firewall.ipt import IptablesBackend, IptError, legacy_filter_loaded
@@ -232,7 +232,7 @@ class FirewallControl:
         if not desired.configured(self.policy):
             return []
         # Only our own nft table: kube-proxy/flannel rewriting theirs must not
-        # wake us (legacy iptables sends no notifications: the timer covers it).
+        # wake us (legacy iptables sends no notifications: see fingerprint()).
         found = [Watch("netlink", f"nftables:{TABLE}")]
         if not self.policy.option("node_cidrs"):
             # @nodes comes from this node's own subnets: an address change matters.
@@ -244,6 +244,14 @@ class FirewallControl:
             Watch("path", hostnet.SSHD_CONFIG),
             *(Watch("path", folder) for folder in cni.CONF_DIRS),
         ]
+
+    def fingerprint(self) -> Optional[tuple[bytes, ...]]:
+        """Legacy iptables sends no event: the filter tables' size, rule count and
+        chain offsets (one getsockopt each, see iptinfo). nftables needs none: a
+        change of our table comes over netlink."""
+        if not isinstance(self.backend, IptablesBackend):
+            return None
+        return tuple(iptinfo.filter_info(family) for family in self.backend.families)
 
     def describe(self) -> dict[str, Any]:
         if not desired.configured(self.policy):
