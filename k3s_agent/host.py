@@ -363,6 +363,8 @@ class Host:
             output = _read_until(proc.stdout.fileno(), deadline, limit)
             if output is None:
                 raise HostError(f"{' '.join(argv)}: no answer within {timeout:g}s")
+            if len(output) >= limit:
+                _kill_session(proc)  # it would block writing the rest, never exit
             try:
                 code = proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
