@@ -14,6 +14,7 @@ import pytest
 from k3s_fixture import layout
 
 from k3s_agent import report_kubebench
+from k3s_agent.cli import main
 from k3s_agent.controls.k3s_args import K3sArgsControl
 from k3s_agent.engine import ControlReport, CycleReport
 from k3s_agent.host import Host, HostError
@@ -206,3 +207,18 @@ def test_status_document_table_and_kube_bench_name_it(tmp_path: Path) -> None:
     assert kube["Controls"][0]["version"] == "k3s-cis-1.10"
     assert kube["Controls"][0]["detected_version"] == "v1.30.4+k3s1"
     assert kube["Controls"][0]["tests"][0]["results"][0]["test_number"] == "1.2.15"
+
+
+def test_validate_names_the_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    node(tmp_path, version="v1.29.3+k3s1")
+    policy = tmp_path / "p.toml"
+    policy.write_text('extends = "k3s-cis-server"\n')
+    assert main(["validate", "--root", str(tmp_path), "--json", str(policy)]) == 0
+    got = json.loads(capsys.readouterr().out)["benchmark"]
+    assert got["name"] == "k3s-cis-1.9" and got["reason"] == "auto: K3s v1.29.3+k3s1 -> k3s-cis-1.9"
+    policy.write_text('extends = "k3s-cis-server"\nbenchmark = "k3s-cis-1.12"\n')
+    assert main(["validate", "--root", str(tmp_path), str(policy)]) == 0
+    assert (
+        "  benchmark k3s-cis-1.12 (pinned by the policy: k3s-cis-1.12)"
+        in capsys.readouterr().out.splitlines()
+    )
