@@ -321,7 +321,13 @@ def cmd_validate(args: argparse.Namespace, host: Host) -> int:
     if args.json:
         print(
             json.dumps(
-                {"valid": True, "profile": policy.profile, "items": items, "sources": list(policy.sources)}
+                {
+                    "valid": True,
+                    "profile": policy.profile,
+                    "benchmark": policy.benchmark.to_dict(),
+                    "items": items,
+                    "sources": list(policy.sources),
+                }
             )
         )
     else:
@@ -329,6 +335,7 @@ def cmd_validate(args: argparse.Namespace, host: Host) -> int:
             f"policy ok: profile {policy.profile}, mode {policy.mode}, "
             f"{items} items in {len(enabled)} controls"
         )
+        print(f"  benchmark {policy.benchmark.name} ({policy.benchmark.reason})")
         for source in policy.sources:
             print(f"  {source}")
     return 0

@@ -14,7 +14,9 @@ import errno
 import fcntl
 import os
 import re
+import select
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -329,6 +331,42 @@ class Host:
         except subprocess.TimeoutExpired as exc:
             raise HostError(f"{' '.join(argv)}: no answer within {timeout:g}s") from exc
 
+    def run_capped(
+        self, argv: Sequence[str], timeout: float = 5.0, limit: int = PROC_LIMIT
+    ) -> tuple[int, bytes]:
+        """Run a command whose output we do not trust to be small or to end: argv
+        only, no stdin, stdout and stderr together, at most `limit` bytes kept (the
+        rest ends the command), killed with its whole session after `timeout`
+        seconds (a child holding the pipe open cannot hang us). HostError when it
+        does not start or does not finish in time; else (exit code, output)."""
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise HostError(f"{argv[0]}: cannot run ({exc.strerror})") from exc
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        try:
+            output = _read_until(proc.stdout.fileno(), deadline, limit)
+            if output is None:
+                raise HostError(f"{' '.join(argv)}: no answer within {timeout:g}s")
+            if len(output) >= limit:
+                _kill_session(proc)  # it would block writing the rest, never exit
+            try:
+                code = proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise HostError(f"{' '.join(argv)}: did not exit within {timeout:g}s") from None
+            return code, output
+        finally:
+            _kill_session(proc)
+            proc.stdout.close()
+
     def spawn(self, argv: Sequence[str], env: Optional[dict[str, str]] = None) -> int:
         """Start a command detached from us and from our terminal (own session, no
         stdio, argv only); return its pid. It outlives us and a hung-up SSH session."""
@@ -363,6 +401,31 @@ def flock_within(fd: int, timeout: float, poll: float = 0.01) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(poll)
+
+
+def _read_until(fd: int, deadline: float, limit: int) -> Optional[bytes]:
+    """Up to `limit` bytes from fd until EOF or `limit`; None when the deadline passes first."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, min(65536, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _kill_session(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """SIGKILL the command's session (it was started in its own) and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
 
 
 def _open_child(fd: int, part: str) -> int:

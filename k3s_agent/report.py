@@ -42,6 +42,12 @@ def build_document(
             "mode": policy.mode.value,
             "interval_seconds": policy.interval,
             "sources": list(policy.sources),
+            # The benchmark in force (kube-bench's Controls.version) and why; the K3s
+            # version it was picked for (kube-bench's detected_version).
+            "benchmark": policy.benchmark.name,
+            "benchmark_requested": policy.benchmark.requested,
+            "benchmark_reason": policy.benchmark.reason,
+            "k3s_version": policy.benchmark.k3s_version,
         },
         "cycle": {
             "number": cycle.number,
@@ -153,6 +159,9 @@ def render_table(document: dict[str, Any], verbose: bool = False) -> str:
     head = f"node {document['node']}  profile {document['policy']['profile']}  "
     head += f"mode {document['policy']['mode']}  verdict {summary['verdict'].upper()}"
     out.append(head)
+    if document["policy"].get("benchmark"):
+        reason = document["policy"].get("benchmark_reason")
+        out.append(f"benchmark {document['policy']['benchmark']}" + (f"  ({reason})" if reason else ""))
     counts = ", ".join(f"{n} {s}" for s, n in summary["by_status"].items() if n)
     out.append(f"{summary['items']} items: {counts}")
     out += _confirmation_lines(document.get("confirmation") or {})

@@ -40,6 +40,7 @@ from k3s_agent.k3s import yamlcap
 from k3s_agent.k3s.config import Configured, config_files, configured, merge_files, read_config
 from k3s_agent.k3s.node import K3sNode, Observer
 from k3s_agent.model import Finding, Status
+from k3s_agent.policy.benchmark import cis_number
 from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, list_of, matches, non_empty, one_of
 
@@ -172,7 +173,8 @@ class K3sArgsControl:
             if policy.option(f"{kind}_file")
         }
         self.beyond_benchmark = policy.option("beyond_benchmark", "report")
-        self.cis_version = policy.option("cis_version", "1.8")
+        # Named in "stricter than CIS x.y" messages: the benchmark in force unless set.
+        self.cis_version = policy.option("cis_version") or cis_number(policy.benchmark)
         self.last: Optional[K3sNode] = None
 
     # -- observe ----------------------------------------------------------------------
@@ -832,7 +834,9 @@ SPEC = ControlSpec(
             one_of("report", "enforce"),
             doc="an item stricter than its met `benchmark`: report (ok, noted) or enforce (drift)",
         ),
-        "cis_version": Field(str, non_empty, doc="the CIS benchmark version findings name"),
+        "cis_version": Field(
+            str, non_empty, doc="the CIS version messages name (default: that of the benchmark in force)"
+        ),
     },
     item_fields={
         "value": Field(

@@ -25,7 +25,9 @@ from typing import Any, Optional
 from k3s_agent.controls import specs
 from k3s_agent.controls.base import ControlSpec, Lint
 from k3s_agent.host import Host
+from k3s_agent.k3s import version as k3sversion
 from k3s_agent.model import Mode
+from k3s_agent.policy import benchmark as bench
 from k3s_agent.policy.model import (
     DEFAULT_CONFIRM_TIMEOUT,
     PROFILES,
@@ -75,6 +77,9 @@ TOP_FIELDS: dict[str, Field] = {
     "version": Field(int, one_of(1), doc="policy format version"),
     "extends": Field(str, one_of(AUTO, "none", *PROFILES), doc="built-in profile to start from"),
     "mode": Field(str, _MODES),
+    "benchmark": Field(
+        str, one_of(bench.AUTO, *bench.BENCHMARKS), doc="CIS benchmark: auto (by K3s version) or pinned"
+    ),
     # Upper bounds too: a day between cycles is already no longer "continuous", and
     # a huge timeout overflows Thread.join.
     "interval": Field(float, between(1, 86400), doc="seconds between full check cycles"),
@@ -154,7 +159,19 @@ def compose(host: Host, local: list[Layer]) -> Policy:
     for layer in local:
         extends = layer.data.get("extends", extends)
     base = _profile_chain(resolve_profile(extends, host))
-    return build_policy(base + local, host, profile=resolve_profile(extends, host))
+    choice = resolve_benchmark(base + local, host)
+    # The profiles are written in CIS 1.8 ids; the operator's layers keep theirs.
+    base = [dataclasses.replace(ly, data=bench.map_layer_ids(ly.data, choice.name)) for ly in base]
+    return build_policy(base + local, host, profile=resolve_profile(extends, host), benchmark=choice)
+
+
+def resolve_benchmark(layers: list[Layer], host: Host) -> bench.BenchmarkChoice:
+    """The benchmark the last layer that names one asks for; "auto" by `k3s --version`."""
+    requested = bench.AUTO
+    for layer in layers:
+        requested = layer.data.get("benchmark", requested)
+    found = k3sversion.detect(host)
+    return bench.pick(requested, found.version, found.why or k3sversion.NOT_FOUND)
 
 
 def resolve_profile(name: str, host: Host) -> str:
@@ -451,16 +468,19 @@ def _merge_into(base: dict[str, Any], update: Mapping[str, Any], source: str) ->
             base[key] = copy.deepcopy(value)
 
 
-def build_policy(layers: list[Layer], host: Host, profile: str) -> Policy:
+def build_policy(
+    layers: list[Layer], host: Host, profile: str, benchmark: Optional[bench.BenchmarkChoice] = None
+) -> Policy:
     merged, origin = merge_layers(layers)
     mode = Mode(merged.get("mode", Mode.ENFORCE.value))
+    choice = benchmark or bench.BenchmarkChoice()
     controls: dict[str, ControlPolicy] = {}
     problems: list[str] = []
     for name, spec in specs().items():
         section = merged.get("controls", {}).get(name, {})
         control, section_problems = _build_section(spec, section, mode, origin)
         problems += section_problems
-        controls[name] = control
+        controls[name] = dataclasses.replace(control, benchmark=choice.name)
     _raise_if(problems)
     contest = merged.get("contest", {})
     policy = Policy(
@@ -478,6 +498,7 @@ def build_policy(layers: list[Layer], host: Host, profile: str) -> Policy:
         waivers=tuple(_waiver(w) for w in merged.get("waiver", [])),
         sources=tuple(layer.source for layer in layers),
         metrics_textfile=merged.get("metrics", {}).get("textfile") or None,
+        benchmark=choice,
     )
     _raise_if(_lint(policy, host, origin))
     return policy

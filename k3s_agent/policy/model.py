@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from k3s_agent.model import Mode
+from k3s_agent.policy.benchmark import PROFILE_BENCHMARK, BenchmarkChoice
 
 # The built-in profiles (k3s_agent/policy/profiles/<name>/); here rather than
 # in the loader so `k3s-agentctl status` can build its argument parser
@@ -48,6 +49,8 @@ class ControlPolicy:
     options: Mapping[str, Any]
     items: Mapping[str, Mapping[str, Any]]
     disabled: tuple[str, ...] = ()
+    # The benchmark in force ("k3s-cis-1.10"), for controls that word messages with it.
+    benchmark: str = PROFILE_BENCHMARK
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -72,6 +75,7 @@ class Policy:
     sources: tuple[str, ...]
     metrics_textfile: Optional[str] = None
     confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT
+    benchmark: BenchmarkChoice = dataclasses.field(default_factory=BenchmarkChoice)
 
     def with_mode(self, mode: Mode) -> Policy:
         """This policy with every control (and the default) in one mode."""

@@ -53,13 +53,15 @@ def test_seed_guide_node_is_compliant_where_it_meets_the_benchmark(make):
     # The 2-suite kubelet list is within ours: plainly ok.
     assert found["kubelet:tls-cipher-suites"].message == ""
     assert found["kube-apiserver:tls-cipher-suites"].status is Status.OK
-    # Met by the benchmark, not by our stricter policy: ok, and it says so.
+    # Met by the benchmark, not by our stricter policy: ok, and it says so, naming the
+    # benchmark in force (auto: the fixture's K3s v1.31.4+k3s1 -> k3s-cis-1.10).
+    assert h.control.cis_version == "1.10"
     log = found["kube-apiserver:audit-log-path"]
     assert log.observed == "/var/log/k3s-audit.log"
-    assert log.message.startswith("stricter than CIS 1.8: is /var/log/k3s-audit.log (want ")
+    assert log.message.startswith("stricter than CIS 1.10: is /var/log/k3s-audit.log (want ")
     assert "the benchmark (set) is met" in log.message
     idle = found["kubelet:streaming-connection-idle-timeout"]
-    assert idle.message.startswith("stricter than CIS 1.8: not set, default 4h0m0s (want 5m)")
+    assert idle.message.startswith("stricter than CIS 1.10: not set, default 4h0m0s (want 5m)")
     assert found["kubelet:make-iptables-util-chains"].status is Status.OK
 
 
@@ -67,7 +69,7 @@ def test_stricter_items_can_be_enforced(make):
     h = make(config=SEED_CONFIG, exec_flags=SEED_EXEC_FLAGS, options={"beyond_benchmark": "enforce"})
     h.start()
     log = h.check()["kube-apiserver:audit-log-path"]
-    assert log.status is Status.DRIFT and log.message.startswith("stricter than CIS 1.8: ")
+    assert log.status is Status.DRIFT and log.message.startswith("stricter than CIS 1.10: ")
 
 
 def test_cipher_outside_the_benchmark_is_drift(make):
@@ -83,7 +85,7 @@ def test_cipher_outside_the_benchmark_is_drift(make):
     h.node.write_config(f"kubelet-arg:\n  - tls-cipher-suites={chacha}\n")
     h.start()
     item = h.check()["kubelet:tls-cipher-suites"]
-    assert item.status is Status.OK and item.message.startswith(f"stricter than CIS 1.8: has {chacha}")
+    assert item.status is Status.OK and item.message.startswith(f"stricter than CIS 1.10: has {chacha}")
 
 
 def test_kubelet_default_runs_when_k3s_passes_no_flag(make):
