@@ -162,3 +162,46 @@ def test_promtool_test_fails_a_wrong_expectation(tmp_path: Path, rule_file: Path
     broken = tmp_path / "broken.test.yml"
     broken.write_text(json.dumps(tests))
     assert promtool("test", "rules", str(broken)).returncode != 0
+
+
+DASHBOARD = REPO / "packaging/prometheus/k3s-agentd.dashboard.json"
+
+
+def dashboard_exprs() -> dict[str, str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return {f"{p['title']}/{t['refId']}": t["expr"] for p in panels for t in p.get("targets", [])}
+
+
+def test_dashboard_has_the_fleet_views() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    titles = {p["title"] for p in dashboard["panels"]}
+    assert {"Fleet", "Drifted or failed items over time", "Heals per control"} <= titles
+    fleet = next(p for p in dashboard["panels"] if p["title"] == "Fleet")
+    assert {t["refId"] for t in fleet["targets"]} >= {"verdict", "drifted", "last_heal"}
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_dashboard_queries_are_promql_over_exported_metrics(tmp_path: Path) -> None:
+    exprs = dashboard_exprs()
+    exported = exported_metric_names()
+    for where, expr in exprs.items():
+        used = set(re.findall(r"\bk3s_agentd_[a-z0-9_]+", expr))
+        assert used and used <= exported, (where, used - exported)
+    # promtool parses every query (as a recording rule; Grafana's $__rate_interval made concrete)
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:q{i}", "expr": expr.replace("$__rate_interval", "5m")}
+                    for i, expr in enumerate(exprs.values())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(json.dumps(rules))
+    check = promtool("check", "rules", str(path))
+    assert check.returncode == 0, check.stdout + check.stderr
+    path.write_text(json.dumps(rules).replace("sum by", "sum by by", 1))
+    assert promtool("check", "rules", str(path)).returncode != 0  # the check can fail
