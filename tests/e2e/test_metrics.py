@@ -11,9 +11,6 @@ Prometheus server, and this one needs no K3s.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -22,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import _deb
+from tests.e2e.conftest import booted_node
 from tests.e2e.node import sh, wait_until
-from tests.e2e.nspawn import NspawnNode, make_node_rootfs
+from tests.e2e.nspawn import NspawnNode
 from tests.e2e.scenario import diagnostics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -63,22 +60,9 @@ QUERY = (
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NspawnNode]:
-    if os.geteuid() != 0:
-        pytest.fail("the e2e suite boots a container: run it as root")
-    work = tmp_path_factory.mktemp("e2e-metrics")
-    started = time.monotonic()
-    with open(work / "build.log", "w") as log:
-        extra = ("prometheus", "prometheus-node-exporter")
-        rootfs = make_node_rootfs(str(work), _deb(log), None, log, extra_packages=extra)
-    booted = NspawnNode(rootfs, name="k3s-e2e-metrics")
-    booted.boot()
-    sys.stderr.write(f"\ne2e metrics node ready in {time.monotonic() - started:.0f}s\n")
-    try:
+    extra = ("prometheus", "prometheus-node-exporter")
+    with booted_node(tmp_path_factory, "e2e-metrics", "k3s-e2e-metrics", False, extra) as booted:
         yield booted
-    finally:
-        booted.shutdown()
-        if not os.environ.get("K3S_AGENTD_E2E_KEEP"):
-            subprocess.run(["rm", "-rf", "--one-file-system", rootfs], check=False)
 
 
 def api(node: NspawnNode, path: str) -> Any:
