@@ -58,12 +58,11 @@ class HealTally:
     def record(self, document: dict[str, Any]) -> dict[str, Any]:
         """Count this document's heals; the `daemon` facts to add to it."""
         for control in document.get("controls", []):
+            # += 0 too: a zero sample before the first heal, so increase() sees the first one
             healed = sum(1 for f in control["findings"] if _was_healed(f))
             self.by_control[control["name"]] += healed
             if healed:
                 self.last_heal = _epoch(document["generated_at"])
-        for name in (c["name"] for c in document.get("controls", [])):
-            self.by_control.setdefault(name, 0)  # a zero before the first heal: rate() sees it
         return {"heals_by_control": dict(self.by_control), "last_heal_at": self.last_heal}
 
 
@@ -107,7 +106,7 @@ def render_prometheus(document: dict[str, Any], today: Optional[datetime.date] =
     )
     _items(out, controls)
     _cycle(out, document)
-    _daemon(out, document.get("daemon") or {}, controls)
+    _daemon(out, document.get("daemon") or {})
     _waivers(out, document.get("waivers") or [], today or datetime.date.today())
     _confirmation(out, document.get("confirmation") or {})
     return out.text()
@@ -129,11 +128,13 @@ def _info(document: dict[str, Any]) -> dict[str, str]:
 
 
 def _items(out: _Exposition, controls: list[dict[str, Any]]) -> None:
-    per_item = [
-        ({"control": f["control"], "item": f["key"], "cis": f.get("cis") or "", "status": f["status"]}, 1)
-        for c in controls
-        for f in c["findings"]
-    ]
+    # One series per (control, item): a duplicate label set would make node_exporter
+    # drop the whole file, so a control reporting a key twice keeps its first finding.
+    seen: dict[tuple[str, str], dict[str, str]] = {}
+    for f in (f for c in controls for f in c["findings"]):
+        labels = {"control": f["control"], "item": f["key"], "cis": f.get("cis") or "", "status": f["status"]}
+        seen.setdefault((f["control"], f["key"]), labels)
+    per_item = [(labels, 1) for labels in seen.values()]
     out.family("item_status", "gauge", "1 for each policy item, labelled with its current status.", per_item)
     counts = [
         ({"control": c["name"], "status": s.value}, c["summary"]["by_status"].get(s.value, 0))
@@ -194,7 +195,7 @@ _COUNTERS = (
 )
 
 
-def _daemon(out: _Exposition, daemon: dict[str, Any], controls: list[dict[str, Any]]) -> None:
+def _daemon(out: _Exposition, daemon: dict[str, Any]) -> None:
     if "policy_error" in daemon:
         refused = int(bool(daemon["policy_error"]))
         out.family(

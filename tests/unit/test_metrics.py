@@ -92,6 +92,14 @@ def test_every_line_is_one_sample_and_families_are_declared_once() -> None:
     assert text.count("k3s_agentd_item_status{") == 9 + len(HOSTILE_KEYS)
 
 
+def test_a_key_reported_twice_is_one_series() -> None:
+    document = hostile_document()
+    files = next(c for c in document["controls"] if c["name"] == "files")
+    files["findings"].append({**files["findings"][0], "status": "ok"})
+    text = render_prometheus(document, TODAY)
+    assert text.count('item="net.ipv4.\\"quoted\\""') == 2  # its item_status and its waiver, once each
+
+
 def test_one_shot_document_leaves_out_daemon_families() -> None:
     document = hostile_document()
     document["daemon"], document["confirmation"], document["waivers"] = {}, None, []
