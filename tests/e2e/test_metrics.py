@@ -40,6 +40,8 @@ extends = "none"
 mode = "audit"
 interval = {INTERVAL}
 confirm_timeout = 0
+[controls.sysctl]
+persist = false  # audit never writes sysctl.d: the runtime value is the only item
 [controls.sysctl.items."{KEY}"]
 value = 1
 """
