@@ -11,6 +11,7 @@ Prometheus server, and this one needs no K3s.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -121,10 +122,12 @@ def _scenario(node: NspawnNode) -> None:
 
     # drift: the metric changes, the drift alert goes pending (its `for:` is an hour)
     sh(node, f"sysctl -qw {KEY}=0")
+    drifted = time.monotonic()
     item = f'k3s_agentd_item_status{{item="{KEY}",status="drift"}}'
     wait_until(lambda: query(node, item), 30, "the drifted item in Prometheus")
     assert query(node, drift)[0]["value"][1] == "1"
     wait_until(lambda: alert_state(node, "K3sAgentdNodeDrifted") == "pending", 30, "the drift alert pending")
+    pending = time.monotonic() - drifted
     assert not alert_state(node, "K3sAgentdStale")
 
     # the agent stops: node_exporter keeps serving its last file, the stale alert fires
@@ -135,3 +138,7 @@ def _scenario(node: NspawnNode) -> None:
     # (and SIGTERM's wait) before `stopped`
     assert time.monotonic() - stopped >= INTERVAL
     assert sh(node, f"test -s {TEXTFILE}", check=False).returncode == 0
+    sys.stderr.write(
+        f"\n  drift -> alert pending {pending:.1f}s; agent stopped -> stale alert firing "
+        f"{time.monotonic() - stopped:.1f}s (interval {INTERVAL}s, scrape {SCRAPE}s)\n"
+    )
