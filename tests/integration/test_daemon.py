@@ -133,6 +133,12 @@ def test_daemon_heals_reloads_and_stops(
     )
     assert "k3s_agentd_last_cycle_timestamp_seconds" in textfile.read_text()
     assert textfile.stat().st_mode & 0o777 == 0o644
+    # `k3s-agentctl status --prometheus` renders the daemon's document the same way
+    shown = ctl(root, "status", "--prometheus")
+    assert (
+        shown.returncode in (0, 1)
+        and f'k3s_agentd_item_status{{control="sysctl",item="{KEY}"' in shown.stdout
+    )
 
     # a broken policy on SIGHUP is refused, the old one stays in force
     (root / "etc/k3s-agentd/policy.toml").write_text("bogus_key = 1\n" + GOOD_POLICY)
