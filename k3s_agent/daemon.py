@@ -25,6 +25,7 @@ from k3s_agent.confirm import Gate, Ledger, control_restorer
 from k3s_agent.engine import CycleReport, Engine, merge_reports
 from k3s_agent.host import Host, HostError, sweep_stale_temps, write_private
 from k3s_agent.log import MESSAGE_IDS, configure, finding_fields, finding_message, refusal_message
+from k3s_agent.metrics import HealTally, textfile_path
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.loader import load_policy
 from k3s_agent.policy.model import Policy
@@ -62,6 +63,7 @@ class Daemon:
         self.reload_requested = False
         self.heartbeat = time.monotonic()
         self.counters = {"heals_total": 0, "heal_failures_total": 0, "policy_reload_failures_total": 0}
+        self.heal_tally = HealTally()  # heals per control, last heal (metrics)
         self.policy_error: Optional[str] = None
         self.policy_fallback: Optional[str] = None  # what runs instead of a refused policy at start
         self.last_logged: dict[tuple[str, str], Status] = {}
@@ -304,12 +306,15 @@ class Daemon:
         confirmation = self.document.get("confirmation") or {}
         prefix = f"{confirmation['message']}; " if confirmation.get("message") else ""
         sd_notify(f"STATUS={prefix}{summary['verdict']}: {line}")
+        self.document["daemon"].update(self.heal_tally.record(self.document))
         metrics = render_prometheus(self.document).encode()
+        # "auto" (the default): node_exporter's textfile folder when it is installed
+        textfile = textfile_path(self.policy.metrics_textfile, self.host.is_dir)
         try:
             _write_private(os.path.join(self.host.run_dir, STATUS_NAME), to_json(self.document).encode())
             _write_private(os.path.join(self.host.run_dir, METRICS_NAME), metrics)
-            if self.policy.metrics_textfile:
-                self.host.write_atomic(self.policy.metrics_textfile, metrics, mode=0o644, backup=False)
+            if textfile:
+                self.host.write_atomic(textfile, metrics, mode=0o644, backup=False)
         except (OSError, HostError) as exc:
             self.log.warning("cannot publish status", error=str(exc))
 

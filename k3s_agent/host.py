@@ -88,6 +88,13 @@ class Host:
 
     # -- reading -----------------------------------------------------------
 
+    def is_dir(self, absolute: str) -> bool:
+        """A real folder (not a symlink to one) at this path."""
+        try:
+            return stat.S_ISDIR(os.lstat(self.path(absolute)).st_mode)
+        except OSError:
+            return False
+
     def read_bytes(self, absolute: str, limit: int = READ_LIMIT, follow: bool = False) -> Optional[bytes]:
         """Content of a regular file, None when missing; TooLarge beyond `limit` bytes.
 

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Optional
 
 from k3s_agent import __version__
+from k3s_agent.metrics import render_prometheus
 from k3s_agent.model import BROKEN, COMPLIANT, Status
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 SCHEMA = "k3s-agentd/node-compliance"
 SCHEMA_VERSION = 1
+
+__all__ = ["build_document", "exit_code", "render_prometheus", "render_table", "to_json"]
 
 EXIT_COMPLIANT, EXIT_DRIFT, EXIT_FAILED, EXIT_UNKNOWN = 0, 1, 2, 3
 
@@ -68,6 +71,12 @@ def build_document(
             for c in cycle.controls
         ],
         "daemon": daemon or {},
+        # active waivers (expired ones waive nothing): for the expiry metrics/alerts
+        "waivers": [
+            {"control": w.control, "key": w.key, "owner": w.owner, "expires": w.expires.isoformat()}
+            for w in policy.waivers
+            if w.active(datetime.date.today())
+        ],
         # commit-confirmed state (k3s_agent/confirm.py): None, or what awaits
         # confirmation / was rolled back; filled in by whoever knows the record.
         "confirmation": None,
@@ -220,70 +229,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-# -- Prometheus text format (node_exporter textfile collector) -------------------------
-
-
-def render_prometheus(document: dict[str, Any]) -> str:
-    lines = [
-        "# HELP k3s_agentd_items Policy items on this node by control and status.",
-        "# TYPE k3s_agentd_items gauge",
-    ]
-    for control in document["controls"]:
-        for status, count in control["summary"]["by_status"].items():
-            lines.append(f'k3s_agentd_items{{control="{_esc(control["name"])}",status="{status}"}} {count}')
-    lines += [
-        "# HELP k3s_agentd_item_compliant 1 when the item is ok/healed/absent/unsupported.",
-        "# TYPE k3s_agentd_item_compliant gauge",
-    ]
-    compliant = {s.value for s in COMPLIANT}
-    for control in document["controls"]:
-        for f in control["findings"]:
-            labels = f'control="{_esc(f["control"])}",item="{_esc(f["key"])}",'
-            labels += f'status="{f["status"]}",cis="{_esc(f.get("cis") or "")}"'
-            lines.append(f"k3s_agentd_item_compliant{{{labels}}} {int(f['status'] in compliant)}")
-    verdict_value = {"compliant": 0, "drift": 1, "failed": 2}.get(document["summary"]["verdict"], 3)
-    lines += [
-        "# HELP k3s_agentd_verdict 0 compliant, 1 drift, 2 failures.",
-        "# TYPE k3s_agentd_verdict gauge",
-        f"k3s_agentd_verdict {verdict_value}",
-        "# HELP k3s_agentd_cycle_duration_seconds Wall time of the last check cycle.",
-        "# TYPE k3s_agentd_cycle_duration_seconds gauge",
-        f"k3s_agentd_cycle_duration_seconds {document['cycle']['duration_seconds']}",
-        "# HELP k3s_agentd_last_cycle_timestamp_seconds When the last cycle finished.",
-        "# TYPE k3s_agentd_last_cycle_timestamp_seconds gauge",
-        f"k3s_agentd_last_cycle_timestamp_seconds {_epoch(document['generated_at'])}",
-    ]
-    daemon = document.get("daemon") or {}
-    if "policy_error" in daemon:
-        lines += [
-            "# HELP k3s_agentd_policy_refused 1 while the policy on disk is refused (an older one runs).",
-            "# TYPE k3s_agentd_policy_refused gauge",
-            f"k3s_agentd_policy_refused {int(bool(daemon['policy_error']))}",
-        ]
-    for name, help_text in (
-        ("heals_total", "Items healed since the daemon started."),
-        ("heal_failures_total", "Heals that failed since the daemon started."),
-        ("policy_reload_failures_total", "Refused policy reloads since the daemon started."),
-    ):
-        if name in daemon:
-            lines += [
-                f"# HELP k3s_agentd_{name} {help_text}",
-                f"# TYPE k3s_agentd_{name} counter",
-                f"k3s_agentd_{name} {daemon[name]}",
-            ]
-    return utf8("\n".join(lines) + "\n")  # the daemon's metrics endpoint encodes it too
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def _iso(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _epoch(iso: str) -> float:
-    return datetime.datetime.fromisoformat(iso).timestamp()
 
 
 def node_name() -> str:

@@ -99,7 +99,11 @@ CONTEST_FIELDS = {
 }
 METRICS_FIELDS = {
     "textfile": Field(
-        str, matches(r"(/(?!\.\.?/)[^/\0]+)+\.prom|", "an absolute *.prom path without . or .. in it")
+        str,
+        matches(
+            r"(/(?!\.\.?/)[^/\0]+)+\.prom|auto|",
+            'an absolute *.prom path without . or .. in it, "auto" or "" (off)',
+        ),
     )
 }
 WAIVER_FIELDS = {
@@ -497,7 +501,7 @@ def build_policy(
         controls=controls,
         waivers=tuple(_waiver(w) for w in merged.get("waiver", [])),
         sources=tuple(layer.source for layer in layers),
-        metrics_textfile=merged.get("metrics", {}).get("textfile") or None,
+        metrics_textfile=merged.get("metrics", {}).get("textfile", "auto") or None,
         benchmark=choice,
     )
     _raise_if(_lint(policy, host, origin))

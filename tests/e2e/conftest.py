@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,21 +29,29 @@ def _deb(log) -> str:
     return str(REPO / "dist" / f"k3s-hardening-agent_{version}_all.deb")
 
 
-@pytest.fixture(scope="session")
-def nspawn_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NspawnNode]:
+@contextlib.contextmanager
+def booted_node(
+    tmp_path_factory: pytest.TempPathFactory,
+    label: str,
+    name: str = "k3s-e2e",
+    k3s_fixture: bool = True,
+    extra_packages: Sequence[str] = (),
+) -> Iterator[NspawnNode]:
+    """A fresh node (rootfs with the .deb, `extra_packages` and the K3s fixture), booted;
+    shut down and removed after (kept with K3S_AGENTD_E2E_KEEP)."""
     if os.geteuid() != 0:
         pytest.fail("the e2e suite boots a container: run it as root")
-    work = tmp_path_factory.mktemp("e2e-node")
+    work = tmp_path_factory.mktemp(label)
     log_path = work / "build.log"
     started = time.monotonic()
+    fixture = str(REPO / "tests" / "k3s_fixture") if k3s_fixture else None
     with open(log_path, "w") as log:
-        deb = _deb(log)
-        rootfs = make_node_rootfs(str(work), deb, str(REPO / "tests" / "k3s_fixture"), log)
+        rootfs = make_node_rootfs(str(work), _deb(log), fixture, log, extra_packages=extra_packages)
     built = time.monotonic() - started
-    node = NspawnNode(rootfs)
+    node = NspawnNode(rootfs, name=name)
     node.boot()
     sys.stderr.write(
-        f"\ne2e node ready in {time.monotonic() - started:.0f}s (rootfs {built:.0f}s); "
+        f"\n{label} node ready in {time.monotonic() - started:.0f}s (rootfs {built:.0f}s); "
         f"logs: {log_path}, {node.console_log}\n"
     )
     try:
@@ -51,6 +60,12 @@ def nspawn_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NspawnNode
         node.shutdown()
         if not os.environ.get("K3S_AGENTD_E2E_KEEP"):
             subprocess.run(["rm", "-rf", "--one-file-system", rootfs], check=False)
+
+
+@pytest.fixture(scope="session")
+def nspawn_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NspawnNode]:
+    with booted_node(tmp_path_factory, "e2e-node") as node:
+        yield node
 
 
 @pytest.fixture(scope="session")

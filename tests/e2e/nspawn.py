@@ -144,9 +144,14 @@ def nspawn_exec(rootfs: str, argv: Sequence[str], log: Optional[IO[str]], binds:
 
 
 def make_node_rootfs(
-    workdir: str, deb: str, fixture_dir: Optional[str] = None, log: Optional[IO[str]] = None
+    workdir: str,
+    deb: str,
+    fixture_dir: Optional[str] = None,
+    log: Optional[IO[str]] = None,
+    extra_packages: Sequence[str] = (),
 ) -> str:
-    """A fresh copy of the base with the .deb (and the K3s fixture) installed; its path."""
+    """A fresh copy of the base with the .deb, `extra_packages` (from the node's
+    mirror, e.g. node_exporter) and the K3s fixture installed; its path."""
     base = base_rootfs(log)
     rootfs = os.path.join(workdir, "rootfs")
     _run(["cp", "-a", "--reflink=auto", base, rootfs], log)
@@ -155,7 +160,16 @@ def make_node_rootfs(
     deb_dir = os.path.dirname(os.path.abspath(deb))
     binds = [f"{archives}:/var/cache/apt/archives", f"ro:{deb_dir}:/mnt/dist"]
     # Both firewall tools: the package depends on one and recommends both.
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "iptables", "nftables"]
+    install = [
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "iptables",
+        "nftables",
+        *extra_packages,
+    ]
     install.append(f"/mnt/dist/{os.path.basename(deb)}")
     try:
         nspawn_exec(rootfs, install, log, binds)

@@ -122,8 +122,23 @@ def test_daemon_heals_reloads_and_stops(
     assert doc["schema"] == "k3s-agentd/node-compliance"
     assert doc["daemon"]["heals_total"] >= 3  # first cycle: two keys + the persisted file
     metrics = (root / "run/k3s-agentd/metrics.prom").read_text()
-    assert "k3s_agentd_heals_total" in metrics
-    assert f'k3s_agentd_item_compliant{{control="sysctl",item="{KEY}"' in metrics
+    assert 'k3s_agentd_heals_total{control="sysctl"}' in metrics
+    assert f'k3s_agentd_item_status{{control="sysctl",item="{KEY}",cis="",status=' in metrics
+    # node_exporter installed after the agent: the default textfile = "auto" finds its folder
+    textfiles = root / "var/lib/prometheus/node-exporter"
+    assert not textfiles.exists()  # never created by us
+    textfiles.mkdir(parents=True)
+    textfile = wait_for(
+        "the textfile", lambda: (p := textfiles / "k3s_agentd.prom").exists() and p, INTERVAL + 5
+    )
+    assert "k3s_agentd_last_cycle_timestamp_seconds" in textfile.read_text()
+    assert textfile.stat().st_mode & 0o777 == 0o644
+    # `k3s-agentctl status --prometheus` renders the daemon's document the same way
+    shown = ctl(root, "status", "--prometheus")
+    assert (
+        shown.returncode in (0, 1)
+        and f'k3s_agentd_item_status{{control="sysctl",item="{KEY}"' in shown.stdout
+    )
 
     # a broken policy on SIGHUP is refused, the old one stays in force
     (root / "etc/k3s-agentd/policy.toml").write_text("bogus_key = 1\n" + GOOD_POLICY)

@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEB = REPO / "dist" / f"k3s-hardening-agent_{__version__}_all.deb"
 RPM = REPO / "dist" / f"k3s-hardening-agent-{__version__}-1.el9.noarch.rpm"
 PURGE = REPO / "packaging" / "purge-managed.sh"
+PROM = tuple(
+    f"/usr/share/k3s-hardening-agent/prometheus/k3s-agentd.{name}" for name in ("rules.yml", "dashboard.json")
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +57,14 @@ def test_deb_version_conffile_and_no_start(built: None) -> None:
         assert "stop" not in _out("dpkg-deb", "-I", str(DEB), "preinst")
     assert "try-restart k3s-agentd.service" in postinst
     listing = _out("dpkg-deb", "-c", str(DEB))
-    for path in ("./lib/systemd/system/k3s-agentd.service", "./usr/bin/k3s-agentd", "./usr/bin/k3s-agentctl"):
-        assert path in listing
+    for path in (
+        "/lib/systemd/system/k3s-agentd.service",
+        "/usr/bin/k3s-agentd",
+        "/usr/bin/k3s-agentctl",
+        *PROM,
+    ):
+        assert "." + path in listing
+    assert "k3s_agentd.prom" in _out("dpkg-deb", "-I", str(DEB), "postrm")
 
 
 def test_tmpfiles_make_what_the_sandbox_binds(built: None, tmp_path: Path) -> None:
@@ -100,6 +109,7 @@ def test_rpm_version_config_noreplace_and_requires(built: None) -> None:
     files = _out("rpm", "-qpl", str(RPM)).split()
     assert "/usr/lib/python3.9/site-packages/k3s_agent/daemon.py" in files  # EL9's python3
     assert "/usr/lib/systemd/system-preset/80-k3s-agentd.preset" in files
+    assert set(PROM) <= set(files)
     scripts = _out("rpm", "-qp", "--scripts", str(RPM))
     assert "preset k3s-agentd.service" in scripts
     assert not re.search(r"systemctl (--\S+ )*(start|restart|enable --now)", scripts), scripts

@@ -22,7 +22,7 @@ from k3s_agent.log import (
 )
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ContestSettings, Policy
-from k3s_agent.report import build_document, exit_code, render_prometheus, render_table
+from k3s_agent.report import build_document, exit_code, render_table
 
 POLICY = Policy("k3s-cis-server", Mode.ENFORCE, 60, 30, ContestSettings(), {}, (), ("profile:x",))
 
@@ -60,15 +60,6 @@ def test_table_shows_problems_with_cis_and_values() -> None:
     assert "DRIFT     k0" in text and "[4.2.6]" in text and "want=1 have=0" in text
     assert "k1" not in text  # ok items only with -v
     assert "k1" in render_table(document(Status.DRIFT, Status.OK), verbose=True)
-
-
-def test_prometheus_text_is_well_formed() -> None:
-    text = render_prometheus(document(Status.DRIFT, Status.OK))
-    assert 'k3s_agentd_items{control="sysctl",status="drift"} 1' in text
-    assert 'k3s_agentd_item_compliant{control="sysctl",item="k0",status="drift",cis="4.2.6"} 0' in text
-    assert "k3s_agentd_verdict 1" in text
-    for line in text.splitlines():
-        assert line.startswith("#") or line.count(" ") == 1 or "{" in line
 
 
 def test_journald_event_carries_message_id_and_fields() -> None:
