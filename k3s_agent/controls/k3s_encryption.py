@@ -18,6 +18,9 @@ Facts (k3s-io/k3s pkg/secretsencrypt/config.go):
   control-plane nodes: the agent's only cross-server witness.
 - kube-apiserver runs with --encryption-provider-config=<that file>.
 
+The witness call talks to the apiserver, so its answer is cached (see WitnessCache):
+targeted event checks must not turn into a K3s CLI call each.
+
 The agent never writes keys or this config: every finding stays drift.
 """
 
@@ -51,6 +54,8 @@ VERIFY_ONLY = "verify-only: never writes keys or config"
 _STATE = re.compile(r"([a-z_]+)-([0-9a-f]{64})")
 
 StatusRunner = Callable[[Host, str], Any]  # (host, binary) -> CompletedProcess-like
+MAX_AGE = 60.0  # = the default sweep interval: one witness call per sweep at most
+RETRY = 10.0  # a failed call (apiserver starting, timeout) is asked again sooner
 
 
 def run_status(host: Host, binary: str) -> Any:
@@ -65,6 +70,36 @@ class ConfigView:
     key_count: int
 
 
+@dataclasses.dataclass(frozen=True)
+class WitnessAnswer:
+    key: tuple[object, ...]  # what the answer depends on locally (see witness_key)
+    at: float  # monotonic time of the call
+    finding: Finding
+    data: Optional[dict[str, Any]]  # the parsed status; None = the call failed
+
+
+def witness_fresh(age: float, failed: bool, max_age: float, retry: float) -> bool:
+    """May an answer this old be reused? Failures live `retry`, answers `max_age`;
+    a negative age (clock trouble) never counts as fresh."""
+    return 0 <= age < (min(retry, max_age) if failed else max_age)
+
+
+def witness_key(host: Host, node: K3sNode, paths: Sequence[str]) -> tuple[object, ...]:
+    """The local inputs of the witness answer: the K3s run (binary, invocation, start)
+    and the identity of the config and state files. A change of any means ask again."""
+    service = node.service
+    files = (_stat_key(host, path) for path in paths)
+    return (service.binary, service.invocation_id, service.started_at, *files)
+
+
+def _stat_key(host: Host, path: str) -> Optional[tuple[int, int, int, int]]:
+    try:
+        st = os.lstat(host.path(path))
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class K3sEncryptionControl:
     name = NAME
 
@@ -75,6 +110,7 @@ class K3sEncryptionControl:
         observer: Optional[Observer] = None,
         status_runner: StatusRunner = run_status,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.host = host
         self.items = {key: dict(item) for key, item in policy.items.items()}
@@ -83,6 +119,10 @@ class K3sEncryptionControl:
         self.observer = observer or Observer(host)
         self.status_runner = status_runner
         self.clock = clock
+        self.monotonic = monotonic
+        self.witness_max_age = float(policy.option("witness_max_age", MAX_AGE))
+        self.witness_retry = float(policy.option("witness_retry", RETRY))
+        self.witness: Optional[WitnessAnswer] = None
         self.facts: dict[str, object] = {}
 
     # -- observe ------------------------------------------------------------------------
@@ -101,7 +141,7 @@ class K3sEncryptionControl:
             "encryption-config": lambda: self._check_config(config_path, view, node),
             "encryption-state": lambda: self._check_state(state_path, view),
             "apiserver-flag": lambda: self._check_flag(node, config_path),
-            "cluster-hashes": lambda: self._check_witness(node),
+            "cluster-hashes": lambda: self._check_witness(node, (config_path, state_path)),
         }
         self.facts = {"config": config_path, "providers": list(view.providers), "keys": view.key_count}
         return [checks[key]() for key in self.items if key in checks]
@@ -241,7 +281,7 @@ class K3sEncryptionControl:
             )
         return self._f("apiserver-flag", Status.OK, desired=desired, observed=seen)
 
-    def _check_witness(self, node: K3sNode) -> Finding:
+    def _check_witness(self, node: K3sNode, paths: Sequence[str]) -> Finding:
         desired = "hashmatch across control-plane nodes"
         binary = node.service.binary
         if binary is None:
@@ -255,31 +295,50 @@ class K3sEncryptionControl:
                 desired=desired,
                 message="K3s is not running: no second witness",
             )
+        key = witness_key(self.host, node, paths)
+        now = self.monotonic()
+        cached = self.witness
+        if cached is not None and cached.key == key:
+            age = now - cached.at
+            if witness_fresh(age, cached.data is None, self.witness_max_age, self.witness_retry):
+                return self._cached(cached, age)
+        finding, data = self._ask_witness(binary, desired)
+        self.witness = WitnessAnswer(key, now, finding, data)
+        return finding
+
+    def _cached(self, answer: WitnessAnswer, age: float) -> Finding:
+        """The cached finding, saying so and how old it is."""
+        if answer.data is not None:
+            self.facts["witness"] = answer.data
+        self.facts["witness_age"] = round(age, 1)
+        note = f"cached `k3s secrets-encrypt status` answer, {age:.0f} s old"
+        message = f"{answer.finding.message}; {note}" if answer.finding.message else note
+        return dataclasses.replace(answer.finding, message=message)
+
+    def _ask_witness(self, binary: str, desired: str) -> tuple[Finding, Optional[dict[str, Any]]]:
+        """Run `k3s secrets-encrypt status -o json`: (finding, parsed answer or None on failure)."""
+
+        def failed(why: str) -> tuple[Finding, None]:
+            return self._f("cluster-hashes", Status.DRIFT, desired=desired, message=why), None
+
         try:
             done = self.status_runner(self.host, self.host.path(binary))
         except HostError as exc:
-            return self._f(
-                "cluster-hashes", Status.DRIFT, desired=desired, message=f"k3s secrets-encrypt status: {exc}"
-            )
+            return failed(f"k3s secrets-encrypt status: {exc}")
         if done.returncode != 0:
             err = (done.stderr or done.stdout or "").strip().splitlines()
             why = err[-1] if err else f"exit {done.returncode}"
-            return self._f(
-                "cluster-hashes",
-                Status.DRIFT,
-                desired=desired,
-                message=f"k3s secrets-encrypt status failed: {why}",
-            )
+            return failed(f"k3s secrets-encrypt status failed: {why}")
         try:
             data = json.loads(done.stdout)
         except ValueError:
-            return self._f(
-                "cluster-hashes",
-                Status.DRIFT,
-                desired=desired,
-                message="k3s secrets-encrypt status: not JSON",
-            )
+            return failed("k3s secrets-encrypt status: not JSON")
+        if not isinstance(data, dict):
+            return failed("k3s secrets-encrypt status: not a JSON object")
         self.facts["witness"] = data
+        return self._judge_witness(data, desired), data
+
+    def _judge_witness(self, data: dict[str, Any], desired: str) -> Finding:
         match = bool(data.get("hashmatch", False))  # omitempty: absent = false
         if not match:
             why = data.get("hasherror") or "hashes differ between servers"
@@ -373,6 +432,10 @@ SPEC = ControlSpec(
     options={
         "providers": Field(list, list_of(str, one_of(*CIPHERS)), doc="acceptable first providers"),
         "stuck_after": Field(float, at_least(60), doc="seconds a rotation stage may last"),
+        "witness_max_age": Field(
+            float, at_least(0), doc="seconds a `secrets-encrypt status` answer is reused (0 = every check)"
+        ),
+        "witness_retry": Field(float, at_least(0), doc="seconds a failed `secrets-encrypt status` is reused"),
     },
     item_fields={},
     item_key=_key_check,

@@ -13,13 +13,20 @@ import pytest
 from k3s_fixture import K3sNode, encryption_config
 from k3s_fixture.journalfile import JOURNAL_REMOTE, invocation, unit_entries, write_journal
 
-from k3s_agent.controls.k3s_encryption import K3sEncryptionControl, parse_config
+from k3s_agent.controls.k3s_encryption import (
+    MAX_AGE,
+    RETRY,
+    K3sEncryptionControl,
+    parse_config,
+    witness_fresh,
+)
 from k3s_agent.host import Host
 from k3s_agent.k3s.discovery import scan_processes
 from k3s_agent.k3s.journal import JournalSource, RunningArgsReader
 from k3s_agent.k3s.node import Observer
 from k3s_agent.model import Status
 from k3s_agent.policy.loader import load_policy
+from k3s_agent.policy.schema import PolicyError
 
 pytestmark = pytest.mark.root
 CRED = "/var/lib/rancher/k3s/server/cred"
@@ -33,6 +40,7 @@ class Enc:
         self.journal = root / "k3s.journal"
         self.inv = invocation()
         self.now = time.time()
+        self.mono = 1000.0  # the witness cache's clock
         policy = load_policy(self.host, profile="k3s-cis-server")
         reader = RunningArgsReader(self.host, JournalSource(files=[str(self.journal)]), persist=False)
         self.control = K3sEncryptionControl(
@@ -40,6 +48,7 @@ class Enc:
             self.host,
             Observer(self.host, reader, self.show, self.scan),
             clock=lambda: self.now,
+            monotonic=lambda: self.mono,
         )
 
     def show(self, host: Host, unit: str) -> dict[str, str]:
@@ -233,6 +242,8 @@ def test_witness_mismatch_and_failure_are_reported(enc, monkeypatch: pytest.Monk
     assert found.status is Status.DRIFT and "does not match" in found.message
     fixture = e.node.path("/etc/rancher/k3s/.k3s-fixture.json")
     fixture.write_text(json.dumps({**json.loads(fixture.read_text()), "secrets_status_fails": True}))
+    assert "does not match" in e.check()["cluster-hashes"].message  # the cached answer
+    e.mono += MAX_AGE
     failed = e.check()
     assert failed["cluster-hashes"].status is Status.DRIFT
     assert "connection refused" in failed["cluster-hashes"].message
@@ -259,3 +270,152 @@ def test_running_without_encryption_flag(enc, monkeypatch: pytest.MonkeyPatch):
 )
 def test_parse_config_problems(raw: bytes, problem: str):
     assert problem in parse_config(raw)[2]
+
+
+# -- the witness cache: `k3s secrets-encrypt status` talks to the apiserver ---------------------
+
+
+@pytest.fixture
+def counted(enc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A running fixture server whose `secrets-encrypt status` calls are counted."""
+    if not JOURNAL_REMOTE:
+        pytest.skip("needs systemd-journal-remote")
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("K3S_FIXTURE_CALLS", str(log))
+
+    def factory(**kw):
+        e = enc(**kw)
+        monkeypatch.setenv("K3S_FIXTURE_ROOT", str(e.node.root))
+        e.start()
+        e.calls = lambda: len(log.read_text().splitlines()) if log.exists() else 0
+        return e
+
+    return factory
+
+
+def _set_fixture(e: Enc, **settings) -> None:
+    path = e.node.path("/etc/rancher/k3s/.k3s-fixture.json")
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**old, **settings}))
+
+
+def test_witness_is_called_once_for_many_checks(counted):
+    e = counted()
+    first = e.check()["cluster-hashes"]
+    assert first.status is Status.OK and "cached" not in first.message
+    for _ in range(20):
+        e.mono += 2.5  # 20 checks over 50 s: event-driven checks in a busy minute
+        found = e.check()["cluster-hashes"]
+        assert found.status is Status.OK and found.observed == first.observed
+    assert e.calls() == 1
+    assert found.message == "cached `k3s secrets-encrypt status` answer, 50 s old"
+    assert e.control.describe()["witness"]["hashmatch"] is True  # the facts survive the cache
+
+
+def test_witness_is_asked_again_after_max_age(counted):
+    e = counted()
+    e.check()
+    e.mono += MAX_AGE - 0.5
+    e.check()
+    assert e.calls() == 1
+    e.mono += 0.5
+    assert "cached" not in e.check()["cluster-hashes"].message
+    assert e.calls() == 2
+    e.mono -= 30  # a clock that went back is no proof of freshness
+    e.check()
+    assert e.calls() == 3
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "config-edited",  # same size, new content: mtime and hash
+        "state-rewritten",  # k3s secrets-encrypt moved a stage
+        "config-replaced",  # a new inode (rename over), same bytes
+        "k3s-restarted",  # a new invocation of the unit
+    ],
+)
+def test_a_local_change_asks_again(counted, change: str):
+    e = counted()
+    e.check()
+    e.check()
+    assert e.calls() == 1
+    config = e.path("encryption-config.json")
+    if change == "config-edited":
+        raw = config.read_bytes()
+        time.sleep(0.01)
+        config.write_bytes(raw.replace(b'"aescbckey"', b'"aescbcKEY"'))
+    elif change == "state-rewritten":
+        e.write_config(config.read_bytes(), state="prepare")
+    elif change == "config-replaced":
+        fresh = config.with_name("new.json")
+        fresh.write_bytes(config.read_bytes())
+        fresh.chmod(0o600)
+        os.replace(fresh, config)
+    else:
+        e.inv = invocation()
+    found = e.check()["cluster-hashes"]
+    assert "cached" not in found.message
+    assert e.calls() == 2
+    e.check()
+    assert e.calls() == 2  # and that answer is cached in turn
+
+
+def test_a_failure_is_retried_sooner(counted):
+    e = counted()
+    _set_fixture(e, secrets_status_fails=True)
+    failed = e.check()["cluster-hashes"]
+    assert failed.status is Status.DRIFT and "connection refused" in failed.message
+    e.mono += RETRY - 1
+    cached = e.check()["cluster-hashes"]
+    assert cached.status is Status.DRIFT and e.calls() == 1
+    assert cached.message.endswith(f"; cached `k3s secrets-encrypt status` answer, {RETRY - 1:.0f} s old")
+    _set_fixture(e, secrets_status_fails=False)  # the apiserver is back
+    e.mono += 1
+    assert e.check()["cluster-hashes"].status is Status.OK
+    assert e.calls() == 2
+    e.mono += RETRY * 2  # a good answer lives MAX_AGE, not RETRY
+    e.check()
+    assert e.calls() == 2
+
+
+def test_witness_max_age_option(counted, tmp_path: Path):
+    e = counted()
+    local = tmp_path / "policy.toml"
+    local.write_text('extends = "k3s-cis-server"\n[controls.k3s_encryption]\nwitness_max_age = 0\n')
+    policy = load_policy(e.host, path=str(local), dropins=False).controls["k3s_encryption"]
+    e.control = K3sEncryptionControl(policy, e.host, e.control.observer, monotonic=lambda: e.mono)
+    for _ in range(3):  # 0 = ask every check
+        assert "cached" not in e.check()["cluster-hashes"].message
+    assert e.calls() == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("witness_max_age = -1", "controls.k3s_encryption.witness_max_age: must be >= 0"),
+        ("witness_retry = 'soon'", "controls.k3s_encryption.witness_retry: expected a number"),
+    ],
+)
+def test_witness_options_are_checked(tmp_path: Path, line: str, error: str):
+    local = tmp_path / "policy.toml"
+    local.write_text(f'extends = "none"\n[controls.k3s_encryption]\n{line}\n')
+    with pytest.raises(PolicyError, match=error):
+        load_policy(Host(root=str(tmp_path)), path=str(local), dropins=False)
+
+
+@pytest.mark.parametrize(
+    ("age", "failed", "max_age", "retry", "fresh"),
+    [
+        (0, False, 60, 10, True),
+        (59.9, False, 60, 10, True),
+        (60, False, 60, 10, False),
+        (9.9, True, 60, 10, True),
+        (10, True, 60, 10, False),
+        (5, True, 3, 10, False),  # a failure never outlives a good answer
+        (-1, False, 60, 10, False),  # clock went back
+        (0, False, 0, 0, False),  # max_age 0: never cached
+    ],
+)
+def test_witness_fresh(age: float, failed: bool, max_age: float, retry: float, fresh: bool):
+    assert witness_fresh(age, failed, max_age, retry) is fresh
