@@ -29,7 +29,7 @@ from k3s_agent.controls.firewall.model import (
     Rule,
     Ruleset,
 )
-from k3s_agent.controls.firewall.nftgen import generation, transactions_between
+from k3s_agent.controls.firewall.nftgen import Transaction, TransactionLog, generation, transactions_between
 from k3s_agent.host import Host, HostError
 
 FAMILY = "inet"
@@ -62,7 +62,10 @@ class NftRunner:
         if self._module is None and self.host.which("nft") is None:
             return "neither python3-nftables nor the nft binary is installed"
         try:
-            self.list_ruleset()
+            # Only our table: `list ruleset` (and, in nft 1.0.6, even `list tables`)
+            # fetches every table's rules, ~0.3 s and ~90 MB with 10,000 iptables-nft
+            # rules. A missing table is an answer too.
+            self.table_text()
         except NftError as exc:
             return f"nftables does not answer: {exc}"
         return None
@@ -386,7 +389,23 @@ class NftBackend:
                         }
                     }
                 )
+        try:
+            log: Optional[TransactionLog] = TransactionLog()
+        except OSError:
+            log = None
         first = generation()
+        if log is None or first is None:
+            return self._commit_snapshotted(commands, first)
+        with log:
+            self.runner.run(commands)
+            last = generation()
+            transactions = None if last is None else log.until(first, last)
+        if transactions is None:
+            return ForeignChanges(others=(LOST,))
+        return attribute(transactions)
+
+    def _commit_snapshotted(self, commands: list[dict[str, Any]], first: Optional[int]) -> ForeignChanges:
+        """Without change notifications: every foreign table as text before and after."""
         before = self.foreign_snapshot()
         self.runner.run(commands)
         after = self.foreign_snapshot()
@@ -430,6 +449,19 @@ class NftBackend:
 
 
 OUR_TABLE = f"table {FAMILY} {TABLE}"
+LOST = "not audited: nf_tables change notifications were lost (receive buffer overrun) or late"
+
+
+def attribute(transactions: list[Transaction]) -> ForeignChanges:
+    """Foreign tables each transaction touched, ours or other tools'. Ours is the one
+    that (re)created our table; when it is the only one, it is ours in any case."""
+    ours: list[str] = []
+    others: list[str] = []
+    only = len(transactions) == 1
+    for transaction in transactions:
+        mine = only or ("table added", OUR_TABLE) in transaction.changes
+        (ours if mine else others).extend(transaction.describe(skip=OUR_TABLE))
+    return ForeignChanges(ours=tuple(ours), others=tuple(others))
 
 
 def split_tables(text: str) -> dict[str, str]:
