@@ -359,12 +359,11 @@ class NftBackend:
         """Replace our table in one transaction; return what changed in foreign tables.
 
         nftables has no lock: kube-proxy may commit while we do. The ruleset
-        generation (+1 per committed transaction) tells them apart: if it moved
-        by exactly one from before our first listing to after our second, no
-        other transaction committed in that window, and a foreign change came
-        with ours (or from the packet path: elements a rule adds to a dynamic
-        set go through no transaction; docs/firewall.md). Unknown generation:
-        every change counts as ours.
+        generation (+1 per committed transaction) read before and after, and the
+        change notifications in between (nftgen.TransactionLog), say which tables
+        our transaction and each other one touched, without listing any foreign
+        table. Where notifications cannot be had: full snapshots before and
+        after (_commit_snapshotted), slow with thousands of foreign rules.
         """
         # add+delete+add: deleting a table that does not exist fails the batch,
         # adding an existing one is a no-op, so this works from any state.

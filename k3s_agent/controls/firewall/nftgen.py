@@ -3,8 +3,9 @@ transaction (any table, any tool: nft, iptables-nft, kube-proxy's nft mode).
 
 Read with NFT_MSG_GETGEN over netlink (linux/netfilter/nf_tables.h: the reply
 carries NFTA_GEN_ID, big-endian u32; nft itself uses it to keep its cache
-consistent). The firewall control brackets its commit with it, to tell a
-foreign table changed by our transaction from one changed by somebody else's.
+consistent). The firewall control brackets its commit with it and with the
+change notifications of NFNLGRP_NFTABLES (TransactionLog), to tell a foreign
+table changed by our transaction from one changed by somebody else's.
 """
 
 from __future__ import annotations
