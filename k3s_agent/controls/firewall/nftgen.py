@@ -14,7 +14,7 @@ import dataclasses
 import socket
 import struct
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -54,16 +54,13 @@ def parse_generation(reply: bytes) -> Optional[int]:
     length, kind = _NLMSG.unpack_from(reply)[:2]
     if kind == NLMSG_ERROR:
         return None
-    offset = _NLMSG.size + _NFGENMSG.size
-    end = min(length, len(reply))
-    while offset + _NLA.size <= end:
-        nla_len, nla_type = _NLA.unpack_from(reply, offset)
-        if nla_len < _NLA.size or offset + nla_len > end:
-            return None
-        if nla_type & 0x3FFF == NFTA_GEN_ID and nla_len >= _NLA.size + 4:
-            return int(struct.unpack_from(">I", reply, offset + _NLA.size)[0])
-        offset += (nla_len + 3) & ~3
-    return None
+    attrs = _attributes(reply, _NLMSG.size + _NFGENMSG.size, min(length, len(reply)))
+    return _gen_id(attrs)
+
+
+def _gen_id(attrs: dict[int, bytes]) -> Optional[int]:
+    value = attrs.get(NFTA_GEN_ID, b"")
+    return int(struct.unpack_from(">I", value)[0]) if len(value) >= 4 else None
 
 
 # -- what each committed transaction changed ---------------------------------------------
@@ -92,6 +89,7 @@ _KINDS = {
     24: "flowtable deleted",
 }
 FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
+Notification = Tuple[Optional[int], Tuple[str, str]]
 
 
 @dataclasses.dataclass
@@ -114,7 +112,7 @@ class Transaction:
             elif kinds.count("table deleted") > kinds.count("table added"):
                 lines.append(f"{table} disappeared")
             else:
-                counts = ", ".join(f"{kinds.count(k)} {k}" for k in sorted(set(kinds)))
+                counts = ", ".join(f"{k} x{kinds.count(k)}" for k in sorted(set(kinds)))
                 lines.append(f"{table} changed ({counts})")
         return lines
 
@@ -150,32 +148,38 @@ class TransactionLog:
     def until(self, first: int, last: int, timeout: float = 1.0) -> Optional[list[Transaction]]:
         """The transactions committed after generation first up to last, in order;
         None when notifications were lost (receive buffer overrun) or did not come."""
-        found: list[Transaction] = []
-        pending: list[tuple[str, str]] = []
+        items: list[Notification] = []
         deadline = time.monotonic() + timeout
-        while True:
+        while not any(gen == last for gen, _ in items):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             self.sock.settimeout(remaining)
             try:
-                data = self.sock.recv(1 << 16)
+                items += parse_notifications(self.sock.recv(1 << 16))
             except OSError:  # ENOBUFS (overrun) or the timeout
                 return None
-            for gen, change in parse_notifications(data):
-                if gen is None:
-                    pending.append(change)
-                    continue
-                if 0 < transactions_between(first, gen) <= transactions_between(first, last):
-                    found.append(Transaction(gen, pending))
-                pending = []
-                if gen == last:
-                    return found
+        return group(items, first, last)
 
 
-def parse_notifications(data: bytes) -> list[tuple[Optional[int], tuple[str, str]]]:
+def group(items: list[Notification], first: int, last: int) -> list[Transaction]:
+    """Object changes grouped by the NEWGEN that ends their transaction; only the
+    transactions committed after generation first up to last."""
+    found: list[Transaction] = []
+    pending: list[tuple[str, str]] = []
+    for gen, change in items:
+        if gen is None:
+            pending.append(change)
+            continue
+        if 0 < transactions_between(first, gen) <= transactions_between(first, last):
+            found.append(Transaction(gen, pending))
+        pending = []
+    return found
+
+
+def parse_notifications(data: bytes) -> list[Notification]:
     """(None, (kind, table)) per object change, (generation, ("", "")) per NEWGEN."""
-    out: list[tuple[Optional[int], tuple[str, str]]] = []
+    out: list[Notification] = []
     offset = 0
     while offset + _NLMSG.size + _NFGENMSG.size <= len(data):
         length, kind = _NLMSG.unpack_from(data, offset)[:2]
@@ -186,8 +190,8 @@ def parse_notifications(data: bytes) -> list[tuple[Optional[int], tuple[str, str
         attrs = _attributes(data, offset + _NLMSG.size + _NFGENMSG.size, end)
         if kind >> 8 == NFNL_SUBSYS_NFTABLES:
             msg = kind & 0xFF
-            if msg == NFT_MSG_NEWGEN and NFTA_GEN_ID in attrs and len(attrs[NFTA_GEN_ID]) >= 4:
-                out.append((int(struct.unpack_from(">I", attrs[NFTA_GEN_ID])[0]), ("", "")))
+            if msg == NFT_MSG_NEWGEN and _gen_id(attrs) is not None:
+                out.append((_gen_id(attrs), ("", "")))
             elif msg in _KINDS and 1 in attrs:  # attribute 1 is the table name in every one of them
                 name = attrs[1].split(b"\0", 1)[0].decode(errors="replace")
                 out.append((None, (_KINDS[msg], f"table {FAMILIES.get(family, family)} {name}")))
