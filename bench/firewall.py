@@ -5,7 +5,8 @@ Runs as root in fresh network namespaces (nothing on the host changes):
 Prints one line per (backend, foreign rules, operation): median and p90 in ms.
 Foreign rules (nftables): `foreign` iptables-nft rules (a kube-proxy node) plus
 `foreign` rules in another nft table; (iptables) `foreign` legacy rules.
-"first" is the first check of a fresh control (it probes the backend), "heal"
+"first" is the first check of a fresh control (it probes the backend), "auto"
+the same with backend = "auto" (K3s's legacy/nft detection first), "heal"
 is apply() after flushing our chain (the atomic rewrite plus the foreign audit),
 "rss" the peak RSS (VmHWM, MB) of a fresh process running one check, as
 `k3s-agentctl check` does.
@@ -90,13 +91,15 @@ def bench(backend: str, foreign: bool, rounds: int) -> dict[str, list[float]]:
         assert run_in(ns, control.apply, drift)[0].status is Status.HEALED
         rss = [peak_rss(ns, backend) for _ in range(3)]
         firsts = [run_in(ns, timed, make_control(root, backend).check) for _ in range(rounds)]
+        # backend = "auto" (the default) also runs K3s's detection on a first check
+        autos = [run_in(ns, timed, make_control(root, "auto").check) for _ in range(rounds)]
         checks, heals = [], []
         for _ in range(rounds):
             checks.append(run_in(ns, timed, control.check))
             break_one(ns, backend)
             heals.append(run_in(ns, timed, lambda: control.apply(drift)))
             assert all(f.status is Status.OK for f in run_in(ns, control.check))
-        return {"first": firsts, "check": checks, "heal": heals, "rss": rss}
+        return {"first": firsts, "auto": autos, "check": checks, "heal": heals, "rss": rss}
 
 
 def peak_rss(ns: str, backend: str) -> float:

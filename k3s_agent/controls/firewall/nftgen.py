@@ -208,3 +208,69 @@ def _attributes(data: bytes, offset: int, end: int) -> dict[int, bytes]:
         attrs.setdefault(nla_type & 0x3FFF, data[offset + _NLA.size : offset + nla_len])
         offset += (nla_len + 3) & ~3
     return attrs
+
+
+# -- how many iptables-nft rules ---------------------------------------------------------
+
+NFT_MSG_GETRULE, NFT_MSG_NEWRULE = 7, 6
+NLM_F_DUMP = 0x300
+NLMSG_DONE = 3
+# The tables iptables-nft-save lists (xtables' built-in table names).
+XTABLES = ("filter", "nat", "mangle", "raw", "security")
+IP_FAMILIES = (2, 10)  # NFPROTO_IPV4 (iptables-nft), NFPROTO_IPV6 (ip6tables-nft)
+
+
+def xtables_rules(limit: int) -> int:
+    """Rules in iptables-nft's and ip6tables-nft's tables, counting stops at limit.
+
+    What `iptables-nft-save` would print as `-A` lines, without it: the save
+    fetches and formats every rule (~75 ms with 10,000), a dump filtered by table
+    (NFTA_RULE_TABLE) is left after its first reply. 0 where nf_tables does not
+    answer, as the save would print nothing there.
+    """
+    total = 0
+    for family in IP_FAMILIES:
+        for table in XTABLES:
+            if total >= limit:
+                return total
+            total += _dump_rules(family, table, limit - total)
+    return total
+
+
+def _dump_rules(family: int, table: str, limit: int) -> int:
+    name = table.encode() + b"\0"
+    attr = _NLA.pack(_NLA.size + len(name), 1) + name + b"\0" * (-len(name) % 4)  # NFTA_RULE_TABLE
+    body = _NFGENMSG.pack(family, 0, 0) + attr
+    request_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE
+    message = _NLMSG.pack(_NLMSG.size + len(body), request_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
+    count = 0
+    try:
+        kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+        with socket.socket(socket.AF_NETLINK, kind, NETLINK_NETFILTER) as sock:
+            sock.settimeout(2)
+            sock.sendto(message, (0, 0))
+            while count < limit:
+                done, found = _count_replies(sock.recv(1 << 16), table)
+                count += found
+                if done:
+                    break
+    except OSError:
+        pass  # what was counted stands; nothing when nf_tables does not answer
+    return min(count, limit)
+
+
+def _count_replies(data: bytes, table: str) -> tuple[bool, int]:
+    """(dump finished, rules of table) in one reply datagram."""
+    count, offset = 0, 0
+    rule_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE
+    while offset + _NLMSG.size <= len(data):
+        length, kind = _NLMSG.unpack_from(data, offset)[:2]
+        if length < _NLMSG.size:
+            return True, count
+        if kind in (NLMSG_DONE, NLMSG_ERROR):  # an error: no such table (ENOENT) or no nf_tables
+            return True, count
+        if kind == rule_type:
+            attrs = _attributes(data, offset + _NLMSG.size + _NFGENMSG.size, min(offset + length, len(data)))
+            count += attrs.get(1, b"").split(b"\0", 1)[0] == table.encode()
+        offset += (length + 3) & ~3
+    return False, count
