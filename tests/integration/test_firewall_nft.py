@@ -247,10 +247,16 @@ def no_full_listing(monkeypatch: pytest.MonkeyPatch) -> None:
     checks and heals (change notifications, not snapshots) must not need one."""
     from k3s_agent.controls.firewall.nft import NftRunner
 
+    original = NftRunner.list
+
+    def only_ours(self: NftRunner, *what: str) -> list:
+        assert what == ("table", "inet", "k3s_agentd"), f"listed {what}"
+        return original(self, *what)
+
     def refuse(*_args: object) -> None:
         raise AssertionError("listed the whole ruleset")
 
-    monkeypatch.setattr(NftRunner, "list_ruleset", refuse)
+    monkeypatch.setattr(NftRunner, "list", only_ours)
     monkeypatch.setattr(NftRunner, "ruleset_text", refuse)
 
 
@@ -269,6 +275,29 @@ def test_check_and_heal_never_list_the_whole_ruleset(root: Path, no_full_listing
         assert foreign_text(ns) == before
         snapshot = run_in(ns, control.snapshot)
         assert "k3s_agentd" in snapshot["nftables"]
+
+
+def test_fresh_check_stays_small_with_10000_foreign_rules(root: Path, tmp_path: Path) -> None:
+    """`k3s-agentctl check` and the daemon's first check build a fresh control:
+    with a kube-proxy node's 10,000 iptables-nft rules its peak RSS stays what it
+    is on an empty ruleset (a full JSON listing peaked at ~250 MB)."""
+    rules = tmp_path / "rules"
+    lines = ["*filter", ":KUBE-SERVICES - [0:0]"]
+    lines += [f"-A KUBE-SERVICES -d 10.43.{i // 250}.{i % 250 + 1}/32 -j ACCEPT" for i in range(10000)]
+    rules.write_text("\n".join([*lines, "COMMIT", ""]))
+    probe = (
+        "import sys; sys.path.insert(1, sys.argv[2])\n"
+        "from pathlib import Path; from fwcontrol import make_control\n"
+        "found = make_control(Path(sys.argv[1]), 'auto').check()\n"
+        "assert any(f.key == 'table' for f in found), found\n"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
+    )
+    with fresh_netns() as ns:
+        sh("iptables-nft-restore", "-w", "--noflush", str(rules), ns=ns)
+        assert sh("iptables-nft", "-w", "-L", "KUBE-SERVICES", "-n", ns=ns).stdout.count("ACCEPT") == 10000
+        tests = str(Path(__file__).resolve().parent.parent)
+        peak_kb = int(sh(sys.executable, "-c", probe, str(root), tests, ns=ns).stdout)
+    assert peak_kb < 60 * 1024, f"peak RSS {peak_kb // 1024} MB"
 
 
 def test_rule_added_by_another_tool_during_heal_is_named(root: Path, no_full_listing: None) -> None:

@@ -95,9 +95,6 @@ class NftRunner:
             raise NftError(err.strip() or f"list {' '.join(what)} failed ({rc})")
         return json.loads(out).get("nftables", []) if out.strip() else []
 
-    def list_ruleset(self) -> list[dict[str, Any]]:
-        return self.list("ruleset")
-
     def ruleset_text(self) -> str:
         """`nft -s list ruleset`: text, stateless (no counter values). Listing as
         text is about 5x faster than as JSON, which matters with thousands of
