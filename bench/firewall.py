@@ -1,10 +1,15 @@
-"""Firewall control: check and heal time, default ruleset, with and without 1000 foreign rules.
+"""Firewall control: check and heal time, default ruleset, empty vs 10,000 foreign rules.
 
 Runs as root in fresh network namespaces (nothing on the host changes):
-    PYTHONPATH=$PWD python bench/firewall.py [rounds]
+    PYTHONPATH=$PWD python bench/firewall.py [rounds] [foreign]
 Prints one line per (backend, foreign rules, operation): median and p90 in ms.
-"heal" is apply() after deleting one of our rules, i.e. the whole atomic
-rewrite plus the before/after snapshot of everything foreign.
+Foreign rules (nftables): `foreign` iptables-nft rules (a kube-proxy node) plus
+`foreign` rules in another nft table; (iptables) `foreign` legacy rules.
+"first" is the first check of a fresh control (it probes the backend), "auto"
+the same with backend = "auto" (K3s's legacy/nft detection first), "heal"
+is apply() after flushing our chain (the atomic rewrite plus the foreign audit),
+"rss" the peak RSS (VmHWM, MB) of a fresh process running one check, as
+`k3s-agentctl check` does.
 """
 
 from __future__ import annotations
@@ -16,14 +21,29 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
 
-from fwcontrol import make_control
-from fwnet import fresh_netns, run_in, sh
+from fwcontrol import make_control  # noqa: E402 - lives in tests/
+from fwnet import fresh_netns, run_in, sh  # noqa: E402
 
-from k3s_agent.model import Finding, Status
+from k3s_agent.model import Finding, Status  # noqa: E402
 
-FOREIGN = 1000
+FOREIGN = 10000
+PEAK_PROBE = (
+    "import sys; sys.path.insert(1, sys.argv[2]); from pathlib import Path; import tempfile\n"
+    "from fwcontrol import make_control\n"
+    "with tempfile.TemporaryDirectory() as tmp: make_control(Path(tmp), sys.argv[1]).check()\n"
+    "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
+)
+
+
+def load(ns: str, argv: list[str], text: str) -> None:
+    """argv with a file holding text as its last argument (too big for a command line)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".rules") as f:
+        f.write(text)
+        f.flush()
+        sh(*argv, f.name, ns=ns)
 
 
 def nft_foreign(ns: str) -> None:
@@ -31,17 +51,18 @@ def nft_foreign(ns: str) -> None:
         f"    ip daddr 10.43.{i // 250}.{i % 250 + 1} tcp dport 80 counter accept" for i in range(FOREIGN)
     )
     text = f"table ip kube-sim {{\n  chain KUBE-SERVICES {{\n{rules}\n  }}\n}}\n"
-    sh("sh", "-c", f"nft -f - <<'EOF'\n{text}EOF", ns=ns)
+    load(ns, ["nft", "-f"], text)
 
 
-def ipt_foreign(ns: str) -> None:
+def ipt_foreign(ns: str, variant: str = "legacy", net: int = 43) -> None:
+    """FOREIGN rules in iptables' filter table, through iptables-<variant>-restore."""
     lines = ["*filter", ":KUBE-SERVICES - [0:0]"]
     lines += [
-        f"-A KUBE-SERVICES -d 10.43.{i // 250}.{i % 250 + 1}/32 -p tcp --dport 80 -j ACCEPT"
+        f"-A KUBE-SERVICES -d 10.{net}.{i // 250}.{i % 250 + 1}/32 -p tcp --dport 80 -j ACCEPT"
         for i in range(FOREIGN)
     ]
     lines.append("COMMIT")
-    sh("sh", "-c", "iptables-legacy-restore -w --noflush <<'EOF'\n" + "\n".join(lines) + "\nEOF", ns=ns)
+    load(ns, [f"iptables-{variant}-restore", "-w", "--noflush"], "\n".join(lines) + "\n")
 
 
 def break_one(ns: str, backend: str) -> None:
@@ -60,28 +81,43 @@ def timed(fn: Callable[[], Any]) -> float:
 def bench(backend: str, foreign: bool, rounds: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as tmp, fresh_netns("k3sfw-bench") as ns:
         root = Path(tmp)
-        if foreign:
-            (nft_foreign if backend == "nftables" else ipt_foreign)(ns)
+        if foreign and backend == "nftables":
+            nft_foreign(ns)
+            ipt_foreign(ns, "nft", net=44)
+        elif foreign:
+            ipt_foreign(ns)
         control = make_control(root, backend)
         drift = [Finding("firewall", "ssh", Status.DRIFT)]
         assert run_in(ns, control.apply, drift)[0].status is Status.HEALED
+        rss = [peak_rss(ns, backend) for _ in range(3)]
+        firsts = [run_in(ns, timed, make_control(root, backend).check) for _ in range(rounds)]
+        # backend = "auto" (the default) also runs K3s's detection on a first check
+        autos = [run_in(ns, timed, make_control(root, "auto").check) for _ in range(rounds)]
         checks, heals = [], []
         for _ in range(rounds):
             checks.append(run_in(ns, timed, control.check))
             break_one(ns, backend)
             heals.append(run_in(ns, timed, lambda: control.apply(drift)))
             assert all(f.status is Status.OK for f in run_in(ns, control.check))
-        return {"check": checks, "heal": heals}
+        return {"first": firsts, "auto": autos, "check": checks, "heal": heals, "rss": rss}
+
+
+def peak_rss(ns: str, backend: str) -> float:
+    """VmHWM in MB of a fresh interpreter that runs one check."""
+    out = sh(sys.executable, "-c", PEAK_PROBE, backend, str(TESTS), ns=ns).stdout
+    return int(out.strip()) / 1024
 
 
 def main() -> None:
+    global FOREIGN
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    FOREIGN = int(sys.argv[2]) if len(sys.argv) > 2 else FOREIGN
     print(f"{'backend':<10} {'foreign':>7} {'op':<6} {'median ms':>10} {'p90 ms':>8}")
     for backend in ("nftables", "iptables"):
         for foreign in (False, True):
             for op, values in bench(backend, foreign, rounds).items():
                 values.sort()
-                p90 = values[int(len(values) * 0.9) - 1]
+                p90 = values[max(int(len(values) * 0.9) - 1, 0)]
                 median = statistics.median(values)
                 print(f"{backend:<10} {FOREIGN if foreign else 0:>7} {op:<6} {median:>10.2f} {p90:>8.2f}")
 

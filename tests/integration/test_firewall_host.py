@@ -95,3 +95,26 @@ def test_alternatives_link_is_evidence(root: Path) -> None:
     with fresh_netns() as ns:
         choice = run_in(ns, detect.choose, Host(root=str(root)), "auto")
     assert choice.backend == "iptables" and "legacy variant" in choice.reason
+
+
+def test_iptables_nft_rules_counted_over_netlink_as_the_save_counts_them() -> None:
+    """detect counts iptables-nft rules without iptables-nft-save: the same rules
+    (ip and ip6, every xtables table, no other nft table), and it stops at limit."""
+    from k3s_agent.controls.firewall.nftgen import xtables_rules
+
+    with fresh_netns() as ns:
+        assert run_in(ns, xtables_rules, 10) == 0
+        sh("iptables-nft", "-w", "-A", "INPUT", "-j", "ACCEPT", ns=ns)
+        sh("iptables-nft", "-w", "-t", "nat", "-A", "POSTROUTING", "-j", "RETURN", ns=ns)
+        sh("ip6tables-nft", "-w", "-t", "raw", "-A", "PREROUTING", "-j", "ACCEPT", ns=ns)
+        sh("nft", "add table ip other; add chain ip other c; add rule ip other c accept", ns=ns)
+        saved = sum(
+            line.startswith("-A")
+            for tool in ("iptables-nft-save", "ip6tables-nft-save")
+            for line in sh(tool, ns=ns).stdout.splitlines()
+        )
+        assert saved == 3 and run_in(ns, xtables_rules, 10) == 3
+        for i in range(30):
+            sh("iptables-nft", "-w", "-A", "INPUT", "-s", f"10.2.0.{i + 1}", "-j", "ACCEPT", ns=ns)
+        assert run_in(ns, xtables_rules, 10) == 10
+        assert run_in(ns, xtables_rules, 1000) == 33

@@ -241,6 +241,77 @@ def another_tool_commits_after_us(ns: str, run: Callable[[list], None], commands
     sh("nft", "add", "table", "ip", "kube-proxy-ish", ns=ns)
 
 
+@pytest.fixture
+def no_full_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full `list ruleset` costs ~0.3 s and ~90 MB with 10,000 foreign rules:
+    checks and heals (change notifications, not snapshots) must not need one."""
+    from k3s_agent.controls.firewall.nft import NftRunner
+
+    original = NftRunner.list
+
+    def only_ours(self: NftRunner, *what: str) -> list:
+        assert what == ("table", "inet", "k3s_agentd"), f"listed {what}"
+        return original(self, *what)
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("listed the whole ruleset")
+
+    monkeypatch.setattr(NftRunner, "list", only_ours)
+    monkeypatch.setattr(NftRunner, "ruleset_text", refuse)
+
+
+def test_check_and_heal_never_list_the_whole_ruleset(root: Path, no_full_listing: None) -> None:
+    with fresh_netns() as ns:
+        sh("sh", "-c", f"nft -f - <<'EOF'\n{FOREIGN}\nEOF", ns=ns)
+        for argv in IPTABLES_NFT:
+            sh(*argv, ns=ns)
+        before = foreign_text(ns)
+        control = make_control(root, "nftables")  # fresh: its first check probes nftables
+        assert drift(run_in(ns, control.check))["table"].message.startswith("table missing")
+        results, after = run_in(ns, heal, control)
+        assert results and all(r.status is Status.HEALED for r in results)
+        assert "changed meanwhile" not in results[0].message
+        assert_clean(after)
+        assert foreign_text(ns) == before
+        snapshot = run_in(ns, control.snapshot)
+        assert "k3s_agentd" in snapshot["nftables"]
+
+
+def test_fresh_check_stays_small_with_10000_foreign_rules(root: Path, tmp_path: Path) -> None:
+    """`k3s-agentctl check` and the daemon's first check build a fresh control:
+    with a kube-proxy node's 10,000 iptables-nft rules its peak RSS stays what it
+    is on an empty ruleset (a full JSON listing peaked at ~250 MB)."""
+    rules = tmp_path / "rules"
+    lines = ["*filter", ":KUBE-SERVICES - [0:0]"]
+    lines += [f"-A KUBE-SERVICES -d 10.43.{i // 250}.{i % 250 + 1}/32 -j ACCEPT" for i in range(10000)]
+    rules.write_text("\n".join([*lines, "COMMIT", ""]))
+    probe = (
+        "import sys; sys.path.insert(1, sys.argv[2])\n"
+        "from pathlib import Path; from fwcontrol import make_control\n"
+        "found = make_control(Path(sys.argv[1]), 'auto').check()\n"
+        "assert any(f.key == 'table' for f in found), found\n"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
+    )
+    with fresh_netns() as ns:
+        sh("iptables-nft-restore", "-w", "--noflush", str(rules), ns=ns)
+        assert sh("iptables-nft", "-w", "-L", "KUBE-SERVICES", "-n", ns=ns).stdout.count("ACCEPT") == 10000
+        tests = str(Path(__file__).resolve().parent.parent)
+        peak_kb = int(sh(sys.executable, "-c", probe, str(root), tests, ns=ns).stdout)
+    assert peak_kb < 60 * 1024, f"peak RSS {peak_kb // 1024} MB"
+
+
+def test_rule_added_by_another_tool_during_heal_is_named(root: Path, no_full_listing: None) -> None:
+    def kube_proxy_sync(ns: str, run: Callable[[list], None], commands: list) -> None:
+        run(commands)
+        sh("iptables-nft", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "10250", "-j", "ACCEPT", ns=ns)
+
+    results, after = heal_with_meddling(root, kube_proxy_sync)
+    assert results and all(r.status is Status.HEALED for r in results), [r.message for r in results]
+    assert "not ours" in results[0].message and "table ip filter" in results[0].message
+    assert_clean(after)
+
+
+@pytest.mark.usefixtures("no_full_listing")
 def test_foreign_change_in_our_own_transaction_is_failed_loudly(root: Path) -> None:
     """A foreign table changed by the very transaction we committed (the
     generation moved by one: nobody else committed) is a bug of ours: FAILED."""
@@ -254,6 +325,7 @@ def test_foreign_change_in_our_own_transaction_is_failed_loudly(root: Path) -> N
     assert "table ip meddler appeared" in results[0].message
 
 
+@pytest.mark.usefixtures("no_full_listing")
 def test_foreign_change_by_another_tool_during_heal_is_not_pinned_on_us(root: Path) -> None:
     """nftables has no lock: kube-proxy may commit between our two snapshots. Its
     own transaction moves the generation once more, so the heal stands, with the

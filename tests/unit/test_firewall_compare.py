@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+
+import pytest
+
 from k3s_agent.controls.firewall.compare import Entry, Observed, Structure, findings
 from k3s_agent.controls.firewall.model import Rule, Ruleset
 
@@ -76,3 +80,52 @@ def test_transactions_between_survives_the_u32_wrap() -> None:
     assert transactions_between(41, 42) == 1
     assert transactions_between(0xFFFFFFFF, 0) == 1
     assert transactions_between(0xFFFFFFFE, 1) == 3
+
+
+def _notification(msg: int, family: int, attrs: bytes) -> bytes:
+    body = struct.pack("=BBH", family, 0, 0) + attrs
+    return struct.pack("=IHHII", 16 + len(body), (10 << 8) | msg, 0, 0, 0) + body
+
+
+def _name(value: str) -> bytes:
+    raw = value.encode() + b"\0"
+    padded = raw + b"\0" * (-len(raw) % 4)
+    return struct.pack("=HH", 4 + len(raw), 1) + padded
+
+
+def _newgen(gen: int) -> bytes:
+    return _notification(15, 0, struct.pack("=HH", 8, 1) + struct.pack(">I", gen))
+
+
+OURS = [(0, 1, "k3s_agentd"), (6, 1, "k3s_agentd")]  # our table re-created, our rule added
+
+
+@pytest.mark.parametrize(
+    "transactions, ours, others",
+    [
+        # our transaction alone, nothing foreign: clean
+        ([(OURS, 8)], [], []),
+        # our transaction alone also added a table: ours, loud
+        ([([*OURS, (0, 2, "meddler")], 8)], ["table ip meddler appeared"], []),
+        # kube-proxy's rule change after ours: theirs
+        (
+            [(OURS, 8), ([(6, 2, "filter"), (8, 2, "filter"), (6, 2, "filter")], 9)],
+            [],
+            ["table ip filter changed (rule added x2, rule deleted x1)"],
+        ),
+        # a deleted table before ours, in another transaction: theirs
+        ([([(2, 10, "kube-proxy")], 8), (OURS, 9)], [], ["table ip6 kube-proxy disappeared"]),
+    ],
+)
+def test_attribution_by_notifications(transactions: list, ours: list, others: list) -> None:
+    """Change notifications grouped by NEWGEN; ours is the only transaction or the
+    one re-creating our table; transactions outside (first, last] are ignored."""
+    from k3s_agent.controls.firewall.nft import attribute
+    from k3s_agent.controls.firewall.nftgen import group, parse_notifications
+
+    stream = _notification(6, 2, _name("nat")) + _newgen(7)  # committed before first=7
+    for changes, gen in transactions:
+        stream += b"".join(_notification(m, f, _name(t)) for m, f, t in changes) + _newgen(gen)
+    found = group(parse_notifications(stream), first=7, last=transactions[-1][1])
+    result = attribute(found)
+    assert (list(result.ours), list(result.others)) == (ours, others)
