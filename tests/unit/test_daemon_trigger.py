@@ -17,6 +17,16 @@ from k3s_agent.host import Host
 pytestmark = pytest.mark.root  # policy files must be root-owned
 
 INTERVAL = 1.0
+
+
+def quiet_log() -> structlog.BoundLogger:
+    """A logger of our own: structlog's global one may still point at a stream an
+    earlier test's configure() bound (pytest closes captured streams)."""
+    return structlog.wrap_logger(
+        structlog.ReturnLogger(), processors=[structlog.processors.KeyValueRenderer()]
+    )
+
+
 POLICY = """
 extends = "none"
 [controls.sysctl]
@@ -61,7 +71,7 @@ def test_sleep_sets_the_trigger(
     only: Optional[list[str]],
 ) -> None:
     (root / "etc/k3s-agentd/policy.toml").write_text(POLICY)
-    daemon = Daemon(Host(root=str(root), proc=str(fake_proc)), None, structlog.get_logger())
+    daemon = Daemon(Host(root=str(root), proc=str(fake_proc)), None, quiet_log())
     daemon.policy = dataclasses.replace(daemon.policy, interval=INTERVAL)
     daemon.cycle()  # the first sweep heals kernel.panic ...
     time.sleep(daemon.scheduler.settle)  # ... and the echoes of that write are over
@@ -86,7 +96,7 @@ def test_a_reload_keeps_who_is_contested(root: Path) -> None:
     must not forgive an item someone keeps undoing)."""
     policy = root / "etc/k3s-agentd/policy.toml"
     policy.write_text('extends = "none"\n')
-    daemon = Daemon(Host(root=str(root)), None, structlog.get_logger())
+    daemon = Daemon(Host(root=str(root)), None, quiet_log())
     item = ("sysctl", "net.ipv4.ip_forward")
     tracker = daemon.engine.contest
     for _ in range(tracker.settings.threshold):
@@ -103,7 +113,7 @@ def test_a_reload_keeps_who_is_contested(root: Path) -> None:
 def test_a_runtime_write_is_healed_by_a_targeted_cycle(root: Path, fake_proc: Path) -> None:
     """No event comes for `sysctl -w`: the fingerprint sample finds it, well before the interval."""
     (root / "etc/k3s-agentd/policy.toml").write_text(POLICY)
-    daemon = Daemon(Host(root=str(root), proc=str(fake_proc)), None, structlog.get_logger())
+    daemon = Daemon(Host(root=str(root), proc=str(fake_proc)), None, quiet_log())
     daemon.policy = dataclasses.replace(daemon.policy, interval=60)
     daemon.cycle()
     panic = fake_proc / "sys/kernel/panic"
