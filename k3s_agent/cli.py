@@ -98,18 +98,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     return handler[args.command](args, host)
 
 
-def _load(host: Host, path: Optional[str], profile: Optional[str] = None) -> Policy:
+def _load(host: Host, path: Optional[str], profile: Optional[str] = None, preflight: bool = True) -> Policy:
     """The policy, with logging set up first: loading may warn (an expired waiver),
-    and the engine logs; both go to stderr, never into --json output."""
+    and the engine logs; both go to stderr, never into --json output.
+    preflight=False for the read-only reports (check, diff): see Policy.preflight."""
     from k3s_agent.log import configure
     from k3s_agent.policy.loader import load_policy
 
     configure(journal=False, verbose=False)
-    return load_policy(host, path=path, profile=profile)
+    return load_policy(host, path=path, profile=profile, preflight=preflight)
 
 
 def _policy(args: argparse.Namespace, host: Host) -> Policy:
-    return _load(host, args.policy, args.profile)
+    return _load(host, args.policy, args.profile, preflight=args.command not in ("check", "diff"))
 
 
 def _refused(exc: PolicyError) -> int:

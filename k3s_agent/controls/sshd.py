@@ -690,7 +690,7 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     if control.option("allow_lockout", False):
         return problems
     reasons = lockouts(settings, host)
-    if not reasons and control.mode is Mode.ENFORCE:
+    if not reasons and control.mode is Mode.ENFORCE and policy.preflight:
         refusal = _effective_lockout(control, host)
         reasons = [refusal] if refusal else []
     return problems + [Lint("", f"{reason} (set allow_lockout = true to accept)") for reason in reasons]

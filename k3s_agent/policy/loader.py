@@ -141,21 +141,23 @@ def load_policy(
     path: Optional[str] = None,
     dropins: Optional[bool] = None,
     profile: Optional[str] = None,
+    preflight: bool = True,
 ) -> Policy:
     """The policy in force on this host.
 
     path: a policy file (default: the installed one, when present).
     dropins: also merge policy.d/ (default: only for the installed policy).
     profile: use this built-in profile and no local file at all.
+    preflight: False for a read-only report (see Policy.preflight).
     """
     if profile is not None:
         local: list[Layer] = [Layer(f"profile:{profile}", {"extends": profile})]
     else:
         local = _local_layers(host, path, dropins)
-    return compose(host, local)
+    return compose(host, local, preflight=preflight)
 
 
-def compose(host: Host, local: list[Layer]) -> Policy:
+def compose(host: Host, local: list[Layer], preflight: bool = True) -> Policy:
     """Validate local layers, put them over the profile chain they extend, build."""
     for layer in local:
         _raise_if(check_layer(layer))
@@ -166,7 +168,8 @@ def compose(host: Host, local: list[Layer]) -> Policy:
     choice = resolve_benchmark(base + local, host)
     # The profiles are written in CIS 1.8 ids; the operator's layers keep theirs.
     base = [dataclasses.replace(ly, data=bench.map_layer_ids(ly.data, choice.name)) for ly in base]
-    return build_policy(base + local, host, profile=resolve_profile(extends, host), benchmark=choice)
+    profile = resolve_profile(extends, host)
+    return build_policy(base + local, host, profile=profile, benchmark=choice, preflight=preflight)
 
 
 def resolve_benchmark(layers: list[Layer], host: Host) -> bench.BenchmarkChoice:
@@ -473,7 +476,11 @@ def _merge_into(base: dict[str, Any], update: Mapping[str, Any], source: str) ->
 
 
 def build_policy(
-    layers: list[Layer], host: Host, profile: str, benchmark: Optional[bench.BenchmarkChoice] = None
+    layers: list[Layer],
+    host: Host,
+    profile: str,
+    benchmark: Optional[bench.BenchmarkChoice] = None,
+    preflight: bool = True,
 ) -> Policy:
     merged, origin = merge_layers(layers)
     mode = Mode(merged.get("mode", Mode.ENFORCE.value))
@@ -502,6 +509,7 @@ def build_policy(
         waivers=tuple(_waiver(w) for w in merged.get("waiver", [])),
         sources=tuple(layer.source for layer in layers),
         metrics_textfile=merged.get("metrics", {}).get("textfile", "auto") or None,
+        preflight=preflight,
         benchmark=choice,
     )
     _raise_if(_lint(policy, host, origin))

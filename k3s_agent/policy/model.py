@@ -76,6 +76,11 @@ class Policy:
     metrics_textfile: Optional[str] = None
     confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT
     benchmark: BenchmarkChoice = dataclasses.field(default_factory=BenchmarkChoice)
+    # False for a read-only report (`k3s-agentctl check`, `diff`): lints that only
+    # guard a write (the sshd lock-out probe) report through the run-time guard
+    # instead of refusing the whole policy, so the check still says where the node
+    # stands. validate, apply and the daemon keep them.
+    preflight: bool = True
 
     def with_mode(self, mode: Mode) -> Policy:
         """This policy with every control (and the default) in one mode."""

@@ -538,14 +538,14 @@ def test_heal_is_refused_exactly_when_no_operator_could_log_in(
     assert not dropin.exists()  # nothing written, nothing reloaded
 
 
-def _load(root: Path, case: Case, mode: str = "enforce") -> Optional[str]:
+def _load(root: Path, case: Case, mode: str = "enforce", preflight: bool = True) -> Optional[str]:
     section = {"items": {k: {"value": v} for k, v in {**DRIFT, **case.items}.items()}, **case.options}
     layer = Layer(
         "/etc/k3s-agentd/policy.d/10-ssh.toml",
         {"extends": "none", "mode": mode, "controls": {"sshd": section}},
     )
     try:
-        compose(Host(root=str(root)), [layer])
+        compose(Host(root=str(root)), [layer], preflight=preflight)
     except PolicyError as exc:
         return str(exc)
     return None
@@ -575,6 +575,9 @@ def test_the_same_guard_refuses_the_policy_at_load_time(root: Path, host_key: Pa
     assert all(part in error for part in case.refused), error
     assert "(set allow_lockout = true to accept)" in error
     assert _load(root, case, mode="audit") is None  # audit writes nothing: the policy loads
+    # a read-only report (`k3s-agentctl check`, `diff`) still reports: the run-time
+    # guard refuses the write, the check says where the node stands
+    assert _load(root, case, preflight=False) is None
 
 
 def test_a_locked_out_heal_names_every_probed_account(root: Path, host_key: Path) -> None:
