@@ -484,24 +484,14 @@ class K3sArgsControl:
             return [f"--{flag} {path} is missing"]
         if not stat.S_ISREG(st.st_mode):
             return [f"--{flag} {path} is not a regular file"]
-        if st.st_uid != 0 or st.st_mode & 0o022:
-            return [
-                f"--{flag} {path}: mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}, "
-                "want root-owned, not group/other-writable"
-            ]
-        return []
+        return _root_only(f"--{flag} {path}", st)
 
     def _ensure_log_dir(self, folder: str) -> list[str]:
         try:
             st = self.host.ensure_dir(folder, mode=0o700)
         except (OSError, HostError) as exc:
             return [f"--audit-log-path directory {folder}: {exc}"]
-        if st.st_uid != 0 or st.st_mode & 0o022:
-            return [
-                f"--audit-log-path directory {folder}: mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}, "
-                "want root-owned, not group/other-writable"
-            ]
-        return []
+        return _root_only(f"--audit-log-path directory {folder}", st)
 
     def _event_rate_limit_ready(self, admission: Optional[str]) -> list[str]:
         """EventRateLimit needs its configuration in the admission config (inline or a `path`)."""
@@ -860,3 +850,13 @@ SPEC = ControlSpec(
     lint=lint,
     doc="K3s arguments: configured vs running vs policy",
 )
+
+
+def _root_only(what: str, st: os.stat_result) -> list[str]:
+    """[] when root owns it and nobody else may write it, else why not (K3s would trust it)."""
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        return [
+            f"{what}: mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}, "
+            "want root-owned, not group/other-writable"
+        ]
+    return []

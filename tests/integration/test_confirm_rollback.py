@@ -18,11 +18,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from fwcontrol import heal, make_control
 from fwnet import LEGACY_MISSING, fresh_netns, run_in, sh
+from test_daemon import wait_for
 
 from k3s_agent.confirm import RECORD
 from k3s_agent.controls.sshd import DROPIN, MAIN, Reloader, SshdControl
@@ -52,16 +53,6 @@ def listing(ns: str) -> str:
 
 def our_table(ns: str) -> str:
     return sh("nft", "list", "table", "inet", "k3s_agentd", ns=ns, check=False).stdout
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # -- the controls' snapshot / restore ----------------------------------------------------------
