@@ -9,8 +9,8 @@ from typing import Any
 
 from k3s_agent.controls.firewall.control import FirewallControl
 from k3s_agent.controls.firewall.desired import Inputs
-from k3s_agent.controls.firewall.k3s import K3sFacts
 from k3s_agent.host import Host
+from k3s_agent.k3s.facts import K3sFacts
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.loader import load_policy
 

@@ -2,7 +2,7 @@
 
 Truth is what `sshd -T` prints, not a grep of files. Because sshd keeps the
 FIRST value it reads for most keywords, a finding names the file:line that
-decides each drifted keyword (sshd_config.py replays sshd's reading order).
+decides each drifted keyword (k3s_agent/sshd/config.py replays sshd's reading order).
 
 Remediation writes our drop-in /etc/ssh/sshd_config.d/01-k3s-agentd.conf when
 sshd_config includes that directory before it sets any keyword we manage
@@ -24,14 +24,19 @@ import os
 import shlex
 import signal
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from k3s_agent.controls import sshd_guard
 from k3s_agent.controls.base import ControlSpec, Lint, Watch
 from k3s_agent.controls.sshd_accounts import read_accounts
-from k3s_agent.controls.sshd_config import (
+from k3s_agent.controls.sshd_guard import GuardError, Network, Where, keyword_name
+from k3s_agent.controls.sshd_lockout import lockouts
+from k3s_agent.host import Host, HostError, read_capped
+from k3s_agent.model import Finding, Mode, Status
+from k3s_agent.policy.model import ControlPolicy, Policy
+from k3s_agent.policy.schema import Field, list_of, matches
+from k3s_agent.sshd.config import (
     ACCUMULATE,
     ALGORITHM_LISTS,
     ConfigReader,
@@ -44,22 +49,13 @@ from k3s_agent.controls.sshd_config import (
     render,
     winners,
 )
-from k3s_agent.controls.sshd_guard import GuardError, Network, Where, keyword_name
-from k3s_agent.controls.sshd_lockout import lockouts
-from k3s_agent.host import Host, HostError, read_capped
-from k3s_agent.model import Finding, Mode, Status
-from k3s_agent.policy.model import ControlPolicy, Policy
-from k3s_agent.policy.schema import Field, list_of, matches
+from k3s_agent.sshd.facts import CONFIG_DIR, MAIN_CONFIG, Answers, privsep_dir
 
 NAME = "sshd"
-MAIN = "/etc/ssh/sshd_config"
-DROPIN = "/etc/ssh/sshd_config.d/01-k3s-agentd.conf"
+MAIN = MAIN_CONFIG
+DROPIN = f"{CONFIG_DIR}/01-k3s-agentd.conf"
 BEGIN = "# BEGIN k3s-agentd managed block"
 END = "# END k3s-agentd managed block"
-# Compiled into sshd (_PATH_PRIVSEP_CHROOT_DIR); `sshd -t` and `-T` refuse to
-# run without it. Debian's unit creates it (RuntimeDirectory=sshd) and its init
-# script's check_config does the same mkdir before `sshd -t`.
-PRIVSEP_DIR = "/run/sshd"
 HEADER = (
     "# Managed by k3s-agentd: rewritten from its policy, local edits are reverted.\n"
     "# Change values in /etc/k3s-agentd/policy.d/*.toml instead.\n"
@@ -103,6 +99,7 @@ class SshdControl:
         self.want = {key: desired_value(key, value) for key, value in self.values.items()}
         self.sshd = sshd if sshd is not None else host.which("sshd")
         self.reload = reload or Reloader(host)
+        self.answers = Answers(host)  # this control's own `sshd -T` cache
         self.facts: dict[str, object] = {}
         self.allow_lockout = bool(policy.option("allow_lockout", False))
         self.operators = [str(name) for name in policy.option("operators", [])]
@@ -389,7 +386,7 @@ class SshdControl:
 
     def _sshd(self, args: list[str], cached: bool = True) -> Any:
         if cached and args and args[0] == "-T":
-            answer = sshd_answer(self.host, str(self.sshd), args)
+            answer = self.answers.get(str(self.sshd), args)
             if answer is not None:
                 return answer
         with privsep_dir():
@@ -496,68 +493,6 @@ def strip_block(text: str) -> str:
         return text
     lines = text.splitlines(keepends=True)
     return "".join(lines[: span[0] - 1] + lines[span[1] :])
-
-
-_answers: dict[tuple[object, ...], Any] = {}
-ANSWER_TTL = 300.0  # seconds; a safety net for Include files outside sshd_config.d
-
-
-def _config_fingerprint(host: Host, sshd: str) -> tuple[object, ...]:
-    """What `sshd -T`'s answer depends on: the binary and the config files' stat."""
-    paths = [sshd, host.path(MAIN)]
-    dropins = host.path(os.path.dirname(DROPIN))
-    with contextlib.suppress(OSError):
-        paths += sorted(os.path.join(dropins, n) for n in os.listdir(dropins))
-    marks: list[object] = [host.root, int(time.monotonic() // ANSWER_TTL)]
-    for path in paths:
-        try:
-            st = os.stat(path, follow_symlinks=False)
-            marks.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            marks.append((path, None))
-    return tuple(marks)
-
-
-def sshd_answer(host: Host, sshd: str, args: list[str]) -> Any:
-    """`sshd <args>` (e.g. -T), kept while the binary and config files are unchanged.
-
-    sshd -T costs ~13 ms a call; the sshd and firewall controls both need it
-    every cycle. None when sshd cannot be run.
-    """
-    key = (*_config_fingerprint(host, sshd), *args)
-    if key not in _answers:
-        try:
-            with privsep_dir():
-                answer = host.run([sshd, *args], timeout=20)
-        except HostError:
-            return None
-        if len(_answers) > 8:
-            _answers.clear()
-        _answers[key] = answer
-    return _answers[key]
-
-
-@contextlib.contextmanager
-def privsep_dir() -> Iterator[None]:
-    """/run/sshd for the length of one sshd -t/-T call, removed again if we made it.
-
-    sshd refuses -t/-T without it; the ssh unit creates it when sshd starts, so
-    a node where it is missing runs no sshd, and a read-only check must leave
-    the host as it found it.
-    """
-    created = False
-    if os.geteuid() == 0:
-        try:
-            os.mkdir(PRIVSEP_DIR, 0o755)
-            created = True
-        except FileExistsError:
-            pass
-    try:
-        yield
-    finally:
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(PRIVSEP_DIR)
 
 
 def _write_private(path: str, text: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from k3s_agent.controls.base import ControlSpec, Lint, Watch
 from k3s_agent.host import Host, HostError, TooLarge, read_capped
+from k3s_agent.k3s.facts import read_facts
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, brief
@@ -376,20 +377,10 @@ def _protect_kernel_defaults_item(policy: Policy) -> Optional[str]:
 
 
 def k3s_is_dual_stack(host: Host) -> bool:
-    """True when K3s's config names an IPv6 cluster CIDR (best effort, never raises)."""
-    paths = ["/etc/rancher/k3s/config.yaml"]
-    paths += sorted(
-        "/etc/rancher/k3s/config.yaml.d/" + os.path.basename(p)
-        for p in glob.glob(host.path("/etc/rancher/k3s/config.yaml.d/*.y*ml"))
-    )
-    for path in paths:
-        try:
-            text = host.read_text(path) or ""
-        except HostError:
-            continue
-        if re.search(r"(?m)^\s*cluster-cidr\s*\+?:.*[0-9a-fA-F]*:[0-9a-fA-F]*:", text):
-            return True
-    return False
+    """True when K3s's configuration, resolved as K3s resolves it, names an IPv6
+    cluster CIDR (k3s_agent.k3s.facts; never raises: unreadable config counts as
+    K3s's IPv4-only default)."""
+    return read_facts(host).dual_stack
 
 
 def _build(policy: ControlPolicy, host: Host) -> SysctlControl:

@@ -12,9 +12,8 @@ from k3s_agent.k3s import kubelet
 from k3s_agent.k3s.args import Args, configured_component_args
 from k3s_agent.k3s.config import ConfigError, Configured, configured
 from k3s_agent.k3s.discovery import K3sService, ScanFn, ShowFn, discover, scan_processes, systemctl_show
+from k3s_agent.k3s.facts import DEFAULT_DATA_DIR, data_dir
 from k3s_agent.k3s.journal import RunningArgs, RunningArgsReader
-
-DEFAULT_DATA_DIR = "/var/lib/rancher/k3s"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +27,7 @@ class K3sNode:
 
     @property
     def data_dir(self) -> str:
-        if self.configured:
-            return self.configured.value("data-dir") or self.configured.value("d") or DEFAULT_DATA_DIR
-        return DEFAULT_DATA_DIR
+        return data_dir(self.configured) if self.configured else DEFAULT_DATA_DIR
 
     def configured_args(self, component: str) -> Optional[Args]:
         if self.configured is None:

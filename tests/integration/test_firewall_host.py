@@ -12,8 +12,9 @@ from fwnet import LEGACY_MISSING, fresh_netns, run_in, sh
 from netns import in_netns
 
 from k3s_agent.controls.firewall import detect, hostnet
-from k3s_agent.controls.sshd import privsep_dir
 from k3s_agent.host import Host
+from k3s_agent.sshd import facts as sshd_facts
+from k3s_agent.sshd.facts import privsep_dir
 
 pytestmark = pytest.mark.root
 SSHD = "/usr/sbin/sshd"
@@ -34,7 +35,7 @@ def sshd_config(root: Path, ports: list[int]) -> Path:
 def test_ssh_ports_from_sshd_T_and_from_listening_sockets(root: Path) -> None:
     config = sshd_config(root, [2200, 2201])
     host = Host(root=str(root))
-    assert hostnet.sshd_config_ports(host) == [2200, 2201]
+    assert sshd_facts.sshd_config_ports(host) == [2200, 2201]
 
     def listening() -> list[int]:
         # -p adds a port sshd -T of the file cannot know about: only the socket shows it.
@@ -45,11 +46,11 @@ def test_ssh_ports_from_sshd_T_and_from_listening_sockets(root: Path) -> None:
         proc = subprocess.Popen([SSHD, "-D", "-f", str(config), "-p", "2300"])
         try:
             for _ in range(100):
-                found = hostnet.sshd_listening_ports()
+                found = sshd_facts.sshd_listening_ports()
                 if 2300 in found:
                     return found
                 time.sleep(0.05)
-            return hostnet.sshd_listening_ports()
+            return sshd_facts.sshd_listening_ports()
         finally:
             proc.terminate()
             proc.wait()

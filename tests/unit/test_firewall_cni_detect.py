@@ -12,10 +12,11 @@ from typing import Optional
 import pytest
 from fwcontrol import facts
 
-from k3s_agent.controls.firewall import cni, desired, k3s
+from k3s_agent.controls.firewall import cni, desired
 from k3s_agent.controls.firewall.model import IPIP
 from k3s_agent.controls.firewall.nft import canon, expressions
 from k3s_agent.host import Host
+from k3s_agent.k3s import facts as k3s
 from k3s_agent.policy.loader import load_policy
 
 ETC = "/etc/cni/net.d"

@@ -18,6 +18,7 @@ from k3s_agent.controls.firewall.model import Rule, Ruleset, check_interface
 from k3s_agent.host import Host
 from k3s_agent.policy.loader import load_policy
 from k3s_agent.policy.schema import PolicyError
+from k3s_agent.sshd import facts as sshd_facts
 
 
 def N(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -368,9 +369,9 @@ def enable(root: Path, name: str) -> None:
 def test_socket_unit_ports_only_when_enabled(root: Path) -> None:
     unit(root, "/usr/lib/systemd/system/ssh.socket", "[Socket]\nListenStream=22\nAccept=yes\n")
     host = Host(root=str(root))
-    assert hostnet.socket_unit_ports(host) == []  # installed, not enabled (Debian 12's default)
+    assert sshd_facts.socket_unit_ports(host) == []  # installed, not enabled (Debian 12's default)
     enable(root, "ssh.socket")
-    assert hostnet.socket_unit_ports(host) == [22]
+    assert sshd_facts.socket_unit_ports(host) == [22]
 
 
 def test_socket_unit_dropins_reset_and_add(root: Path) -> None:
@@ -388,7 +389,7 @@ def test_socket_unit_dropins_reset_and_add(root: Path) -> None:
     )
     unit(root, "/etc/systemd/system/sshd.socket", "[Socket]\nListenStream=3022\n")  # not enabled
     enable(root, "ssh.socket")
-    assert hostnet.socket_unit_ports(Host(root=str(root))) == [2022, 2200, 2222]
+    assert sshd_facts.socket_unit_ports(Host(root=str(root))) == [2022, 2200, 2222]
 
 
 def test_ssh_ports_include_the_socket_units(root: Path) -> None:
@@ -490,4 +491,4 @@ def test_when_condition_is_read_at_load(root: Path) -> None:
     ],
 )
 def test_listen_address_port(value: str, port: int) -> None:
-    assert hostnet.listen_address_port(value) == port
+    assert sshd_facts.listen_address_port(value) == port

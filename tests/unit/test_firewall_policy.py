@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fwcontrol import facts
 
-from k3s_agent.controls.firewall import desired, guard, k3s
+from k3s_agent.controls.firewall import desired, guard
 from k3s_agent.controls.firewall.control import FirewallControl
 from k3s_agent.controls.firewall.model import (
     Rule,
@@ -22,6 +22,7 @@ from k3s_agent.controls.firewall.model import (
     parse_range,
 )
 from k3s_agent.host import Host
+from k3s_agent.k3s import facts as k3s
 from k3s_agent.policy.loader import Layer, compose, load_policy
 from k3s_agent.policy.schema import PolicyError
 

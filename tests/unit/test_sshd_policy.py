@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
-from k3s_agent.controls.sshd_config import (
+from k3s_agent.host import Host
+from k3s_agent.policy.loader import Layer, compose
+from k3s_agent.policy.schema import PolicyError
+from k3s_agent.sshd.config import (
     ConfigReader,
     desired_value,
     effective_value,
@@ -16,9 +19,6 @@ from k3s_agent.controls.sshd_config import (
     parse_effective,
     winners,
 )
-from k3s_agent.host import Host
-from k3s_agent.policy.loader import Layer, compose
-from k3s_agent.policy.schema import PolicyError
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,10 @@
 """Host firewall: our own chain (iptables) or table (nftables), healed atomically.
 
-Modules: model (rules, values), k3s (what K3s's config says), cni (which
-CNI carries pod traffic), hostnet (sshd ports, local subnets), desired (the
-ruleset), guard (lock-out proof), detect (which backend), nft / ipt (the
-backends), compare (findings), control.
+Modules: model (rules, values), cni (which CNI carries pod traffic), hostnet
+(sshd ports, local subnets), desired (the ruleset), guard (lock-out proof),
+detect (which backend), nft / ipt (the backends), compare (findings),
+control. What K3s's config says comes from k3s_agent.k3s.facts, what sshd
+says from k3s_agent.sshd.facts: facts other controls read too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 from k3s_agent.controls.base import ControlSpec, Lint
-from k3s_agent.controls.firewall import cni, desired, guard, hostnet, k3s
+from k3s_agent.controls.firewall import cni, desired, guard, hostnet
 from k3s_agent.controls.firewall.control import FirewallControl
 from k3s_agent.controls.firewall.model import (
     ACTIONS,
@@ -24,6 +25,7 @@ from k3s_agent.controls.firewall.model import (
     check_source,
 )
 from k3s_agent.host import Host
+from k3s_agent.k3s import facts as k3s
 from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, at_least, between, list_of, non_empty, one_of
 

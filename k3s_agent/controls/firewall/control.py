@@ -8,15 +8,17 @@ from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from k3s_agent.controls.base import Watch
-from k3s_agent.controls.firewall import cni, desired, guard, hostnet, iptinfo, k3s
+from k3s_agent.controls.firewall import cni, desired, guard, hostnet, iptinfo
 from k3s_agent.controls.firewall.compare import NAME, findings
 from k3s_agent.controls.firewall.detect import Choice, choose
 from k3s_agent.controls.firewall.ipt import IptablesBackend, IptError, legacy_filter_loaded
 from k3s_agent.controls.firewall.model import TABLE, Rule, Ruleset
 from k3s_agent.controls.firewall.nft import NftBackend, NftError
 from k3s_agent.host import Host
+from k3s_agent.k3s import facts as k3s
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy
+from k3s_agent.sshd import facts as sshd
 
 Backend = Union[NftBackend, IptablesBackend]
 ROOTED_IN_HOST_NETNS = (
@@ -37,6 +39,7 @@ class FirewallControl:
         self.backend: Optional[Backend] = None
         self.unavailable = ""
         self.ssh_how = ""
+        self.sshd_answers = sshd.Answers(host)  # this control's own `sshd -T` cache
         self.inputs: Optional[desired.Inputs] = None
 
     # -- setup ------------------------------------------------------------------------
@@ -65,7 +68,9 @@ class FirewallControl:
             if fixed.cni is not None:
                 return fixed
             return dataclasses.replace(fixed, cni=self._cni(fixed.k3s))
-        ports, self.ssh_how = hostnet.ssh_ports(self.host, list(self.policy.option("ssh_ports", [])))
+        ports, self.ssh_how = hostnet.ssh_ports(
+            self.host, list(self.policy.option("ssh_ports", [])), self.sshd_answers
+        )
         facts = k3s.read_facts(self.host)
         return desired.Inputs(
             k3s=facts,
@@ -241,7 +246,7 @@ class FirewallControl:
             *found,
             Watch("path", k3s.CONFIG),
             Watch("path", k3s.CONFIG_DIR),
-            Watch("path", hostnet.SSHD_CONFIG),
+            Watch("path", sshd.MAIN_CONFIG),
             *(Watch("path", folder) for folder in cni.CONF_DIRS),
         ]
 

@@ -15,17 +15,17 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from k3s_agent.controls.firewall.cni import FLANNEL_CONDITIONS, Cni, from_flannel
-from k3s_agent.controls.firewall.k3s import K3sFacts
 from k3s_agent.controls.firewall.model import (
     SSH_PORTS,
     Network,
     Rule,
     Ruleset,
-    collapse,
     merge_ranges,
     parse_network,
     parse_range,
 )
+from k3s_agent.k3s.facts import K3sFacts
+from k3s_agent.netaddr import collapse
 from k3s_agent.policy.model import ControlPolicy
 
 ANY = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+from k3s_agent.netaddr import Network
+
 PortRange = tuple  # (low, high), inclusive
 
 TABLE = "k3s_agentd"  # nft: table inet k3s_agentd
@@ -226,13 +227,6 @@ def check_interface(value: Any) -> Optional[str]:
         prefix = str(value)[:-1] + "*"
         return f"{value!r}: write a prefix as {prefix!r} (a trailing + is a prefix to iptables only)"
     return None
-
-
-def collapse(networks: Iterable[Network]) -> tuple[Network, ...]:
-    """Deduplicated, merged, v4 before v6: a stable order for rendering and comparing."""
-    v4 = [n for n in networks if n.version == 4]
-    v6 = [n for n in networks if n.version == 6]
-    return tuple(ipaddress.collapse_addresses(v4)) + tuple(ipaddress.collapse_addresses(v6))
 
 
 def merge_ranges(ranges: Sequence[PortRange]) -> tuple[PortRange, ...]:
