@@ -93,6 +93,7 @@ def read_facts(host: Host) -> K3sFacts:
         conf, sources = Configured(None, (), {}, (), CONFIG), []
     cluster = _cidrs(conf.values("cluster-cidr"), DEFAULT_CLUSTER_CIDR, problems)
     service = _cidrs(conf.values("service-cidr"), DEFAULT_SERVICE_CIDR, problems)
+    node_ips = _addresses(conf.values("node-ip"), problems)
     data = data_dir(conf)
     external_db = bool(conf.value("datastore-endpoint"))
     etcd_dir = host.path(f"{data}/{ETCD_SUBDIR}")
@@ -107,7 +108,7 @@ def read_facts(host: Host) -> K3sFacts:
         problems=tuple(problems),
         role=conf.role,
         data_dir=data,
-        node_ips=_addresses(conf.values("node-ip"), problems),
+        node_ips=node_ips,
     )
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+import pytest
 
 from k3s_agent.controls.sysctl import PERSIST_FILE, SysctlControl, boot_winners, lint, normalize
 from k3s_agent.host import Host
@@ -123,6 +126,59 @@ def test_dual_stack_is_read_from_k3s_config(tmp_path: Path) -> None:
     assert [p.key for p in problems] == ["net.ipv6.conf.all.disable_ipv6"]
     os.unlink(config)
     assert lint(policy.controls["sysctl"], policy, Host(root=str(tmp_path))) == []
+
+
+UNIT = "etc/systemd/system/k3s.service"
+MAIN_YAML = "etc/rancher/k3s/config.yaml"
+DROPINS = MAIN_YAML + ".d"
+V6 = "10.42.0.0/16,2001:cafe:42::/56"
+
+# Where the old regex over config.yaml{,.d/*.y*ml} and K3s's own resolution
+# (k3s_agent.k3s.facts) disagree, the lint follows K3s.
+# (files, dual-stack for K3s, what the regex said)
+DUAL_STACK = [
+    ({f"{DROPINS}/50-net.YAML": f"cluster-cidr: {V6}\n"}, True, False),  # K3s: .yaml/.yml in any case
+    ({MAIN_YAML: "cluster-cidr:\n  - 10.42.0.0/16\n  - 2001:cafe:42::/56\n"}, True, False),
+    ({UNIT: f"[Service]\nExecStart=/usr/local/bin/k3s server --cluster-cidr={V6}\n"}, True, False),
+    (
+        {
+            UNIT: "[Service]\nExecStart=/usr/local/bin/k3s server --config /etc/k3s/main.yaml\n",
+            "etc/k3s/main.yaml": f"cluster-cidr: {V6}\n",
+        },
+        True,
+        False,
+    ),
+    (
+        {
+            MAIN_YAML: f"cluster-cidr: {V6}\n",
+            f"{DROPINS}/90-v4.yaml": "cluster-cidr: 10.42.0.0/16\n",  # a later file replaces the value
+        },
+        False,
+        True,
+    ),
+    ({MAIN_YAML: "kubelet:\n  cluster-cidr: fd00::/56\n"}, False, True),  # not a flag
+    ({f"{DROPINS}/50-net.yaml": f"cluster-cidr: {V6}\n"}, True, True),  # agreed: a drop-in
+]
+
+
+def _old_regex(root: Path) -> bool:
+    """The sysctl control's guess before it read K3s's facts, kept to show the table's third column."""
+    paths = [root / MAIN_YAML, *sorted((root / DROPINS).glob("*.y*ml"))]
+    pattern = re.compile(r"(?m)^\s*cluster-cidr\s*\+?:.*[0-9a-fA-F]*:[0-9a-fA-F]*:")
+    return any(p.is_file() and pattern.search(p.read_text()) for p in paths)
+
+
+@pytest.mark.parametrize(("files", "dual_stack", "regex_said"), DUAL_STACK)
+def test_dual_stack_follows_k3s_config_resolution(
+    tmp_path: Path, files: dict[str, str], dual_stack: bool, regex_said: bool
+) -> None:
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    policy = _policy_with({"net.ipv6.conf.all.disable_ipv6": 1})
+    problems = lint(policy.controls["sysctl"], policy, Host(root=str(tmp_path)))
+    assert [p.key for p in problems] == (["net.ipv6.conf.all.disable_ipv6"] if dual_stack else [])
+    assert _old_regex(tmp_path) == regex_said
 
 
 def test_read_only_host_refuses_every_write(root: Path) -> None:
