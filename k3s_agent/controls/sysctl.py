@@ -324,7 +324,8 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
         ]
 
     problems = lints(K3S_NEEDS, "breaks K3s pod networking")
-    if control.option("dual_stack", False) or k3s_is_dual_stack(host):
+    # K3s's configuration resolved as K3s does (k3s_agent.k3s.facts); never raises.
+    if control.option("dual_stack", False) or read_facts(host).dual_stack:
         problems += lints(K3S_NEEDS_DUAL_STACK, "breaks IPv6 on this dual-stack cluster")
     problems += _tied(spelled, values)
     requiring = _protect_kernel_defaults_item(policy)
@@ -374,13 +375,6 @@ def _protect_kernel_defaults_item(policy: Policy) -> Optional[str]:
     if k3s_args is None or not k3s_args.enabled:
         return None
     return next((key for key in k3s_args.items if key.endswith("protect-kernel-defaults")), None)
-
-
-def k3s_is_dual_stack(host: Host) -> bool:
-    """True when K3s's configuration, resolved as K3s resolves it, names an IPv6
-    cluster CIDR (k3s_agent.k3s.facts; never raises: unreadable config counts as
-    K3s's IPv4-only default)."""
-    return read_facts(host).dual_stack
 
 
 def _build(policy: ControlPolicy, host: Host) -> SysctlControl:
