@@ -90,6 +90,17 @@ def test_fixture_etcd_config_is_compliant_on_a_running_server(make):
     assert "k3s:running-args" not in h.check()  # etcd has no Running line to wait for
 
 
+def test_remediation_never_writes_for_etcd(make):
+    """remediate = "config" fixes component args, never etcd's file (K3s would overwrite it)."""
+    h = make(options={"remediate": "config"})
+    _edit_etcd(h, f"{PEER}.client-cert-auth", False)
+    found = h.check()
+    results = h.control.apply([found[f"etcd:{PEER}.client-cert-auth"]])
+    assert [r.status for r in results] == [Status.DRIFT]
+    assert not h.node.path("/etc/rancher/k3s/config.yaml.d/90-k3s-agentd.yaml").exists()
+    assert yaml.safe_load(h.node.path(ETCD_CONFIG).read_text())[PEER]["client-cert-auth"] is False
+
+
 def test_without_embedded_etcd_the_checks_do_not_apply(make):
     """SQLite/kine (or an external datastore): no db/etcd/config, nothing to judge, no drift."""
     h = make()

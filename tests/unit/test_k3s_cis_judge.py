@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import pytest
 
-from k3s_agent.controls.k3s_args import judge
+from k3s_agent.controls.k3s_args import _key_check, judge
 from k3s_agent.host import Host
 from k3s_agent.k3s import args as k3sargs
 from k3s_agent.k3s import etcd
@@ -89,3 +89,19 @@ def test_etcd_config_absent_is_none_and_refusals_name_the_file(tmp_path: Path):
     os.mkfifo(tmp_path / CONFIG.lstrip("/"))  # would block a plain open(): refused at once
     conf = etcd.read_config(host, "/var/lib/rancher/k3s")
     assert conf is not None and conf.error == f"{CONFIG}: not a regular file"
+
+
+@pytest.mark.parametrize(
+    ("key", "ok"),
+    [
+        ("etcd:client-transport-security.client-cert-auth", True),
+        ("etcd:name", True),
+        ("etcd:peer-transport-security..cert-file", False),
+        ("etcd:peer-transport-security.", False),
+        ("kubelet:feature-gates", True),
+        ("kubelet:authentication.x509", False),  # dotted fields are etcd's only
+        ("etcdctl:x", False),
+    ],
+)
+def test_item_keys(key: str, ok: bool):
+    assert (_key_check(key) is None) is ok
