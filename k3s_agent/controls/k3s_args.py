@@ -36,6 +36,7 @@ import yaml
 from k3s_agent.controls.base import ControlSpec, Lint, Watch
 from k3s_agent.host import Host, HostError, read_fd
 from k3s_agent.k3s import args as k3sargs
+from k3s_agent.k3s import etcd as k3setcd
 from k3s_agent.k3s import yamlcap
 from k3s_agent.k3s.config import Configured, config_files, configured, merge_files, read_config
 from k3s_agent.k3s.node import K3sNode, Observer
@@ -50,8 +51,20 @@ SERVICE_KEY = "k3s:service"
 CONFIG_KEY = "k3s:config"
 JOURNAL_KEY = "k3s:running-args"
 FILE_KEY = "k3s:file:"  # + the path of a unit, env or kubelet file that could not be read
-COMPONENTS = (k3sargs.K3S, *k3sargs.COMPONENTS)
-_KEY = re.compile("({}):([a-z0-9][a-z0-9-]*)".format("|".join(re.escape(c) for c in COMPONENTS)))
+# etcd: embedded etcd's config file, fields in dotted form ("etcd:peer-transport-security.cert-file").
+ETCD = k3setcd.COMPONENT
+COMPONENTS = (k3sargs.K3S, *k3sargs.COMPONENTS, ETCD)
+_NAME = "[a-z0-9][a-z0-9-]*"
+_KEY = re.compile(
+    r"(?:{}):{}|{}:{}(?:\.{})*".format(
+        "|".join(re.escape(c) for c in COMPONENTS if c != ETCD), _NAME, ETCD, _NAME, _NAME
+    )
+)
+# Why the agent reports etcd drift and never fixes it.
+ETCD_REMEDY = (
+    "K3s rewrites this file from its own settings at each start (an --etcd-arg, or a changed "
+    "file, would be why): fix K3s's configuration and restart K3s; the agent never edits it"
+)
 # pflag StringSlice flags: given twice, the values add up (all others: the last wins).
 LIST_FLAGS = frozenset(
     {
@@ -103,7 +116,12 @@ def judge(
     ask for the flag itself (kube-bench: the flag must be in the Running line).
     """
     given = list(values or [])
-    if "set" in item and bool(given) != bool(item["set"]):
+    if not given and item.get("unset_ok"):
+        # The benchmark passes the flag when it is not passed at all, whatever the
+        # component's default (kube-bench: `set: false` as an `or` alternative).
+        return Judgement(True, None, "not set: the benchmark passes an unset flag")
+    # An empty value ("--client-ca-file=") leaves the setting off: not set.
+    if "set" in item and any(v != "" for v in given) != bool(item["set"]):
         return Judgement(False, _effective(given, flag), "not set" if item["set"] else "must not be set")
     by_default = not given and default is not None
     values = [default] if by_default and default is not None else given
@@ -134,11 +152,29 @@ def judge(
     forbidden = item.get("forbidden", ())
     if "*" in forbidden and given:
         return Judgement(False, effective, "must not be set")
-    bad = sorted(m for m in forbidden if m in members or (effective is not None and m == effective))
+    # Exact matches name themselves; else the first entry the value means ("0" for "false").
+    bad = (
+        sorted(m for m in forbidden if m in members or m == effective)
+        or [m for m in forbidden if _has(members, m) or (effective is not None and _same(m, effective))][:1]
+    )
     if bad:
         note = " (its default)" if by_default else ""
         return Judgement(False, shown, f"has forbidden {','.join(bad)}{note}")
     return Judgement(True, shown, "", by_default)
+
+
+def _same(want: str, seen: str) -> bool:
+    """Equal as the component reads them; "Key=value" map entries by key and value
+    (--feature-gates=RotateKubeletServerCertificate=False is the forbidden ...=false)."""
+    if k3sargs.same_value(want, seen):
+        return True
+    want_key, sep, want_value = want.partition("=")
+    seen_key, seen_sep, seen_value = seen.partition("=")
+    return bool(sep and seen_sep) and want_key == seen_key and k3sargs.same_value(want_value, seen_value)
+
+
+def _has(members: set[str], want: str) -> bool:
+    return want in members or any(_same(want, member) for member in members)
 
 
 def _effective(values: Sequence[str], flag: str) -> Optional[str]:
@@ -211,7 +247,7 @@ class K3sArgsControl:
         return findings
 
     def _components(self, node: K3sNode) -> list[str]:
-        wanted = {split_key(k)[0] for k in self.items} - {k3sargs.K3S}
+        wanted = {split_key(k)[0] for k in self.items} - {k3sargs.K3S, ETCD}
         if node.service.role != "server":
             wanted -= set(k3sargs.SERVER_COMPONENTS)
         wanted -= (
@@ -252,6 +288,8 @@ class K3sArgsControl:
     def _check_item(self, node: K3sNode, key: str, item: dict[str, Any]) -> Finding:
         component, flag = split_key(key)
         desired = _describe_item(item)
+        if component == ETCD:
+            return self._check_etcd(node, key, flag, item)
         if component in k3sargs.SERVER_COMPONENTS and node.service.role != "server":
             return self._finding(
                 key, Status.ABSENT, desired=desired, message=f"{component} runs on servers only"
@@ -279,6 +317,28 @@ class K3sArgsControl:
         if status is Status.DRIFT and not conf.ok and not (run is not None and run.ok):
             message += _blame(node)
         return self._finding(key, status, desired=desired, observed=observed, message=message)
+
+    def _check_etcd(self, node: K3sNode, key: str, field: str, item: dict[str, Any]) -> Finding:
+        """A field of the etcd config K3s wrote at its last start: what etcd runs with.
+
+        Verify-only (ETCD_REMEDY); a server without embedded etcd is not applicable.
+        """
+        desired = _describe_item(item)
+        if node.service.role != "server":
+            return self._finding(key, Status.ABSENT, desired=desired, message="etcd runs on servers only")
+        conf = node.etcd_config
+        if conf is None:
+            where = k3setcd.config_path(node.data_dir)
+            why = f"not applicable: no embedded etcd ({where} absent: SQLite/kine or an external datastore)"
+            return self._finding(key, Status.ABSENT, desired=desired, message=why)
+        if conf.data is None:
+            return self._finding(key, Status.DRIFT, desired=desired, message=f"{conf.error}: etcd unverified")
+        got = judge(conf.values(field), item, field, k3setcd.default(field))
+        if got.ok:
+            message = "not set: the etcd default meets it" if got.by_default else got.why
+            return self._finding(key, Status.OK, desired=desired, observed=got.observed, message=message)
+        message = f"{conf.path}: {field} {got.why}; {ETCD_REMEDY}"
+        return self._finding(key, Status.DRIFT, desired=desired, observed=got.observed, message=message)
 
     def _judgements(
         self, node: K3sNode, component: str, flag: str, item: dict[str, Any]
@@ -360,6 +420,8 @@ class K3sArgsControl:
         for finding in drift:
             if finding.key in files:
                 results.append(self._write_file(finding, *files[finding.key]))
+            elif finding.key in self.items and split_key(finding.key)[0] == ETCD:
+                results.append(finding)  # verify-only: its message says what the operator does
             elif finding.key in self.items:
                 fixable.append(finding)
             else:
@@ -547,7 +609,7 @@ def _verdict(component: str, conf: Judgement, run: Optional[Judgement]) -> tuple
             return Status.OK, "configured (running value not verifiable)"
         if run.by_default:
             return Status.OK, f"not set: the {component} default meets it"
-        return Status.OK, ""
+        return Status.OK, run.why
     if conf.ok:
         return Status.PENDING, f"configured but not running: restart pending (running {run.why})"
     if run is not None and run.ok:
@@ -586,6 +648,8 @@ def desired_settings(
     ours: dict[str, list[str]] = {}
     for key, item in sorted(items.items()):
         component, flag = split_key(key)
+        if component == ETCD:
+            continue  # K3s's own file: verify-only
         values = K3sArgsControl._configured_values(base, component, flag)
         default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
         if judge(values, item, flag, default).ok:
@@ -722,6 +786,8 @@ def _describe_item(item: dict[str, Any]) -> str:
         parts.append("contains " + ",".join(item["contains"]))
     if item.get("forbidden"):
         parts.append("not " + ",".join(item["forbidden"]))
+    if item.get("unset_ok"):
+        parts.append("or not set")
     return "; ".join(parts)
 
 
@@ -841,6 +907,9 @@ SPEC = ControlSpec(
             list, list_of(str, non_empty), doc="allowed members: the flag is set and holds only these"
         ),
         "at_least": Field((int, float), doc="a number the flag's value must reach"),
+        "unset_ok": Field(
+            bool, doc="the flag not passed at all passes, whatever the component's default (as the benchmark)"
+        ),
         "set": Field(bool, doc="true: the flag must be passed (its default does not count); false: must not"),
         "benchmark": Field(
             dict, _benchmark_check, doc="the benchmark's own (weaker) requirement, same keys: met = ok, noted"

@@ -159,7 +159,21 @@ def configured_component_args(component: str, k3s_flags: Mapping[str, Sequence[s
         defaults["encryption-provider-config-automatic-reload"] = "true"
     if component == "kubelet" and _is_true(_last(k3s_flags, "protect-kernel-defaults")):
         defaults["protect-kernel-defaults"] = "true"
+    if component == "kubelet":
+        defaults.update(kubelet_tls_defaults(_last(k3s_flags, "data-dir") or "/var/lib/rancher/k3s"))
     return to_args(get_args(defaults, k3s_flags.get(EXTRA_ARG_FLAG[component], ())))
+
+
+def kubelet_tls_defaults(data_dir: str) -> dict[str, str]:
+    """The kubelet's CA and serving certificate K3s always passes (pkg/daemons/agent
+    kubeletArgs: `client-ca-file` = ClientCA, `tls-cert-file`/`tls-private-key-file` =
+    ServingKubeletCert/Key, all under <data-dir>/agent; CIS 4.2.3 and 4.2.9)."""
+    agent = f"{data_dir.rstrip('/')}/agent"
+    return {
+        "client-ca-file": f"{agent}/client-ca.crt",
+        "tls-cert-file": f"{agent}/serving-kubelet.crt",
+        "tls-private-key-file": f"{agent}/serving-kubelet.key",
+    }
 
 
 def _last(flags: Mapping[str, Sequence[str]], name: str) -> Optional[str]:

@@ -43,6 +43,7 @@ FLAG_FIELDS = {
     "address": "address",
     "cgroup-driver": "cgroupDriver",
     "fail-swap-on": "failSwapOn",
+    "feature-gates": "featureGates",
 }
 
 
@@ -86,4 +87,6 @@ def flag_from_config(config: Mapping[str, Any], flag: str) -> Optional[list[str]
         node = node[part]
     if isinstance(node, Sequence) and not isinstance(node, str):
         return [",".join(go_string(v) for v in node)]
+    if isinstance(node, Mapping):  # featureGates: {Name: bool} -> the flag's "Name=bool,..."
+        return [",".join(f"{k}={go_string(v)}" for k, v in node.items())]
     return [go_string(node)]

@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any, Optional
 
 from k3s_agent.host import Host, HostError
-from k3s_agent.k3s import kubelet
+from k3s_agent.k3s import etcd, kubelet
 from k3s_agent.k3s.args import Args, configured_component_args
 from k3s_agent.k3s.config import ConfigError, Configured, configured
 from k3s_agent.k3s.discovery import K3sService, ScanFn, ShowFn, discover, scan_processes, systemctl_show
@@ -24,6 +24,8 @@ class K3sNode:
     running: Optional[RunningArgs]
     kubelet_config: dict[str, Any]
     problems: tuple[str, ...]
+    # Embedded etcd's config file (servers only); None: none here (SQLite/kine, external DB).
+    etcd_config: Optional[etcd.EtcdConfig] = None
 
     @property
     def data_dir(self) -> str:
@@ -82,4 +84,7 @@ class Observer:
             running = self.reader.read(service.unit_name, service.invocation_id, service.started_at)
         node = K3sNode(service, conf, error, running, {}, tuple(problems))
         dropins, dropin_problems = kubelet.read_dropins(self.host, node.data_dir)
-        return dataclasses.replace(node, kubelet_config=dropins, problems=(*problems, *dropin_problems))
+        etcd_config = etcd.read_config(self.host, node.data_dir) if service.role == "server" else None
+        return dataclasses.replace(
+            node, kubelet_config=dropins, problems=(*problems, *dropin_problems), etcd_config=etcd_config
+        )

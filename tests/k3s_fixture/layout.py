@@ -141,6 +141,46 @@ class Tree:
         os.symlink(target, full)
 
 
+def etcd_config(name="fixture-82ee89d1", ip="127.0.0.1"):
+    """<data-dir>/server/db/etcd/config as K3s writes it for embedded etcd at each start
+    (pkg/daemons/executor ETCDConfig.ToConfigFile: sigs.k8s.io/yaml, keys sorted, 0600);
+    the content is that of the hardened server in k3s-io/docs self-assessment-1.12.md."""
+    tls = f"{DATA_DIR}/server/tls/etcd"
+    return f"""\
+advertise-client-urls: https://{ip}:2379
+client-transport-security:
+  cert-file: {tls}/server-client.crt
+  client-cert-auth: true
+  key-file: {tls}/server-client.key
+  trusted-ca-file: {tls}/server-ca.crt
+data-dir: {DATA_DIR}/server/db/etcd
+election-timeout: 5000
+experimental-initial-corrupt-check: true
+experimental-watch-progress-notify-interval: 5000000000
+heartbeat-interval: 500
+initial-advertise-peer-urls: https://{ip}:2380
+initial-cluster: {name}=https://{ip}:2380
+initial-cluster-state: new
+listen-client-http-urls: https://127.0.0.1:2382
+listen-client-urls: https://127.0.0.1:2379,https://{ip}:2379
+listen-metrics-urls: http://127.0.0.1:2381
+listen-peer-urls: https://127.0.0.1:2380,https://{ip}:2380
+log-outputs:
+- stderr
+logger: zap
+name: {name}
+peer-transport-security:
+  cert-file: {tls}/peer-server-client.crt
+  client-cert-auth: true
+  key-file: {tls}/peer-server-client.key
+  trusted-ca-file: {tls}/peer-ca.crt
+snapshot-count: 10000
+socket-options:
+  reuse-address: true
+  reuse-port: true
+"""
+
+
 def encryption_config(seed="k3s-fixture"):
     """Compact JSON exactly as K3s marshals it (pkg/secretsencrypt/config.go WriteEncryptionConfig)."""
     key = base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode()
@@ -260,7 +300,7 @@ def _server_tree(t):
     t.link(f"{s}/node-token", "token")
     t.dir(f"{s}/db", 0o700)
     t.dir(f"{s}/db/etcd", 0o700)
-    t.file(f"{s}/db/etcd/config", "name: fixture\n", 0o600)
+    t.file(f"{s}/db/etcd/config", etcd_config(), 0o600)
     t.dir(f"{s}/db/etcd/member/snap", 0o700)
     t.dir(f"{s}/etc", 0o700)
     t.file(
@@ -269,6 +309,7 @@ def _server_tree(t):
         0o600,
     )
     t.dir(f"{s}/logs", 0o700)
+    t.file(f"{s}/logs/audit.log", "", 0o600)  # the apiserver's audit-log-path (HARDENED_CONFIG)
     t.dir(f"{s}/manifests", 0o700)
     t.file(f"{s}/manifests/coredns.yaml", "apiVersion: v1\nkind: ServiceAccount\n", 0o600)
 
