@@ -621,7 +621,7 @@ def step_k3s_role(ctx: Context) -> None:
 
 def _check_code(node: Node) -> tuple[int, dict[str, Any]]:
     """`k3s-agentctl check --control k3s_args --json`: its exit code and document."""
-    done = node.run(["k3s-agentctl", "check", "--control", "k3s_args", "--json"], check=False)
+    done = node.run(["k3s-agentctl", "check", "--control", "k3s_args", "--json"], check=False, timeout=180)
     try:
         return done.returncode, json.loads(done.stdout)
     except ValueError:
