@@ -290,10 +290,9 @@ class K3sArgsControl:
         desired = _describe_item(item)
         if component == ETCD:
             return self._check_etcd(node, key, flag, item)
-        if component in k3sargs.SERVER_COMPONENTS and node.service.role != "server":
-            return self._finding(
-                key, Status.ABSENT, desired=desired, message=f"{component} runs on servers only"
-            )
+        if k3sargs.server_only(component, flag) and node.service.role != "server":
+            where = f"{component} runs" if component != k3sargs.K3S else f"--{flag} is a flag of"
+            return self._finding(key, Status.ABSENT, desired=desired, message=f"{where} servers only")
         if node.configured is None:
             return self._finding(key, Status.DRIFT, desired=desired, message="configured arguments unknown")
         conf, run = self._judgements(node, component, flag, item)
@@ -449,8 +448,14 @@ class K3sArgsControl:
             return [f.with_status(Status.DRIFT, f"{f.message}; no K3s unit to configure") for f in drift]
         without = self._configured_without_own(node)
         path = own_dropin(node.configured)
+        # An agent's drop-in never carries server settings (K3s would drop them with a warning).
+        items = {
+            k: v
+            for k, v in self.items.items()
+            if node.service.role == "server" or not k3sargs.server_only(*split_key(k))
+        }
         settings = desired_settings(
-            self.items, without or node.configured, carried_args(self.host, node.configured, path)
+            items, without or node.configured, carried_args(self.host, node.configured, path)
         )
         text = render_dropin(settings)
         # Would it work? Re-read K3s's config with the new file in place before writing it.
@@ -459,7 +464,7 @@ class K3sArgsControl:
         todo = []
         for finding in drift:
             component, flag = split_key(finding.key)
-            if component in k3sargs.SERVER_COMPONENTS and node.service.role != "server":
+            if k3sargs.server_only(component, flag) and node.service.role != "server":
                 results.append(finding)
             elif not self._holds_after(after, component, flag):
                 results.append(

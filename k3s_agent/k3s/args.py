@@ -25,6 +25,56 @@ SERVER_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-schedule
 AGENT_COMPONENTS = ("kubelet", "kube-proxy")
 COMPONENTS = (*SERVER_COMPONENTS, *AGENT_COMPONENTS)
 K3S = "k3s"
+# K3s's own flags that only `k3s server` has (pkg/cli/cmds/server.go; the agent's
+# are in pkg/cli/cmds/agent.go): `k3s agent` drops them from its config files
+# (pkg/configfilearg stripInvalidFlags) and they configure nothing there. Only
+# flags a hardening policy names; an unlisted flag is judged on every node (a
+# false alarm on an agent is the safe way to be wrong).
+SERVER_FLAGS = frozenset(
+    {
+        "secrets-encryption",
+        "secrets-encryption-provider",
+        "write-kubeconfig",
+        "write-kubeconfig-mode",
+        "write-kubeconfig-group",
+        "tls-san",
+        "tls-san-security",
+        "cluster-init",
+        "cluster-cidr",
+        "service-cidr",
+        "service-node-port-range",
+        "cluster-dns",
+        "cluster-domain",
+        "flannel-backend",
+        "egress-selector-mode",
+        "disable",
+        "disable-network-policy",
+        "disable-kube-proxy",
+        "disable-apiserver",
+        "disable-controller-manager",
+        "disable-scheduler",
+        "disable-etcd",
+        "advertise-address",
+        "bind-address",
+        "https-listen-port",
+        "agent-token",
+        "agent-token-file",
+        "embedded-registry",
+        "datastore-endpoint",
+        "kube-apiserver-arg",
+        "kube-controller-manager-arg",
+        "kube-scheduler-arg",
+        "etcd-arg",
+        "etcd-expose-metrics",
+    }
+)
+
+
+def server_only(component: str, flag: str) -> bool:
+    """Does this `<component>:<flag>` item concern a server part (nothing of it on an agent-only node)?"""
+    return component in SERVER_COMPONENTS or (component == K3S and flag in SERVER_FLAGS)
+
+
 # The K3s flag that carries extra args for each component.
 EXTRA_ARG_FLAG = {
     "kube-apiserver": "kube-apiserver-arg",

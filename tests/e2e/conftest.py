@@ -36,9 +36,10 @@ def booted_node(
     name: str = "k3s-e2e",
     k3s_fixture: bool = True,
     extra_packages: Sequence[str] = (),
+    k3s_role: str = "server",
 ) -> Iterator[NspawnNode]:
-    """A fresh node (rootfs with the .deb, `extra_packages` and the K3s fixture), booted;
-    shut down and removed after (kept with K3S_AGENTD_E2E_KEEP)."""
+    """A fresh node (rootfs with the .deb, `extra_packages` and the K3s fixture in
+    `k3s_role`), booted; shut down and removed after (kept with K3S_AGENTD_E2E_KEEP)."""
     if os.geteuid() != 0:
         pytest.fail("the e2e suite boots a container: run it as root")
     work = tmp_path_factory.mktemp(label)
@@ -46,7 +47,9 @@ def booted_node(
     started = time.monotonic()
     fixture = str(REPO / "tests" / "k3s_fixture") if k3s_fixture else None
     with open(log_path, "w") as log:
-        rootfs = make_node_rootfs(str(work), _deb(log), fixture, log, extra_packages=extra_packages)
+        rootfs = make_node_rootfs(
+            str(work), _deb(log), fixture, log, extra_packages=extra_packages, k3s_role=k3s_role
+        )
     built = time.monotonic() - started
     node = NspawnNode(rootfs, name=name)
     node.boot()

@@ -149,9 +149,11 @@ def make_node_rootfs(
     fixture_dir: Optional[str] = None,
     log: Optional[IO[str]] = None,
     extra_packages: Sequence[str] = (),
+    k3s_role: str = "server",
 ) -> str:
     """A fresh copy of the base with the .deb, `extra_packages` (from the node's
-    mirror, e.g. node_exporter) and the K3s fixture installed; its path."""
+    mirror, e.g. node_exporter) and the K3s fixture installed in `k3s_role`
+    (server: k3s.service; agent: k3s-agent.service, an agent-only node); its path."""
     base = base_rootfs(log)
     rootfs = os.path.join(workdir, "rootfs")
     _run(["cp", "-a", "--reflink=auto", base, rootfs], log)
@@ -183,7 +185,7 @@ def make_node_rootfs(
     shutil.copy(deb, keep)
     if fixture_dir and os.path.isfile(os.path.join(fixture_dir, "install.sh")):
         binds = [f"ro:{os.path.abspath(fixture_dir)}:/mnt/k3s_fixture"]
-        nspawn_exec(rootfs, ["/bin/sh", "/mnt/k3s_fixture/install.sh", "/", "server"], log, binds)
+        nspawn_exec(rootfs, ["/bin/sh", "/mnt/k3s_fixture/install.sh", "/", k3s_role], log, binds)
     return rootfs
 
 

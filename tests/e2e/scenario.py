@@ -75,6 +75,15 @@ SETTLED = (*HEALTHY, "absent", "unsupported")  # k3s_agent.model.COMPLIANT
 PACKAGE = "k3s-hardening-agent"
 # Controls with items only in the k3s-cis-server profile: silent on an agent node.
 SERVER_ONLY = ("k3s_encryption",)
+# The K3s fixture's unit per role (tests/k3s_fixture/install.sh ROOT server|agent).
+K3S_UNITS = {"server": "k3s.service", "agent": "k3s-agent.service"}
+PROFILES = {"server": "k3s-cis-server", "agent": "k3s-cis-agent"}
+# What an agent-only node runs of K3s: its own flags, the kubelet and kube-proxy.
+AGENT_PARTS = ("k3s", "kubelet", "kube-proxy")
+# A kubelet setting the k3s-cis-* profiles forbid (CIS 4.2.1), made by a config drop-in.
+LOOSE_DROPIN = "/etc/rancher/k3s/config.yaml.d/50-e2e-loose.yaml"
+LOOSE_KEY = "kubelet:anonymous-auth"
+EXIT_CODES = {"compliant": 0, "drift": 1, "failed": 2}
 # Where a node implementation may leave the package file for the lifecycle step.
 PACKAGE_DIR = "/var/cache/k3s-agentd-e2e"
 
@@ -303,9 +312,11 @@ def step_start(ctx: Context) -> None:
     node.copy_in(UNIT_DROPIN.encode(), DROPIN, 0o644)
     assert node.run(["k3s-agentctl", "validate"], check=False).returncode == 0
     node.run(["systemctl", "daemon-reload"])
-    if node.run(["systemctl", "cat", "k3s.service"], check=False).returncode == 0:
-        node.run(["systemctl", "start", "k3s.service"], timeout=60)
-        ctx.notes["k3s"] = True
+    for role, unit in K3S_UNITS.items():  # a server node, or an agent-only node
+        if node.run(["systemctl", "cat", unit], check=False).returncode == 0:
+            node.run(["systemctl", "start", unit], timeout=60)
+            ctx.notes.update(k3s=True, k3s_role=role, k3s_unit=unit)
+            break
     # Type=notify: `systemctl restart` returns only once the daemon sent READY=1.
     node.run(["systemctl", "restart", UNIT], timeout=90)
 
@@ -579,6 +590,76 @@ def step_k3s_args(ctx: Context) -> None:
     assert not bad, f"k3s_args failed items: {bad[:3]}"
 
 
+def step_k3s_role(ctx: Context) -> None:
+    """The profile `auto` picked is the K3s role's, and k3s_args sees that role. On an
+    agent-only node only agent parts are checked (K3s's own flags, kubelet,
+    kube-proxy, the agent's files: all compliant on the fixture's hardened agent),
+    nothing of a server's (no apiserver items, no server paths, no encryption)."""
+    role = ctx.notes.get("k3s_role")
+    if not role:
+        raise Skipped("no K3s fixture in this node")
+    doc = status(ctx.node)
+    assert doc["policy"]["profile"] == PROFILES[role], (role, doc["policy"])
+    entry = control(doc, "k3s_args")
+    assert entry and (entry.get("facts") or {}).get("role") == role, entry and entry.get("facts")
+    got = findings(doc, "k3s_args")
+    assert got["k3s:service"]["status"] == "ok", got["k3s:service"]
+    assert got["k3s:service"]["observed"].endswith(f"(k3s-{role})"), got["k3s:service"]
+    if role != "agent":
+        ctx.log(f"K3s server node: profile {doc['policy']['profile']}, k3s_args role server")
+        return
+    parts = {key.split(":", 1)[0] for key in got}
+    assert parts <= set(AGENT_PARTS), f"server parts checked on an agent node: {sorted(parts)}"
+    assert "kubelet:anonymous-auth" in got
+    loose = {k: (f["status"], f["message"]) for k, f in got.items() if f["status"] not in SETTLED}
+    assert not loose, f"the fixture's hardened agent is not compliant: {loose}"
+    assert not findings(doc, "k3s_encryption"), "encryption findings on an agent node"
+    server_paths = [k for k in findings(doc, "files") if k.startswith("/var/lib/rancher/k3s/server")]
+    assert not server_paths, f"server files checked on an agent node: {server_paths}"
+    ctx.log(f"agent-only node: profile k3s-cis-agent, k3s_args items {sorted(got)}")
+
+
+def _check_code(node: Node) -> tuple[int, dict[str, Any]]:
+    """`k3s-agentctl check --control k3s_args --json`: its exit code and document."""
+    done = node.run(["k3s-agentctl", "check", "--control", "k3s_args", "--json"], check=False, timeout=180)
+    try:
+        return done.returncode, json.loads(done.stdout)
+    except ValueError:
+        raise AssertionError(f"check --json exit {done.returncode}: {done.stderr.strip()}") from None
+
+
+def step_status_exit_codes(ctx: Context) -> None:
+    """Exit codes say the verdict (0 compliant, 1 drift, 2 failed): `status` agrees with its
+    own document; a kubelet setting loosened in a K3s config drop-in (not healable: the
+    agent never restarts K3s) turns `check` and `status` to 1, and undoing it turns
+    `check` back to what it was."""
+    node = ctx.node
+    if not ctx.notes.get("k3s"):
+        raise Skipped("no K3s fixture in this node: no K3s setting to loosen")
+    done = node.run(["k3s-agentctl", "status", "--json"], check=False)
+    doc = json.loads(done.stdout)
+    assert done.returncode == EXIT_CODES[doc["summary"]["verdict"]], (done.returncode, doc["summary"])
+    before, report = _check_code(node)
+    assert before == EXIT_CODES[report["summary"]["verdict"]], (before, report["summary"])
+    node.copy_in(b'kubelet-arg+:\n  - "anonymous-auth=true"\n', LOOSE_DROPIN, 0o600)
+    try:
+        code, report = _check_code(node)
+        assert code == 1, f"check exit {code} with {LOOSE_DROPIN}: {report['summary']}"
+        assert findings(report, "k3s_args")[LOOSE_KEY]["status"] == "drift"
+
+        def status_says_drift() -> bool:
+            done = node.run(["k3s-agentctl", "status", "--json"], check=False)
+            got = findings(json.loads(done.stdout), "k3s_args").get(LOOSE_KEY, {})
+            return got.get("status") == "drift" and done.returncode >= 1
+
+        took = timed(status_says_drift, INTERVAL + SLACK, f"status to report {LOOSE_KEY} (exit >= 1)")
+    finally:
+        node.run(["rm", "-f", LOOSE_DROPIN])
+    after, _ = _check_code(node)
+    assert after == before, f"check exit {after} after the drop-in was removed, {before} before"
+    ctx.log(f"exit codes: check {before} -> 1 -> {after}; status reported the loose kubelet in {took:.1f}s")
+
+
 def step_reload_broken_policy(ctx: Context) -> None:
     """systemctl reload with a refused policy: same process, old policy still enforced."""
     node = ctx.node
@@ -754,6 +835,8 @@ STEPS: list[Callable[[Context], None]] = [
     step_drift_files,
     step_drift_encryption,
     step_k3s_args,
+    step_k3s_role,
+    step_status_exit_codes,
     step_reload_broken_policy,
     step_kill9,
     step_watchdog,

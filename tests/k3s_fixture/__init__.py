@@ -3,9 +3,11 @@
     node = K3sNode(root, role="server")      # lays down the files
     with node.start() as proc:               # a process whose cmdline reads
         proc.pid, proc.log_lines()           # "/usr/local/bin/k3s server", comm k3s-server
+                                             # (role="agent": "... agent", comm k3s-agent)
 
 Inside a booted node (nspawn e2e) run install.sh there instead and start
-k3s.service: the unit runs the same program, its log goes to journald.
+k3s.service (k3s-agent.service for the agent role): the unit runs the same
+program, its log goes to journald.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class K3sProcess:
     def wait_running(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any("k3s is up and running" in line for line in self.log_lines()):
+            # "k3s is up and running" (server), "k3s agent is up and running" (agent-only node)
+            if any("is up and running" in line for line in self.log_lines()):
                 return
             if self.popen.poll() is not None:
                 raise RuntimeError(f"k3s fixture exited {self.popen.returncode}: {self.log_lines()}")
@@ -96,9 +99,18 @@ class K3sNode:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
 
+    def unit_env(self) -> dict[str, str]:
+        """The unit's env file (`KEY='value'` lines, as layout.py writes them): what
+        systemd's EnvironmentFile= hands K3s, e.g. an agent's K3S_URL and K3S_TOKEN."""
+        path = self.path(f"/etc/systemd/system/{self.unit}.env")
+        lines = path.read_text().splitlines() if path.exists() else []
+        pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+        return {key.strip(): value.strip().strip("'\"") for key, value in pairs}
+
     def start(self, extra_env: Optional[dict[str, str]] = None) -> K3sProcess:
         log = self.root / f"k3s-fixture-{time.monotonic_ns()}.log"
-        env = dict(os.environ, K3S_FIXTURE_ROOT=str(self.root), **(self.env or {}), **(extra_env or {}))
+        env = dict(os.environ, K3S_FIXTURE_ROOT=str(self.root), **self.unit_env())
+        env.update(self.env or {}, **(extra_env or {}))
         env.pop("NOTIFY_SOCKET", None)
         argv = [str(self.path("/usr/local/bin/k3s")), self.role, *self.exec_flags]
         with open(log, "wb") as out:

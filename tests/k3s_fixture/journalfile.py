@@ -47,8 +47,10 @@ def export_entry(fields: Mapping[str, object]) -> bytes:
 def unit_entries(
     unit: str, invocation_id: str, lines: Iterable[str], start_usec: int, pid: int = 4242
 ) -> list[dict[str, object]]:
-    """One start of a unit: its stdout lines as journald stores them."""
+    """One start of a unit: its stdout lines as journald stores them (_COMM is the
+    process's: k3s-agent for k3s-agent.service, else k3s-server)."""
     boot = boot_id()
+    comm = "k3s-agent" if unit.startswith("k3s-agent") else "k3s-server"
     return [
         {
             "__REALTIME_TIMESTAMP": start_usec + i * 1000,
@@ -58,7 +60,7 @@ def unit_entries(
             "PRIORITY": 6,
             "SYSLOG_IDENTIFIER": "k3s",
             "_PID": pid,
-            "_COMM": "k3s-server",
+            "_COMM": comm,
             "_SYSTEMD_UNIT": unit,
             "_SYSTEMD_INVOCATION_ID": invocation_id,
             "MESSAGE": line,

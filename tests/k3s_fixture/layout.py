@@ -9,6 +9,11 @@ create_systemd_service_file / create_env_file: EnvironmentFile lines for
 env file); the data-dir layout and modes are those of a running K3s
 (K3s CIS self-assessment guide file checks; pkg/daemons/control/deps).
 Certificates and keys are PEM-shaped random bytes: nothing here parses them.
+
+Role agent (`k3s agent`, an agent-only node): k3s-agent.service and its env
+file with K3S_URL/K3S_TOKEN, the agent's part of the data dir only (no
+server/, no /etc/rancher/k3s/k3s.yaml: the server writes those), kubeconfigs
+through the agent's load balancer.
 """
 
 import base64
@@ -51,11 +56,24 @@ kubelet-arg:
   - "streaming-connection-idle-timeout=5m"
   - "tls-cipher-suites={CIPHERS}"
 """
-AGENT_CONFIG = """\
+AGENT_CONFIG = f"""\
+# /etc/rancher/k3s/config.yaml of an agent (K3s CIS hardening guide, kubelet part)
 protect-kernel-defaults: true
 kubelet-arg:
   - "streaming-connection-idle-timeout=5m"
+  - "tls-cipher-suites={CIPHERS}"
 """
+# Where an agent joins, and with what: get.k3s.io writes the K3S_* variables it
+# was run with to the unit's env file (install.sh create_env_file), so
+# `curl -sfL https://get.k3s.io | K3S_URL=... K3S_TOKEN=... sh -` (docs.k3s.io
+# quick-start) leaves them in k3s-agent.service.env. K3s binds --server to
+# K3S_URL and --token to K3S_TOKEN (pkg/cli/cmds/agent.go).
+SERVER_URL = "https://10.0.0.10:6443"
+AGENT_TOKEN = "K10fixture::server:secret"
+AGENT_ENV = {"K3S_URL": SERVER_URL, "K3S_TOKEN": AGENT_TOKEN}
+# An agent-only node reaches the servers through its own client load balancer
+# on 127.0.0.1:6444 (pkg/agent/proxy, LBServerPort default 6444).
+AGENT_LB = "https://127.0.0.1:6444"
 UNIT = """\
 [Unit]
 Description=Lightweight Kubernetes
@@ -104,14 +122,14 @@ def pem(kind, seed):
     return f"-----BEGIN {kind}-----\n{body}-----END {kind}-----\n"
 
 
-def kubeconfig(user, server="https://127.0.0.1:6444"):
+def kubeconfig(user, server="https://127.0.0.1:6444", certs=f"{DATA_DIR}/server/tls"):
     return (
         "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n"
-        f"    certificate-authority: {DATA_DIR}/server/tls/server-ca.crt\n    server: {server}\n"
+        f"    certificate-authority: {certs}/server-ca.crt\n    server: {server}\n"
         "  name: local\ncontexts:\n- context:\n    cluster: local\n"
         f"    user: {user}\n  name: local\ncurrent-context: local\nusers:\n- name: {user}\n  user:\n"
-        f"    client-certificate: {DATA_DIR}/server/tls/client-{user}.crt\n"
-        f"    client-key: {DATA_DIR}/server/tls/client-{user}.key\n"
+        f"    client-certificate: {certs}/client-{user}.crt\n"
+        f"    client-key: {certs}/client-{user}.key\n"
     )
 
 
@@ -210,7 +228,7 @@ def install(root, role="server", config=None, exec_flags=(), env=None, fixture=N
     flags = "".join(f"\t'{flag}' \\\n" for flag in exec_flags).rstrip(" \\\n")
     text = UNIT.format(unit=unit, role=role, flags=flags)
     t.file(f"/etc/systemd/system/{unit}", text.replace(f"{role} \\\n\n", f"{role}\n"), 0o644)
-    env = env if env is not None else ({"K3S_TOKEN": "K10fixture::server:secret"} if role == "agent" else {})
+    env = env if env is not None else (AGENT_ENV if role == "agent" else {})
     t.file(f"/etc/systemd/system/{unit}.env", "".join(f"{k}='{v}'\n" for k, v in env.items()), 0o600)
     t.dir("/etc/rancher/k3s", 0o755)
     if config is None:
@@ -232,10 +250,13 @@ def install(root, role="server", config=None, exec_flags=(), env=None, fixture=N
         os.chmod(t.p(f"{bindir}/{name}"), 0o755)
     t.file(f"{bindir}/k3s-main.sh", MAIN_SH, 0o644)
     t.link(f"{DATA_DIR}/data/current", HASH)
-    _agent_tree(t)
+    _agent_tree(t, role)
     if role == "server":
         _server_tree(t)
-    t.file("/etc/rancher/k3s/k3s.yaml", kubeconfig("admin", "https://127.0.0.1:6443"), 0o600)
+        # The admin kubeconfig is the server's (--write-kubeconfig); an agent has none.
+        t.file("/etc/rancher/k3s/k3s.yaml", kubeconfig("admin", "https://127.0.0.1:6443"), 0o600)
+    # Every node registers with a node password (pkg/agent/config: ensureNodePassword, 0600).
+    t.file("/etc/rancher/node/password", hashlib.md5(role.encode()).hexdigest() + "\n", 0o600)
     for ip in ("10.42.0.2", "10.42.0.3"):
         t.file(f"/var/lib/cni/networks/cbr0/{ip}", "0f3a9c...\neth0", 0o644)
     t.file("/var/lib/cni/networks/cbr0/last_reserved_ip.0", "10.42.0.3", 0o644)
@@ -243,16 +264,20 @@ def install(root, role="server", config=None, exec_flags=(), env=None, fixture=N
     return t
 
 
-def _agent_tree(t):
+def _agent_tree(t, role):
     a = f"{DATA_DIR}/agent"
     t.dir(a, 0o755)
+    # On a server the kubeconfigs reach the local supervisor; on an agent-only
+    # node its client load balancer, with the agent's own certificates.
+    lb = "https://127.0.0.1:6443" if role == "server" else AGENT_LB
     t.file(f"{a}/client-ca.crt", pem("CERTIFICATE", "client-ca"), 0o644)
     t.file(f"{a}/server-ca.crt", pem("CERTIFICATE", "server-ca"), 0o644)
     for name in ("client-kubelet", "serving-kubelet", "client-kube-proxy", "client-k3s-controller"):
         t.file(f"{a}/{name}.crt", pem("CERTIFICATE", name), 0o644)
         t.file(f"{a}/{name}.key", pem("EC PRIVATE KEY", name), 0o600)
-    for name in ("kubelet", "kubeproxy", "k3scontroller"):
-        t.file(f"{a}/{name}.kubeconfig", kubeconfig(name, "https://127.0.0.1:6443"), 0o600)
+    clients = {"kubelet": "kubelet", "kubeproxy": "kube-proxy", "k3scontroller": "k3s-controller"}
+    for name, client in clients.items():
+        t.file(f"{a}/{name}.kubeconfig", kubeconfig(client, lb, a), 0o600)
     t.dir(f"{a}/etc/kubelet.conf.d", 0o755)
     t.file(f"{a}/etc/containerd/config.toml", "version = 2\n", 0o644)
     t.dir(f"{a}/pod-manifests", 0o755)

@@ -221,6 +221,24 @@ def enforced(cluster: Cluster) -> Cluster:
     return cluster
 
 
+def test_agent_vm_is_an_agent_node(enforced: Cluster) -> None:
+    """The second VM is an agent-only K3s node (the fixture's agent role, k3s-agent.service)
+    checked with the agent profile vagrant/provision/agent.sh names: only agent parts,
+    all compliant (the scenario's own step_k3s_role, as in the nspawn agent e2e)."""
+    node = enforced.nodes["agent"]
+    # The scenario rebooted the VM: the fixture's unit is not enabled, start it again.
+    node.run(["systemctl", "start", "k3s-agent.service"], timeout=180)
+    ctx = Context(node, log=lambda line: _log(f"[agent] {line}"))
+    ctx.notes.update(k3s=True, k3s_role="agent", k3s_unit="k3s-agent.service")
+
+    def k3s_args_settled() -> bool:
+        got = scenario.findings(scenario.status(node), "k3s_args")
+        return bool(got) and all(f["status"] in scenario.SETTLED for f in got.values())
+
+    wait_until(k3s_args_settled, 180, "the agent VM's k3s_args findings settled on the running K3s agent")
+    scenario.step_k3s_role(ctx)
+
+
 def _check_cluster_ports(cluster: Cluster, when: str) -> None:
     server, agent = cluster.nodes["server"], cluster.nodes["agent"]
     for port in K3S_PORTS["server"]:
