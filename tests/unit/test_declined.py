@@ -9,7 +9,10 @@ the engine's side (never applies them, never counts them) in test_engine.py.
 
 from __future__ import annotations
 
+import json
 import os
+import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -17,9 +20,12 @@ import pytest
 
 from k3s_agent.controls.files import LEFT, FilesControl
 from k3s_agent.controls.sysctl import NOT_OURS, PERSIST_FILE, SysctlControl
+from k3s_agent.engine import ControlReport, CycleReport
 from k3s_agent.host import Host
+from k3s_agent.log import finding_fields, finding_message
 from k3s_agent.model import Finding, Mode, Status
-from k3s_agent.policy.model import ControlPolicy
+from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy
+from k3s_agent.report import build_document, exit_code, render
 
 
 def _check_then_apply(ctl: Any, key: str, watched: Path) -> tuple[Finding, Finding, bytes, bytes]:
@@ -187,3 +193,37 @@ def test_files_compliant_items_carry_no_reason(root: Path) -> None:
         ControlPolicy("files", Mode.ENFORCE, True, {}, {APP: {"max_mode": "0600"}}), Host(root=str(root))
     )
     assert [(f.status, f.declined) for f in ctl.check()] == [(Status.OK, None)]
+
+
+# -- every rendering says why apply leaves it ----------------------------------------------
+
+BOOT = Finding(
+    "sysctl",
+    "kernel.panic@boot",
+    Status.DRIFT,
+    "10",
+    "0",
+    "/etc/sysctl.d/99-local.conf loads after /etc/sysctl.d/90-k3s-agentd.conf and sets '0': it wins at boot",
+    "4.2.6",
+    declined=NOT_OURS,
+)
+
+
+def _document() -> dict[str, Any]:
+    cycle = CycleReport(1, time.time(), 0.001, [ControlReport("sysctl", Mode.ENFORCE, [BOOT], 0.001)])
+    policy = Policy("test", Mode.ENFORCE, 60, 30, ContestSettings(), {}, (), ())
+    return build_document(cycle, policy)
+
+
+def test_renderings_and_the_journal_carry_the_reason() -> None:
+    document = _document()
+    said = f"{BOOT.message}; {NOT_OURS}"  # what apply answered before check declined it
+    assert document["controls"][0]["findings"][0]["declined"] == NOT_OURS
+    assert f"             needs you: {NOT_OURS}" in render(document, "table").splitlines()
+    junit = ET.fromstring(render(document, "junit"))
+    assert [f.get("message") for f in junit.iter("failure")] == [said]
+    kube = json.loads(render(document, "kube-bench-json"))
+    assert [r.get("reason") for c in kube["Controls"] for t in c["tests"] for r in t["results"]] == [said]
+    assert finding_message("drift", BOOT) == f"sysctl kernel.panic@boot: drift: {said}"
+    assert finding_fields(BOOT)["declined"] == NOT_OURS
+    assert exit_code(document) == 1  # still drift: the node is not compliant
