@@ -2,7 +2,9 @@
 
 Exit codes (stable, scripts depend on them): 0 compliant, 1 drift present,
 2 failures (or a refused policy), 3 daemon not running / busy / status unknown
-(the reason is printed: "not running" or "busy / timed out").
+(the reason is printed: "not running" or "busy / timed out"). `diff` exits
+with the verdict too: 1 while any drift is left, also when all of it needs
+you (apply would change nothing, the node is still not compliant).
 
 `status` is what monitoring polls, often: it imports only what reading the
 daemon's socket needs. The engine, the policy loader and structlog (~3/4 of
@@ -298,17 +300,26 @@ def cmd_diff(args: argparse.Namespace, host: Host) -> int:
         return _refused(exc)
     if args.format != "table":
         return _emit(args, document)
-    changes = 0
+    changes, declined = 0, []
     for control in document["controls"]:
         note = "" if control["mode"] == Mode.ENFORCE.value else "   (audit mode: apply leaves it)"
         for f in control["findings"]:
             if f["status"] not in ("drift", "contested"):
                 continue
+            if f.get("declined"):  # apply will not act on it: not a change, a job for a human
+                declined.append(f"needs you: {control['name']} {f['key']}: {f['message']}; {f['declined']}")
+                continue
             changes += 1
             print(f"{control['name']} {f['key']}{note}")
             print(f"  - {f['observed']}")
             print(f"  + {f['desired']}")
-    print(f"{changes} item(s) would change" if changes else "nothing to change")
+    for line in declined:
+        print(line)
+    if not declined:
+        print(f"{changes} item(s) would change" if changes else "nothing to change")
+    else:
+        would = f"{changes} item(s) would change" if changes else "nothing apply would change"
+        print(f"{would}; {len(declined)} item(s) need you (apply leaves them)")
     return exit_code(document)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Protocol
 
 from k3s_agent.controls import specs
-from k3s_agent.controls.base import Control, ControlSpec
+from k3s_agent.controls.base import VERIFY_ONLY, Control, ControlSpec
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy
@@ -327,7 +327,7 @@ class Engine:
         control, guard = self.controls[name], self.guards[name]
         error, healed = None, set()
         try:
-            findings = list(guard.call("check", control.check))
+            findings = self._verify_only(name, list(guard.call("check", control.check)))
             findings = self._apply_waivers(findings)
             if enforce and section.mode is Mode.ENFORCE:
                 findings, healed = self._heal(name, control, guard, findings, sweep)
@@ -341,14 +341,18 @@ class Engine:
     def _heal(
         self, name: str, control: Control, guard: _Guard, findings: list[Finding], sweep: bool
     ) -> tuple[list[Finding], set[str]]:
-        """Heal the drifted items, verify, track undos; returns the findings and the keys healed."""
+        """Heal the drifted items, verify, track undos; returns the findings and the keys healed.
+
+        A declined drift (Finding.declined: apply will not act on it) is neither
+        healed nor counted as an undo: it waits for a human, and says so.
+        """
         plan = _plan(findings)
         drift = []
         for f in findings:
             item = (name, f.key)
             if f.status is Status.OK:
                 self.contest.settled(item, f.desired, plan)
-            elif f.status is not Status.DRIFT:
+            elif f.status is not Status.DRIFT or f.declined:
                 self.contest.unsettled(item)
             else:
                 self.contest.drifted(item, f.desired, plan)
@@ -389,8 +393,8 @@ class Engine:
 
     def _contested(self, name: str, finding: Finding) -> Finding:
         """A contested item reads `contested` (ok, healed or waiting) until it is forgiven."""
-        if finding.status not in (Status.OK, Status.HEALED, Status.DRIFT):
-            return finding  # failed, waived ... say more than "contested"
+        if finding.status not in (Status.OK, Status.HEALED, Status.DRIFT) or finding.declined:
+            return finding  # failed, waived, declined ... say more than "contested"
         contest = self.contest.contest((name, finding.key))
         if contest is None:
             return finding
@@ -438,6 +442,16 @@ class Engine:
             seen = "gone" if after is None else f"{after.status}: {after.message}"
             return before.with_status(Status.FAILED, f"heal did not stick (re-check: {seen})")
         return dataclasses.replace(after, status=Status.HEALED, message=message or "healed")
+
+    def _verify_only(self, name: str, findings: list[Finding]) -> list[Finding]:
+        """A verify-only control's drift (ControlSpec.verify_only) is all declined."""
+        spec = self.registry.get(name)
+        if spec is None or not spec.verify_only:
+            return findings
+        return [
+            dataclasses.replace(f, declined=VERIFY_ONLY) if f.status is Status.DRIFT and not f.declined else f
+            for f in findings
+        ]
 
     def _apply_waivers(self, findings: list[Finding]) -> list[Finding]:
         today = self.today()

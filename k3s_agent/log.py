@@ -125,6 +125,7 @@ def finding_fields(finding: Finding) -> dict[str, Any]:
         "expected": None if finding.desired is None else str(finding.desired),
         "actual": None if finding.observed is None else str(finding.observed),
         "detail": finding.message or None,
+        "declined": finding.declined,  # why apply leaves it (a human must act)
     }
 
 
@@ -133,7 +134,8 @@ def finding_message(event: str, finding: Finding) -> str:
     line = f"{finding.control} {finding.key}: {event}"
     if finding.status.value != event:
         line += f" ({finding.status.value})"  # a contested item healed again
-    return f"{line}: {finding.message}" if finding.message else line
+    detail = "; ".join(part for part in (finding.message, finding.declined) if part)
+    return f"{line}: {detail}" if detail else line
 
 
 def refusal_message(problems: list[str], keeping: str) -> str:

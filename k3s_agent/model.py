@@ -47,6 +47,11 @@ class Finding:
     observed: Any = None
     message: str = ""
     cis: Optional[str] = None
+    # Why apply will not act on this drift (not ours to edit, needs an operator,
+    # verify-only ...); None: apply heals it. Set by check(), so `diff` can say
+    # what apply would change and what needs a human; the engine never passes a
+    # declined finding to apply. The item still counts as drift.
+    declined: Optional[str] = None
 
     def with_status(self, status: Status, message: Optional[str] = None) -> Finding:
         return dataclasses.replace(self, status=status, message=self.message if message is None else message)
@@ -60,6 +65,7 @@ class Finding:
             "observed": _jsonable(self.observed),
             "message": self.message,
             "cis": self.cis,
+            "declined": self.declined,
         }
 
     @classmethod
@@ -72,6 +78,7 @@ class Finding:
             observed=data.get("observed"),
             message=data.get("message", ""),
             cis=data.get("cis"),
+            declined=data.get("declined"),
         )
 
 

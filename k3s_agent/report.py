@@ -197,6 +197,8 @@ def render_table(document: dict[str, Any], verbose: bool = False) -> str:
             out.append(line.rstrip())
             if f.get("message") and f["status"] != "ok":
                 out.append(f"             {f['message']}")
+            if f.get("declined"):
+                out.append(f"             needs you: {f['declined']}")
     daemon = document.get("daemon") or {}
     if daemon.get("policy_error"):
         running = daemon.get("policy_fallback") or "the policy loaded before"

@@ -101,7 +101,9 @@ def _case(classname: str, finding: dict[str, Any], outcome: str) -> ET.Element:
     if outcome == "pass":
         return case
     status = str(finding.get("status"))
-    message = clean(_bounded(finding.get("message") or status))
+    # with why apply leaves it, when it does (`declined`)
+    said = "; ".join(str(finding[k]) for k in ("message", "declined") if finding.get(k))
+    message = clean(_bounded(said or status))
     if outcome == "skipped":
         # a waiver's message names its owner and expiry ("waived by ... until ...")
         ET.SubElement(case, "skipped", message=f"{status}: {message}")

@@ -199,7 +199,9 @@ def _check(cis: str, findings: list[dict[str, Any]]) -> dict[str, Any]:
         "IsMultiple": len(findings) > 1,
         "expected_result": _listing(findings, "desired"),
     }
-    reason = "; ".join(sorted({str(f.get("message")) for f in worst if f.get("message")}))
+    # each finding's message, with why apply leaves it when it does (`declined`)
+    said = {"; ".join(str(f[k]) for k in ("message", "declined") if f.get(k)) for f in worst}
+    reason = "; ".join(sorted(said - {""}))
     if reason and state != PASS:
         check["reason"] = reason  # omitempty in kube-bench
     return check

@@ -13,7 +13,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from k3s_agent.host import Host
-from k3s_agent.model import Finding
+from k3s_agent.model import Finding, Status
 from k3s_agent.policy.schema import Field
 
 if TYPE_CHECKING:
@@ -35,7 +35,9 @@ class Watch:
 class Control(Protocol):
     name: str
 
-    def check(self) -> list[Finding]: ...
+    def check(self) -> list[Finding]:
+        """Observe, no side effect; a drift apply will not act on carries `declined` (why)."""
+        ...
 
     def apply(self, drift: Sequence[Finding]) -> list[Finding]: ...
 
@@ -88,6 +90,8 @@ class ControlSpec:
       refuses two spellings of one key and matches `disable` by it.
     lint: problems in the merged section that break a node; each is refused
       unless the item it names carries `accept_risk = "<reason>"`.
+    verify_only: apply never changes anything: the engine marks every drift of
+      the control declined (VERIFY_ONLY), so `diff` lists none of it as a change.
     """
 
     name: str
@@ -99,3 +103,17 @@ class ControlSpec:
     lint: Optional[Callable[[ControlPolicy, Policy, Host], list[Lint]]] = None
     verify_only: bool = False
     doc: str = ""
+
+
+VERIFY_ONLY = "verify-only: the agent never changes it"
+
+
+def split_declined(drift: Sequence[Finding]) -> tuple[list[Finding], list[Finding]]:
+    """(apply's answers for the drift check() declined, the drift left to heal).
+
+    The engine never passes a declined finding to apply; an apply that is
+    handed one anyway (a test, a direct caller) answers it the same way:
+    still drift, its message plus why.
+    """
+    answers = [f.with_status(Status.DRIFT, f"{f.message}; {f.declined}") for f in drift if f.declined]
+    return answers, [f for f in drift if not f.declined]

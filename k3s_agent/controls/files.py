@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Optional
 
 from k3s_agent.controls import fsafe
-from k3s_agent.controls.base import ControlSpec, Lint, Watch
+from k3s_agent.controls.base import ControlSpec, Lint, Watch, split_declined
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
@@ -247,7 +247,6 @@ class FilesControl:
         self.plain = [r for r in self.rules if not r.recursive]
         self.recursive = [r for r in self.rules if r.recursive]
         self.owner_of: dict[str, Rule] = {}  # finding key -> rule, from the last check
-        self.declined: dict[str, str] = {}  # finding key -> why apply must leave it
         self.entries_seen = 0
         self.mounts = fsafe.MountTable()
 
@@ -257,7 +256,6 @@ class FilesControl:
         findings: list[Finding] = []
         owner_of: dict[str, Rule] = {}
         self.entries_seen = 0
-        self.declined = {}
         self.mounts = fsafe.MountTable.read(self.host)
         for rule in self.plain:
             for finding in self._guarded(rule, lambda r=rule: self._check_plain(r, owner_of)):
@@ -274,7 +272,6 @@ class FilesControl:
         try:
             return check()
         except (OSError, ValueError) as exc:  # ValueError: a NUL in a key the loader did not vet
-            self.declined[rule.pattern] = "could not look at it"
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return [self._base(rule, rule.pattern).with_status(Status.FAILED, f"{rule.pattern!r}: {reason}")]
 
@@ -284,8 +281,8 @@ class FilesControl:
     def _nothing(self, rule: Rule) -> Finding:
         base = self._base(rule, rule.pattern)
         if rule.required:
-            self.declined[rule.pattern] = "we never create files: K3s (or its operator) must"
-            return base.with_status(Status.DRIFT, "required, but nothing matches")
+            never = "we never create files: K3s (or its operator) must"
+            return _declined(base.with_status(Status.DRIFT, "required, but nothing matches"), never)
         return base.with_status(Status.ABSENT, "not present on this node")
 
     def _check_plain(self, rule: Rule, claimed: dict[str, Rule]) -> list[Finding]:
@@ -294,25 +291,25 @@ class FilesControl:
             for entry in fsafe.expand(self.host, rule.pattern, self.mounts):
                 matched += 1
                 if matched > fsafe.MAX_ENTRIES:
-                    self.declined[rule.pattern] = LEFT
                     base = self._base(rule, rule.pattern)
-                    findings.append(base.with_status(Status.DRIFT, f"{fsafe.too_many()} (this cycle)"))
+                    findings.append(
+                        _declined(base.with_status(Status.DRIFT, f"{fsafe.too_many()} (this cycle)"))
+                    )
                     break
                 if entry.path in claimed:
                     continue  # a more specific item governs this path
                 self.entries_seen += 1
                 findings.append(self._judge(rule, entry))
         except fsafe.Refused as exc:
-            self.declined[rule.pattern] = LEFT
-            return [self._base(rule, rule.pattern).with_status(Status.DRIFT, str(exc))]
+            return [_declined(self._base(rule, rule.pattern).with_status(Status.DRIFT, str(exc)))]
         return findings if matched else [self._nothing(rule)]
 
     def _judge(self, rule: Rule, entry: fsafe.Entry) -> Finding:
         base = self._base(rule, entry.path)
         kind = stat.S_IFMT(entry.st.st_mode)
         if entry.problem:
-            self.declined[entry.path] = "left for the next cycle"
-            return base.with_status(Status.DRIFT, entry.problem)
+            return _declined(base.with_status(Status.DRIFT, entry.problem), "left for the next cycle")
+        # A link or a special file: fsafe.change refuses it, so apply would only say so.
         if entry.link is not None:
             return dataclasses.replace(
                 base,
@@ -320,25 +317,27 @@ class FilesControl:
                 observed=f"symlink -> {entry.link}",
                 message=f"a symlink (-> {entry.link}) where a file is expected; "
                 "not followed: remove it or point the policy at the real file",
+                declined=LEFT,
             )
         if kind not in (stat.S_IFREG, stat.S_IFDIR):
             what = fsafe.kind_of(entry.st.st_mode)
             return dataclasses.replace(
-                base, status=Status.DRIFT, observed=what, message=f"a {what}, not a file or directory"
+                base,
+                status=Status.DRIFT,
+                observed=what,
+                message=f"a {what}, not a file or directory",
+                declined=LEFT,
             )
         found = dataclasses.replace(base, observed=observed(entry.st) + notes_on(entry))
         mismatch = rule.mismatch(entry.st)
         if mismatch:
-            self.declined[entry.path] = LEFT
-            return found.with_status(Status.DRIFT, mismatch)
+            return _declined(found.with_status(Status.DRIFT, mismatch))
         problems = rule.problems(entry.st)
         if not problems:
             return found
         reason = unfixable(entry)
-        if reason:
-            self.declined[entry.path] = LEFT
-            problems.append(reason)
-        return found.with_status(Status.DRIFT, "; ".join(problems))
+        drift = found.with_status(Status.DRIFT, "; ".join([*problems, reason] if reason else problems))
+        return _declined(drift) if reason else drift
 
     def _check_recursive(self, rule: Rule) -> Finding:
         base = self._base(rule, rule.pattern)
@@ -357,8 +356,7 @@ class FilesControl:
                     shown = [reason, *problems] if reason else problems
                     deviations.append(f"{entry.path}: {'; '.join(shown)}")
         except fsafe.Refused as exc:
-            self.declined[rule.pattern] = LEFT
-            return base.with_status(Status.DRIFT, str(exc))
+            return _declined(base.with_status(Status.DRIFT, str(exc)))
         self.entries_seen += total
         if total == 0 and not notes:
             return self._nothing(rule)
@@ -391,15 +389,14 @@ class FilesControl:
     # -- heal ---------------------------------------------------------------------
 
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
+        results, todo = split_declined(drift)
         self.mounts = fsafe.MountTable.read(self.host)  # fresh: a mount may have come since check
-        return [self._heal(finding) for finding in drift]
+        return results + [self._heal(finding) for finding in todo]
 
     def _heal(self, finding: Finding) -> Finding:
         rule = self.owner_of.get(finding.key)
         if rule is None:
             return finding.with_status(Status.FAILED, "no policy item governs this path any more")
-        if finding.key in self.declined:
-            return finding.with_status(Status.DRIFT, f"{finding.message}; {self.declined[finding.key]}")
         try:
             if rule.recursive:
                 return self._heal_tree(rule, finding)
@@ -458,6 +455,11 @@ class FilesControl:
             "mount_points_known": len(self.mounts.points),
             "mount_table_truncated": self.mounts.truncated,
         }
+
+
+def _declined(finding: Finding, why: str = LEFT) -> Finding:
+    """A drift apply leaves alone, and why (Finding.declined)."""
+    return dataclasses.replace(finding, declined=why)
 
 
 def describe_change(before: os.stat_result, after: os.stat_result) -> str:

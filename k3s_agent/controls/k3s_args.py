@@ -23,6 +23,7 @@ exist, parse, and (when the policy gives their content) match it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -33,12 +34,12 @@ from typing import Any, Optional
 
 import yaml
 
-from k3s_agent.controls.base import ControlSpec, Lint, Watch
+from k3s_agent.controls.base import ControlSpec, Lint, Watch, split_declined
 from k3s_agent.host import Host, HostError, read_fd
 from k3s_agent.k3s import args as k3sargs
 from k3s_agent.k3s import etcd as k3setcd
 from k3s_agent.k3s import yamlcap
-from k3s_agent.k3s.config import Configured, config_files, configured, merge_files, read_config
+from k3s_agent.k3s.config import ConfigError, Configured, config_files, configured, merge_files, read_config
 from k3s_agent.k3s.node import K3sNode, Observer
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.benchmark import cis_number
@@ -88,6 +89,10 @@ K3S_WITNESS = {
     "secrets-encryption": ("kube-apiserver", "encryption-provider-config"),
     "protect-kernel-defaults": ("kubelet", "protect-kernel-defaults"),
 }
+NEEDS_OPERATOR = "needs an operator"  # the service, its config, the journal: never ours to change
+NOT_REMEDIATED = 'not remediated: set remediate = "config" to let the agent write K3s config'
+NO_CONTENT = "the policy gives no content for it"
+ETCD_DECLINED = "verify-only: K3s writes etcd's config itself"
 FILE_KINDS = {
     "audit_policy": ("audit.k8s.io/", "Policy"),
     "admission_config": ("apiserver.", "AdmissionConfiguration"),
@@ -190,6 +195,10 @@ def _number(text: Optional[str]) -> Optional[float]:
         return None
 
 
+def _server_only(key: str) -> bool:
+    return k3sargs.server_only(*split_key(key))
+
+
 def split_key(key: str) -> tuple[str, str]:
     component, flag = key.split(":", 1)
     return component, flag
@@ -244,7 +253,22 @@ class K3sArgsControl:
             findings += [
                 self._check_file(kind, path, content) for kind, (path, content) in self.files.items()
             ]
-        return findings
+        return self._declined(node, findings)
+
+    def _declined(self, node: K3sNode, findings: list[Finding]) -> list[Finding]:
+        """The drift apply will leave, marked with why (Finding.declined): decided as apply decides."""
+        drift = [f.key for f in findings if f.status is Status.DRIFT]
+        files = {path: content for path, content in self.files.values()}
+        why = {key: NEEDS_OPERATOR for key in drift if key not in files and key not in self.items}
+        why.update((key, NO_CONTENT) for key in drift if key in files and self._content(files[key]) is None)
+        # etcd's config is K3s's own file, rewritten at each start: verify-only
+        why.update((key, ETCD_DECLINED) for key in drift if key in self.items and split_key(key)[0] == ETCD)
+        items = [key for key in drift if key in self.items and key not in why]
+        if items:
+            # the config moved under us: apply decides, and says why
+            with contextlib.suppress(ConfigError, OSError, HostError):
+                why.update(self._plan(node, items)[0])
+        return [dataclasses.replace(f, declined=why[f.key]) if f.key in why else f for f in findings]
 
     def _components(self, node: K3sNode) -> list[str]:
         wanted = {split_key(k)[0] for k in self.items} - {k3sargs.K3S, ETCD}
@@ -414,9 +438,11 @@ class K3sArgsControl:
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
         node = self.last or self.observer.observe()
         files = {path: (kind, content) for kind, (path, content) in self.files.items()}
-        results: list[Finding] = []
+        # declined by check(): the service, config and journal findings, a file
+        # without content, items K3s's config would not take from our drop-in
+        results, todo = split_declined(drift)
         fixable = []
-        for finding in drift:
+        for finding in todo:
             if finding.key in files:
                 results.append(self._write_file(finding, *files[finding.key]))
             elif finding.key in self.items and split_key(finding.key)[0] == ETCD:
@@ -424,15 +450,18 @@ class K3sArgsControl:
             elif finding.key in self.items:
                 fixable.append(finding)
             else:
-                results.append(finding.with_status(Status.DRIFT, finding.message + "; needs an operator"))
+                results.append(finding.with_status(Status.DRIFT, f"{finding.message}; {NEEDS_OPERATOR}"))
         if fixable:
             results += self._remediate(node, fixable)
         return results
 
+    def _content(self, content: Optional[str]) -> Optional[str]:
+        return load_content(self.host, content) if content else None
+
     def _write_file(self, finding: Finding, kind: str, content: Optional[str]) -> Finding:
-        text = load_content(self.host, content) if content else None
+        text = self._content(content)
         if text is None:
-            return finding.with_status(Status.DRIFT, finding.message + "; the policy gives no content for it")
+            return finding.with_status(Status.DRIFT, f"{finding.message}; {NO_CONTENT}")
         try:
             saved = self.host.write_atomic(finding.key, text.encode(), mode=0o600)
         except (OSError, HostError) as exc:
@@ -440,12 +469,9 @@ class K3sArgsControl:
         note = f" (previous copy: {saved})" if saved else ""
         return finding.with_status(Status.HEALED, f"wrote the policy's {kind.replace('_', ' ')}{note}")
 
-    def _remediate(self, node: K3sNode, drift: list[Finding]) -> list[Finding]:
-        if self.remediate != "config":
-            why = 'not remediated: set remediate = "config" to let the agent write K3s config'
-            return [f.with_status(Status.DRIFT, f"{f.message}; {why}") for f in drift]
-        if node.configured is None or node.service.unit is None:
-            return [f.with_status(Status.DRIFT, f"{f.message}; no K3s unit to configure") for f in drift]
+    def _dropin(self, node: K3sNode) -> tuple[str, str, Configured]:
+        """(our drop-in's path, its content, K3s's config with it in place)."""
+        assert node.configured is not None
         without = self._configured_without_own(node)
         path = own_dropin(node.configured)
         # An agent's drop-in never carries server settings (K3s would drop them with a warning).
@@ -459,33 +485,47 @@ class K3sArgsControl:
         )
         text = render_dropin(settings)
         # Would it work? Re-read K3s's config with the new file in place before writing it.
-        after = _configured_with(self.host, node, path, text)
-        results = []
-        todo = []
-        for finding in drift:
-            component, flag = split_key(finding.key)
-            if k3sargs.server_only(component, flag) and node.service.role != "server":
-                results.append(finding)
-            elif not self._holds_after(after, component, flag):
-                results.append(
-                    finding.with_status(
-                        Status.DRIFT,
-                        f"{finding.message}; cannot be fixed from {path}: an ExecStart flag, a later drop-in "
-                        "or a forbidden value set elsewhere wins",
-                    )
+        return path, text, _configured_with(self.host, node, path, text)
+
+    def _plan(
+        self, node: K3sNode, keys: Sequence[str]
+    ) -> tuple[dict[str, str], Optional[tuple[str, str, Configured]]]:
+        """(why apply leaves each item it leaves, the drop-in it would write: None if none)."""
+        if self.remediate != "config":
+            return dict.fromkeys(keys, NOT_REMEDIATED), None
+        if node.configured is None or node.service.unit is None:
+            return dict.fromkeys(keys, "no K3s unit to configure"), None
+        dropin = self._dropin(node)
+        path, _, after = dropin
+        why = {}
+        for key in keys:
+            component, flag = split_key(key)
+            if node.service.role != "server" and _server_only(key):
+                continue  # not judged on an agent (absent), so never drift
+            if not self._holds_after(after, component, flag):
+                why[key] = (
+                    f"cannot be fixed from {path}: an ExecStart flag, a later drop-in "
+                    "or a forbidden value set elsewhere wins"
                 )
             elif component != k3sargs.K3S and len(self._configured_values(after, component, flag) or []) > 1:
-                results.append(
-                    finding.with_status(
-                        Status.DRIFT,
-                        f"{finding.message}; cannot be fixed from {path}: --{flag} would be passed twice "
-                        "(also on the ExecStart line or in a later drop-in); kube-bench reads one",
-                    )
+                why[key] = (
+                    f"cannot be fixed from {path}: --{flag} would be passed twice "
+                    "(also on the ExecStart line or in a later drop-in); kube-bench reads one"
                 )
-            else:
-                todo.append(finding)
-        if not todo:
+        return why, dropin
+
+    def _remediate(self, node: K3sNode, drift: list[Finding]) -> list[Finding]:
+        refused, dropin = self._plan(node, [f.key for f in drift])
+        results = [
+            f.with_status(Status.DRIFT, f"{f.message}; {refused[f.key]}") for f in drift if f.key in refused
+        ]
+        agent = node.service.role != "server"
+        # a server component's item on an agent: answered as it is (check says absent)
+        results += [f for f in drift if f.key not in refused and agent and _server_only(f.key)]
+        todo = [f for f in drift if f.key not in refused and not (agent and _server_only(f.key))]
+        if not todo or dropin is None:
             return results
+        path, text, after = dropin
         missing = self._prepare_paths(after) if node.service.role == "server" else []
         if missing:
             why = "; ".join(missing)

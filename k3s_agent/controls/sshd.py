@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from k3s_agent.controls import sshd_guard
-from k3s_agent.controls.base import ControlSpec, Lint, Watch
+from k3s_agent.controls.base import ControlSpec, Lint, Watch, split_declined
 from k3s_agent.controls.sshd_accounts import read_accounts
 from k3s_agent.controls.sshd_guard import GuardError, Network, Where, keyword_name
 from k3s_agent.controls.sshd_lockout import lockouts
@@ -136,6 +136,7 @@ class SshdControl:
                 desired="a readable sshd config file",
                 observed="not read",
                 message=f"{exc}: sshd reads it, so which file sets what is unknown",
+                declined="not ours to edit",
             )
             for exc in reader.unread
         ]
@@ -151,7 +152,10 @@ class SshdControl:
             return found.with_status(Status.OK, f"set by {where}")
         if seen is None:
             return found.with_status(Status.DRIFT, f"sshd -T does not know {key}")
-        return found.with_status(Status.DRIFT, self._explain(key, sources))
+        drift = found.with_status(Status.DRIFT, self._explain(key, sources))
+        if _only_foreign_extras(key, want, seen):
+            return dataclasses.replace(drift, declined="remove it there (not our file)")
+        return drift
 
     def _explain(self, key: str, sources: list[Directive]) -> str:
         foreign = [d for d in sources if not self._ours(d)]
@@ -216,13 +220,8 @@ class SshdControl:
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
         if not self.installed():
             return [f.with_status(Status.ABSENT, f"sshd is not installed or has no {MAIN}") for f in drift]
-        declined = {f.key: f for f in drift if self._only_foreign_extras(f)}
-        unread = [f for f in drift if f.key.startswith("/")]  # a file finding, not a keyword
-        todo = [f for f in drift if f.key not in declined and f not in unread]
-        results = [
-            f.with_status(Status.DRIFT, f"{f.message}; remove it there (not our file)")
-            for f in declined.values()
-        ] + [f.with_status(Status.DRIFT, f"{f.message}; not ours to edit") for f in unread]
+        # declined: another file's extra AllowUsers & co., a config file too large to read
+        results, todo = split_declined(drift)
         if not todo:
             return results
         plan = self.plan()
@@ -250,12 +249,6 @@ class SshdControl:
             message = f"{note}, but the reload failed: {exc}"
             return results + [f.with_status(Status.FAILED, message) for f in todo]
         return results + [f.with_status(Status.HEALED, f"{note}; {reloaded}{override}") for f in todo]
-
-    def _only_foreign_extras(self, finding: Finding) -> bool:
-        """AllowUsers & co. accumulate: extra names from another file are not ours to remove."""
-        if finding.key.lower() not in ACCUMULATE or finding.observed is None:
-            return False
-        return set(str(finding.desired).split()) <= set(str(finding.observed).split())
 
     def _write(self, plan: Plan) -> str:
         current = self.host.read_text(plan.target)
@@ -499,6 +492,11 @@ def _write_private(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+
+
+def _only_foreign_extras(key: str, want: str, seen: str) -> bool:
+    """AllowUsers & co. accumulate: extra names from another file are not ours to remove."""
+    return key.lower() in ACCUMULATE and set(str(want).split()) <= set(str(seen).split())
 
 
 def _first_lines(text: str, count: int = 3) -> str:

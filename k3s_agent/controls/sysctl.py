@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from k3s_agent.controls.base import ControlSpec, Lint, Watch
+from k3s_agent.controls.base import ControlSpec, Lint, Watch, split_declined
 from k3s_agent.host import Host, HostError, TooLarge, read_capped
 from k3s_agent.k3s.facts import read_facts
 from k3s_agent.model import Finding, Status
@@ -23,6 +23,7 @@ from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, brief
 
 NAME = "sysctl"
+NOT_OURS = "not ours to edit"  # why apply leaves a later sysctl.d file that wins at boot
 PERSIST_FILE = "/etc/sysctl.d/90-k3s-agentd.conf"
 # systemd-sysctl and `sysctl --system` read these, files ordered by name across
 # all directories (earlier directories shadow same-named files), then
@@ -198,6 +199,7 @@ class SysctlControl:
                 desired="a readable sysctl.d file",
                 observed="not read",
                 message=f"{exc}: what it sets at boot is unknown",
+                declined=NOT_OURS,
             )
             for exc in unread
         ]
@@ -214,6 +216,7 @@ class SysctlControl:
                     observed=normalize(value),
                     message=f"{source} loads after {PERSIST_FILE} and sets {value!r}: it wins at boot",
                     cis=self.cis.get(path),
+                    declined=NOT_OURS,
                 )
             )
         return findings
@@ -221,12 +224,10 @@ class SysctlControl:
     # -- heal -------------------------------------------------------------------
 
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
-        results = []
-        for finding in drift:
+        results, todo = split_declined(drift)  # the @boot findings: another file wins
+        for finding in todo:
             if finding.key == PERSIST_FILE:
                 results.append(self._write_persisted(finding))
-            elif finding.key.endswith("@boot"):
-                results.append(finding.with_status(Status.DRIFT, finding.message + "; not ours to edit"))
             else:
                 results.append(self._write_runtime(finding))
         return results

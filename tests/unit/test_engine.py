@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from k3s_agent.controls.base import ControlSpec, Watch
+from k3s_agent.controls.base import VERIFY_ONLY, ControlSpec, Watch
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Mode, Status
@@ -328,3 +328,86 @@ def test_a_broken_control_fails_its_items_with_their_cis_ids() -> None:
         "x": (Status.FAILED, "1.1.1"),
         "y": (Status.FAILED, None),
     }
+
+
+# -- declined drift (Finding.declined): apply will not act, a human must ---------------------
+
+
+class Declining(Knob):
+    """A Knob whose check() declines the keys in `declined` (e.g. another tool's file)."""
+
+    def __init__(self, world: dict[str, Any], want: dict[str, Any], declined: dict[str, str]):
+        super().__init__(world, want)
+        self.declined = declined
+
+    def check(self) -> list[Finding]:
+        return [
+            dataclasses.replace(f, declined=self.declined[f.key])
+            if f.status is Status.DRIFT and f.key in self.declined
+            else f
+            for f in super().check()
+        ]
+
+
+def test_declined_drift_never_reaches_apply_and_stays_drift_with_its_reason() -> None:
+    knob = Declining({"a": 0, "b": 0}, {"a": 1, "b": 1}, {"a": "not ours to edit"})
+    events: list[tuple[str, str]] = []
+    engine = make_engine({"knob": knob}, {"knob": ["a", "b"]})
+    engine.on_event = lambda event, finding: events.append((event, finding.key))
+    findings = {f.key: f for f in engine.run_cycle().controls[0].findings}
+    assert knob.applied == ["b"]
+    assert (findings["a"].status, findings["a"].declined) == (Status.DRIFT, "not ours to edit")
+    assert (findings["b"].status, findings["b"].declined) == (Status.HEALED, None)
+    assert sorted(events) == [("drift", "a"), ("healed", "b")]  # never a failed heal
+
+
+def test_a_control_whose_drift_is_all_declined_is_not_applied_at_all() -> None:
+    knob = Declining({"a": 0}, {"a": 1}, {"a": "needs an operator"})
+    engine = make_engine({"knob": knob}, {"knob": ["a"]})
+    for _ in range(3):
+        assert statuses(engine.run_cycle(), "knob") == {"a": Status.DRIFT}
+    assert knob.applied == []
+
+
+def test_declined_drift_that_comes_and_goes_is_never_contested() -> None:
+    """Someone else's file appearing is not an undo of our heal: the contest tracker does not count it."""
+    now = [1000.0]
+    knob = Declining({"a": 1}, {"a": 1}, {"a": "not ours to edit"})
+    engine = make_engine({"knob": knob}, {"knob": ["a"]}, clock=lambda: now[0])
+    seen = []
+    for _ in range(5):
+        knob.world["a"] = 1
+        now[0] += 10
+        engine.run_cycle()
+        knob.world["a"] = 0
+        now[0] += 10
+        seen.append(statuses(engine.run_cycle(), "knob")["a"])
+    assert seen == [Status.DRIFT] * 5
+    assert engine.contest.contest(("knob", "a")) is None
+
+
+def test_check_only_carries_the_reason_for_diff() -> None:
+    knob = Declining({"a": 0}, {"a": 1}, {"a": "not ours to edit"})
+    finding = make_engine({"knob": knob}, {"knob": ["a"]}).run_cycle(enforce=False).controls[0].findings[0]
+    assert finding.declined == "not ours to edit"
+    assert finding.to_dict()["declined"] == "not ours to edit"
+    assert Finding.from_dict(finding.to_dict()) == finding
+
+
+@pytest.mark.parametrize(
+    ("verify_only", "own_reason", "applied", "declined"),
+    [
+        (True, None, [], {"a": VERIFY_ONLY, "b": None}),  # every drift declined; ok untouched
+        (True, "its own reason", [], {"a": "its own reason", "b": None}),  # the control's word stands
+        (False, None, ["a"], {"a": None, "b": None}),
+    ],
+)
+def test_verify_only_spec_declines_all_drift(
+    verify_only: bool, own_reason: Any, applied: list[str], declined: dict[str, Any]
+) -> None:
+    knob = Declining({"a": 0, "b": 1}, {"a": 1, "b": 1}, {"a": own_reason} if own_reason else {})
+    engine = make_engine({"knob": knob}, {"knob": ["a", "b"]})
+    engine.registry = {"knob": dataclasses.replace(engine.registry["knob"], verify_only=verify_only)}
+    report = engine.run_cycle()
+    assert knob.applied == applied
+    assert {f.key: f.declined for f in report.controls[0].findings} == declined
