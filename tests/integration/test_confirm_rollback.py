@@ -1,6 +1,6 @@
 """Commit-confirmed enforcement against the real kernel (nft, iptables-legacy) and the real sshd.
 
-Each test runs in a named network namespace of its own (tests/fwnet.py) over a
+Each test runs in a named network namespace of its own (tests/support/netns.py) over a
 temporary root: the control's snapshot/restore give back the byte-equal
 ruleset / drop-in; the daemon rolls an unconfirmed first change back within
 timeout + one interval, keeps a confirmed one, and rolls back at start after
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fwcontrol import heal, make_control
-from fwnet import LEGACY_MISSING, fresh_netns, run_in, sh
 from test_daemon import wait_for
 
 from k3s_agent.confirm import RECORD
@@ -30,6 +28,8 @@ from k3s_agent.controls.sshd import DROPIN, MAIN, Reloader, SshdControl
 from k3s_agent.host import Host
 from k3s_agent.model import Mode
 from k3s_agent.policy.model import ControlPolicy
+from tests.support.fwcontrol import heal, make_control
+from tests.support.netns import LEGACY_MISSING, fresh_netns, run_in, sh
 
 pytestmark = pytest.mark.root
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from k3stree import DATA, populate
 
 from k3s_agent.controls import fsafe
 from k3s_agent.controls.files import FilesControl
@@ -18,6 +17,7 @@ from k3s_agent.host import Host
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.loader import Layer, compose
 from k3s_agent.policy.model import ControlPolicy
+from tests.support.k3stree import DATA, populate
 
 pytestmark = pytest.mark.root
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from netns import in_mountns
 from pytest import MonkeyPatch
 
 from k3s_agent.controls import fsafe
@@ -20,6 +19,7 @@ from k3s_agent.controls.files import FilesControl
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ControlPolicy
+from tests.support.netns import in_mountns
 
 pytestmark = pytest.mark.root
 

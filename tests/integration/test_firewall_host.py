@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from fwnet import LEGACY_MISSING, fresh_netns, run_in, sh
-from netns import in_netns
 
 from k3s_agent.controls.firewall import detect, hostnet
 from k3s_agent.controls.sshd import privsep_dir
 from k3s_agent.host import Host
+from tests.support.netns import LEGACY_MISSING, fresh_netns, in_netns, run_in, sh
 
 pytestmark = pytest.mark.root
 SSHD = "/usr/sbin/sshd"

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from fwcontrol import facts
 
 from k3s_agent.controls.firewall import cni, desired, k3s
 from k3s_agent.controls.firewall.model import IPIP
 from k3s_agent.controls.firewall.nft import canon, expressions
 from k3s_agent.host import Host
 from k3s_agent.policy.loader import load_policy
+from tests.support.fwcontrol import facts
 
 ETC = "/etc/cni/net.d"
 K3S_DIR = "/var/lib/rancher/k3s/agent/etc/cni/net.d"
