@@ -28,6 +28,7 @@ from k3s_agent.controls.sshd import DROPIN, MAIN, Reloader, SshdControl
 from k3s_agent.host import Host
 from k3s_agent.model import Mode
 from k3s_agent.policy.model import ControlPolicy
+from tests.support.confirmpolicy import LOCK_SSH, confirm_policy
 from tests.support.fwcontrol import heal, make_control
 from tests.support.netns import LEGACY_MISSING, fresh_netns, run_in, sh
 
@@ -176,25 +177,18 @@ def test_sshd_restore_gives_back_the_exact_files(ssh_root: Path, before: str) ->
 
 
 def daemon_policy(timeout: float = TIMEOUT) -> str:
-    return f"""
-extends = "none"
-interval = {INTERVAL}
-confirm_timeout = {timeout}
-[controls.firewall]
-backend = "nftables"
-default_input = "drop"
-allow_lockout = true
+    return confirm_policy(
+        INTERVAL,
+        timeout,
+        "drop",
+        f"""allow_lockout = true
 ssh_ports = [22]
-[controls.firewall.items.lock]
-action = "drop"
-proto = "tcp"
-ports = [22]
-order = 1
-[controls.sshd]
+{LOCK_SSH}[controls.sshd]
 allow_lockout = true
 [controls.sshd.items.PermitRootLogin]
 value = "no"
-"""
+""",
+    )
 
 
 def ctl(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
