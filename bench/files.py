@@ -15,15 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from k3stree import DATA, count_files, populate
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from k3s_agent.controls.files import FilesControl
 from k3s_agent.host import Host
 from k3s_agent.model import Mode
 from k3s_agent.policy.loader import Layer, compose
 from k3s_agent.policy.model import ControlPolicy
+from tests.support.k3stree import DATA, count_files, populate
 
 ROUNDS = 50
 WIDE_ROUNDS = 20

@@ -21,18 +21,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path.insert(0, str(TESTS))
-
-from fwcontrol import make_control  # noqa: E402 - lives in tests/
-from fwnet import fresh_netns, run_in, sh  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from k3s_agent.model import Finding, Status  # noqa: E402
+from tests.support.fwcontrol import make_control  # noqa: E402 - after the path set-up above
+from tests.support.netns import fresh_netns, run_in, sh  # noqa: E402
 
 FOREIGN = 10000
 PEAK_PROBE = (
     "import sys; sys.path.insert(1, sys.argv[2]); from pathlib import Path; import tempfile\n"
-    "from fwcontrol import make_control\n"
+    "from tests.support.fwcontrol import make_control\n"
     "with tempfile.TemporaryDirectory() as tmp: make_control(Path(tmp), sys.argv[1]).check()\n"
     "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
 )
@@ -104,7 +103,7 @@ def bench(backend: str, foreign: bool, rounds: int) -> dict[str, list[float]]:
 
 def peak_rss(ns: str, backend: str) -> float:
     """VmHWM in MB of a fresh interpreter that runs one check."""
-    out = sh(sys.executable, "-c", PEAK_PROBE, backend, str(TESTS), ns=ns).stdout
+    out = sh(sys.executable, "-c", PEAK_PROBE, backend, str(REPO), ns=ns).stdout
     return int(out.strip()) / 1024
 
 

@@ -277,7 +277,7 @@ def on_node(trials: int, idle_seconds: float, keep: bool = False) -> None:
 
     work = tempfile.mkdtemp(prefix="k3s-agentd-bench-", dir="/var/tmp")
     with open(f"{work}/build.log", "w") as log:
-        rootfs = make_node_rootfs(work, _deb(log), str(REPO / "tests" / "k3s_fixture"), log)
+        rootfs = make_node_rootfs(work, _deb(log), str(REPO / "tests" / "support" / "k3s_fixture"), log)
     node = NspawnNode(rootfs, name="k3s-bench")
     node.boot()
     t = NodeTarget(node)

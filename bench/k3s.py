@@ -16,10 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from k3s_fixture import K3sNode
-from k3s_fixture.journalfile import invocation, unit_entries, write_journal
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from k3s_agent.controls.k3s_args import K3sArgsControl
 from k3s_agent.controls.k3s_encryption import K3sEncryptionControl
@@ -28,6 +25,8 @@ from k3s_agent.k3s.discovery import scan_processes
 from k3s_agent.k3s.journal import JournalSource, RunningArgsReader
 from k3s_agent.k3s.node import Observer
 from k3s_agent.policy.loader import load_policy
+from tests.support.k3s_fixture import K3sNode
+from tests.support.k3s_fixture.journalfile import invocation, unit_entries, write_journal
 
 ROUNDS = 20
 

@@ -33,7 +33,7 @@ def main() -> int:
         deb = str(REPO / "dist" / f"k3s-hardening-agent_{version}_all.deb")
     work = tempfile.mkdtemp(prefix="k3s-agentd-e2e-", dir="/var/tmp")
     with open(f"{work}/build.log", "w") as log:
-        rootfs = make_node_rootfs(work, deb, str(REPO / "tests" / "k3s_fixture"), log)
+        rootfs = make_node_rootfs(work, deb, str(REPO / "tests" / "support" / "k3s_fixture"), log)
     node = NspawnNode(rootfs)
     node.boot()
     print(f"node booted: rootfs {rootfs}, leader pid {node.leader}, console {node.console_log}")

@@ -24,6 +24,7 @@ from tests.e2e.node import Node, wait_until
 from tests.e2e.operator import SSH_OPTIONS, ensure_operator, operator_login, peer_of
 from tests.e2e.peer import PEER4
 from tests.e2e.scenario import UNIT, Context, journal, node_now, status, unit_props
+from tests.support.confirmpolicy import LOCK_SSH, confirm_policy
 
 CONFIRM = 20  # seconds: the test policy's confirm_timeout
 INTERVAL = 5
@@ -34,41 +35,30 @@ POLICY = "/etc/k3s-agentd/policy.toml"
 RECORD = "/var/lib/k3s-agentd/confirm.json"
 DROPIN = "/etc/ssh/sshd_config.d/01-k3s-agentd.conf"
 
-LOCKING_POLICY = f"""# e2e: locks SSH out on purpose, rolled back because nobody confirms
-version = 1
-extends = "none"
-mode = "enforce"
-interval = {INTERVAL}
-confirm_timeout = {CONFIRM}
-[controls.firewall]
-backend = "nftables"
-default_input = "accept"
-allow_lockout = true
-[controls.firewall.items.lock]
-action = "drop"
-proto = "tcp"
-ports = [22]
-order = 1
-[controls.sshd]
+LOCKING_POLICY = confirm_policy(
+    INTERVAL,
+    CONFIRM,
+    "accept",
+    f"""allow_lockout = true
+{LOCK_SSH}[controls.sshd]
 [controls.sshd.items.X11Forwarding]
 value = "no"
-"""
-SAFE_POLICY = f"""# e2e: a change that locks nobody out, confirmed from a new SSH session
-version = 1
-extends = "none"
-mode = "enforce"
-interval = {INTERVAL}
-confirm_timeout = {CONFIRM}
-[controls.firewall]
-backend = "nftables"
-default_input = "drop"
-[controls.firewall.items.ssh]
+""",
+    comment="e2e: locks SSH out on purpose, rolled back because nobody confirms",
+)
+SAFE_POLICY = confirm_policy(
+    INTERVAL,
+    CONFIRM,
+    "drop",
+    """[controls.firewall.items.ssh]
 action = "accept"
 proto = "tcp"
 ports = ["@ssh"]
 sources = ["@management"]
 order = 10
-"""
+""",
+    comment="e2e: a change that locks nobody out, confirmed from a new SSH session",
+)
 
 
 # -- the probe's peer, and root's key for `confirm` --------------------------------------------

@@ -45,7 +45,7 @@ def booted_node(
     work = tmp_path_factory.mktemp(label)
     log_path = work / "build.log"
     started = time.monotonic()
-    fixture = str(REPO / "tests" / "k3s_fixture") if k3s_fixture else None
+    fixture = str(REPO / "tests" / "support" / "k3s_fixture") if k3s_fixture else None
     with open(log_path, "w") as log:
         rootfs = make_node_rootfs(
             str(work), _deb(log), fixture, log, extra_packages=extra_packages, k3s_role=k3s_role

@@ -10,7 +10,7 @@ Preconditions the implementation guarantees before the scenario starts:
     the distribution's own python3-* dependencies;
   * optionally the package file in /var/cache/k3s-agentd-e2e/ (the
     remove/reinstall/purge step is SKIPPED without it);
-  * optionally the K3s fixture (tests/k3s_fixture/install.sh) is laid down; the
+  * optionally the K3s fixture (tests/support/k3s_fixture/install.sh) is laid down; the
     scenario gates the steps that need it on the k3s.service unit existing.
 """
 

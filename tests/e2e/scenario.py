@@ -75,7 +75,7 @@ SETTLED = (*HEALTHY, "absent", "unsupported")  # k3s_agent.model.COMPLIANT
 PACKAGE = "k3s-hardening-agent"
 # Controls with items only in the k3s-cis-server profile: silent on an agent node.
 SERVER_ONLY = ("k3s_encryption",)
-# The K3s fixture's unit per role (tests/k3s_fixture/install.sh ROOT server|agent).
+# The K3s fixture's unit per role (tests/support/k3s_fixture/install.sh ROOT server|agent).
 K3S_UNITS = {"server": "k3s.service", "agent": "k3s-agent.service"}
 PROFILES = {"server": "k3s-cis-server", "agent": "k3s-cis-agent"}
 # What an agent-only node runs of K3s: its own flags, the kubelet and kube-proxy.

@@ -1,6 +1,6 @@
 """Commit-confirmed enforcement against the real kernel (nft, iptables-legacy) and the real sshd.
 
-Each test runs in a named network namespace of its own (tests/fwnet.py) over a
+Each test runs in a named network namespace of its own (tests/support/netns.py) over a
 temporary root: the control's snapshot/restore give back the byte-equal
 ruleset / drop-in; the daemon rolls an unconfirmed first change back within
 timeout + one interval, keeps a confirmed one, and rolls back at start after
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fwcontrol import heal, make_control
-from fwnet import LEGACY_MISSING, fresh_netns, run_in, sh
 from test_daemon import wait_for
 
 from k3s_agent.confirm import RECORD
@@ -30,6 +28,9 @@ from k3s_agent.controls.sshd import DROPIN, MAIN, Reloader, SshdControl
 from k3s_agent.host import Host
 from k3s_agent.model import Mode
 from k3s_agent.policy.model import ControlPolicy
+from tests.support.confirmpolicy import LOCK_SSH, confirm_policy
+from tests.support.fwcontrol import heal, make_control
+from tests.support.netns import LEGACY_MISSING, fresh_netns, run_in, sh
 
 pytestmark = pytest.mark.root
 
@@ -176,25 +177,18 @@ def test_sshd_restore_gives_back_the_exact_files(ssh_root: Path, before: str) ->
 
 
 def daemon_policy(timeout: float = TIMEOUT) -> str:
-    return f"""
-extends = "none"
-interval = {INTERVAL}
-confirm_timeout = {timeout}
-[controls.firewall]
-backend = "nftables"
-default_input = "drop"
-allow_lockout = true
+    return confirm_policy(
+        INTERVAL,
+        timeout,
+        "drop",
+        f"""allow_lockout = true
 ssh_ports = [22]
-[controls.firewall.items.lock]
-action = "drop"
-proto = "tcp"
-ports = [22]
-order = 1
-[controls.sshd]
+{LOCK_SSH}[controls.sshd]
 allow_lockout = true
 [controls.sshd.items.PermitRootLogin]
 value = "no"
-"""
+""",
+    )
 
 
 def ctl(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import psutil
 import pytest
-from netns import netns_argv
+
+from tests.support.netns import netns_argv
 
 pytestmark = pytest.mark.root
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from netns import netns_argv
 from test_daemon import GOOD_POLICY, INTERVAL, KEY, ctl, in_daemon_netns, status, wait_for
+
+from tests.support.netns import netns_argv
 
 pytestmark = pytest.mark.root
 

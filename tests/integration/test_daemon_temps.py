@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from netns import netns_argv
+
+from tests.support.netns import netns_argv
 
 pytestmark = pytest.mark.root
 

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-import sshdroot
-from k3s_fixture.journalfile import JOURNAL_REMOTE
 
 from k3s_agent.controls import k3s_args
 from k3s_agent.controls.sshd import DROPIN, MAIN, Reloader, SshdControl
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ControlPolicy
+from tests.support import sshdroot
+from tests.support.k3s_fixture.journalfile import JOURNAL_REMOTE
 
 pytestmark = pytest.mark.root
 

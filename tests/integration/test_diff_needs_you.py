@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import in_netns
 
 from k3s_agent.controls.sysctl import NOT_OURS, PERSIST_FILE
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
 from k3s_agent.model import Finding
 from k3s_agent.policy.loader import load_policy
+from tests.support.netns import in_netns
 
 pytestmark = pytest.mark.root
 

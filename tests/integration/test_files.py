@@ -6,49 +6,21 @@ import os
 import pwd
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
-from k3stree import DATA, populate
 
 from k3s_agent.controls import fsafe
-from k3s_agent.controls.files import FilesControl
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
-from k3s_agent.model import Finding, Mode, Status
+from k3s_agent.model import Status
 from k3s_agent.policy.loader import Layer, compose
-from k3s_agent.policy.model import ControlPolicy
+from tests.support.filescontrol import by_key, control, fingerprint, heal, put
+from tests.support.k3stree import DATA, populate
 
 pytestmark = pytest.mark.root
 
 TLS = f"/{DATA}/server/tls"
 NOBODY = pwd.getpwnam("nobody").pw_uid
-
-
-def control(root: Path, items: dict[str, dict[str, Any]]) -> FilesControl:
-    return FilesControl(ControlPolicy("files", Mode.ENFORCE, True, {}, items), Host(root=str(root)))
-
-
-def by_key(findings: list[Finding]) -> dict[str, Finding]:
-    return {f.key: f for f in findings}
-
-
-def put(path: Path, mode: int, uid: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("secret\n")
-    os.chown(path, uid, 0)  # before chmod: chown clears set-id bits
-    os.chmod(path, mode)
-    return path
-
-
-def fingerprint(path: Path) -> tuple[int, int, int, int]:
-    st = os.lstat(path)
-    return st.st_mode, st.st_uid, st.st_gid, st.st_ctime_ns
-
-
-def heal(ctl: FilesControl) -> dict[str, Finding]:
-    drift = [f for f in ctl.check() if f.status is Status.DRIFT]
-    return by_key(ctl.apply(drift))
 
 
 def test_exact_mode_and_owner_drift_is_healed(root: Path) -> None:

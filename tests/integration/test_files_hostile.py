@@ -12,46 +12,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from netns import in_mountns
 from pytest import MonkeyPatch
 
 from k3s_agent.controls import fsafe
-from k3s_agent.controls.files import FilesControl
-from k3s_agent.host import Host
-from k3s_agent.model import Finding, Mode, Status
-from k3s_agent.policy.model import ControlPolicy
+from k3s_agent.model import Finding, Status
+from tests.support.filescontrol import by_key, control, fingerprint, heal, put
+from tests.support.netns import in_mountns
 
 pytestmark = pytest.mark.root
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 APP = "/srv/app"
-
-
-def control(root: Path, items: dict[str, dict[str, Any]], proc: str = "/proc") -> FilesControl:
-    policy = ControlPolicy("files", Mode.ENFORCE, True, {}, items)
-    return FilesControl(policy, Host(root=str(root), proc=proc))
-
-
-def by_key(findings: list[Finding]) -> dict[str, Finding]:
-    return {f.key: f for f in findings}
-
-
-def put(path: Path, mode: int, uid: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("secret\n")
-    os.chown(path, uid, 0)
-    os.chmod(path, mode)
-    return path
-
-
-def fingerprint(path: Path) -> tuple[int, int, int, int]:
-    st = os.lstat(path)
-    return st.st_mode, st.st_uid, st.st_gid, st.st_ctime_ns
-
-
-def heal(ctl: FilesControl) -> dict[str, Finding]:
-    drift = [f for f in ctl.check() if f.status is Status.DRIFT]
-    return by_key(ctl.apply(drift))
 
 
 Summary = dict[str, tuple[str, str, str]]

@@ -7,9 +7,9 @@ import subprocess
 from collections.abc import Sequence
 
 import pytest
-from netns import in_netns
 
 from k3s_agent.controls.firewall import iptinfo
+from tests.support.netns import in_netns
 
 pytestmark = pytest.mark.root
 

@@ -15,15 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fwcontrol import drift, facts, heal, make_control
-from fwnet import LEGACY_MISSING, SERVER_IP, EchoServer, fresh_netns, run_in, sh, veth_pair
 
 from k3s_agent.controls.firewall import cni
 from k3s_agent.model import Status
+from tests.support.fwcontrol import drift, facts, heal, make_control
+from tests.support.netns import LEGACY_MISSING, SERVER_IP, EchoServer, fresh_netns, run_in, sh, veth_pair
 
 pytestmark = pytest.mark.root
 
-NODE_PEER = "10.99.0.2"  # fwnet.CLIENT_IP
+NODE_PEER = "10.99.0.2"  # netns.CLIENT_IP
 OTHER_PEER = "10.99.0.3"
 BACKENDS = [
     "nftables",

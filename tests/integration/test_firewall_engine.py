@@ -6,12 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from fwnet import LEGACY_MISSING
-from netns import in_netns
 
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
 from k3s_agent.policy.loader import load_policy
+from tests.support.netns import LEGACY_MISSING, in_netns
 
 pytestmark = pytest.mark.root
 

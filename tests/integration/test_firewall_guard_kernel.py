@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
-from fwcontrol import SSH_PORT
-from fwnet import SERVER_IP, SERVER_IP6, run_in, sh, veth_pair
-from sshnet import OPERATOR, SSHD, OperatorSshd
 
 from k3s_agent.controls.firewall import desired, guard
 from k3s_agent.controls.firewall.model import Network, Rule, Ruleset, parse_network
 from k3s_agent.controls.firewall.nft import NftBackend
 from k3s_agent.host import Host
+from tests.support.fwcontrol import SSH_PORT
+from tests.support.netns import SERVER_IP, SERVER_IP6, run_in, sh, veth_pair
+from tests.support.sshnet import OPERATOR, SSHD, OperatorSshd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not Path(SSHD).exists(), reason="openssh-server missing")]
 NIC, ALTNAME = "ens3", "enp0s3"

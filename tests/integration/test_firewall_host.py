@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from fwnet import LEGACY_MISSING, fresh_netns, run_in, sh
-from netns import in_netns
 
 from k3s_agent.controls.firewall import detect, hostnet
 from k3s_agent.host import Host
 from k3s_agent.sshd import facts as sshd_facts
 from k3s_agent.sshd.facts import privsep_dir
+from tests.support.netns import LEGACY_MISSING, fresh_netns, in_netns, run_in, sh
 
 pytestmark = pytest.mark.root
 SSHD = "/usr/sbin/sshd"

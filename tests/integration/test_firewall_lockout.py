@@ -1,8 +1,8 @@
 """The lock-out guard on a node whose NIC is ens3, not eth0: refused at validate and at apply, and a
 real SSH login as a non-root operator with a key after every allowed heal.
 
-The server namespace's NIC is a veth named ens3 (fwnet.veth_pair); sshd is the
-real one (sshnet.OperatorSshd) on SSH_PORT; the client logs in from the peer
+The server namespace's NIC is a veth named ens3 (support.netns.veth_pair); sshd is the
+real one (support.sshnet.OperatorSshd) on SSH_PORT; the client logs in from the peer
 namespace over IPv4 and IPv6. Both backends.
 """
 
@@ -13,13 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fwcontrol import SSH_PORT, heal, make_control
-from fwnet import LEGACY_MISSING, SERVER_IP, SERVER_IP6, EchoServer, can_connect, run_in, sh, veth_pair
-from sshnet import OPERATOR, SSHD, OperatorSshd
 
 from k3s_agent.host import Host
 from k3s_agent.model import Status
 from k3s_agent.policy.loader import PolicyError, load_policy
+from tests.support.fwcontrol import SSH_PORT, heal, make_control
+from tests.support.netns import (
+    LEGACY_MISSING,
+    SERVER_IP,
+    SERVER_IP6,
+    EchoServer,
+    can_connect,
+    run_in,
+    sh,
+    veth_pair,
+)
+from tests.support.sshnet import OPERATOR, SSHD, OperatorSshd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not Path(SSHD).exists(), reason="openssh-server missing")]
 NIC = "ens3"

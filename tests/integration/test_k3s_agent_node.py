@@ -16,16 +16,16 @@ from pathlib import Path
 
 import psutil
 import pytest
-from k3s_fixture import K3sNode
-from k3s_fixture.journalfile import JOURNAL_REMOTE, unit_entries, write_journal
-from k3s_fixture.layout import AGENT_LB, SERVER_URL
-from k3sharness import Harness
 
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
 from k3s_agent.k3s import args as k3sargs
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.loader import load_policy
+from tests.support.k3s_fixture import K3sNode
+from tests.support.k3s_fixture.journalfile import JOURNAL_REMOTE, unit_entries, write_journal
+from tests.support.k3s_fixture.layout import AGENT_LB, SERVER_URL
+from tests.support.k3sharness import Harness
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not JOURNAL_REMOTE, reason="needs systemd-journal-remote")]
 

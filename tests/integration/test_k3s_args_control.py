@@ -7,9 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from k3s_fixture import HARDENED_CONFIG
-from k3s_fixture.journalfile import JOURNAL_REMOTE, unit_entries, write_journal
-from k3sharness import items as _items
 
 from k3s_agent.controls import k3s_args
 from k3s_agent.controls.k3s_args import K3sArgsControl
@@ -18,6 +15,9 @@ from k3s_agent.k3s.node import Observer
 from k3s_agent.model import Status
 from k3s_agent.policy.loader import Layer, compose, load_policy
 from k3s_agent.policy.schema import PolicyError
+from tests.support.k3s_fixture import HARDENED_CONFIG
+from tests.support.k3s_fixture.journalfile import JOURNAL_REMOTE, unit_entries, write_journal
+from tests.support.k3sharness import items as _items
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not JOURNAL_REMOTE, reason="needs systemd-journal-remote")]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k3s_fixture import DATA_DIR, K3sNode
-from k3s_fixture.journalfile import JOURNAL_REMOTE
 
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
 from k3s_agent.model import Status
 from k3s_agent.policy.loader import Layer, compose
+from tests.support.k3s_fixture import DATA_DIR, K3sNode
+from tests.support.k3s_fixture.journalfile import JOURNAL_REMOTE
 
 pytestmark = [pytest.mark.root]
 needs_journal = pytest.mark.skipif(not JOURNAL_REMOTE, reason="needs systemd-journal-remote")

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from k3s_fixture import K3sNode, encryption_config
-from k3s_fixture.journalfile import JOURNAL_REMOTE, invocation, unit_entries, write_journal
 
 from k3s_agent.controls.k3s_encryption import (
     MAX_AGE,
@@ -27,6 +25,8 @@ from k3s_agent.k3s.node import Observer
 from k3s_agent.model import Status
 from k3s_agent.policy.loader import load_policy
 from k3s_agent.policy.schema import PolicyError
+from tests.support.k3s_fixture import K3sNode, encryption_config
+from tests.support.k3s_fixture.journalfile import JOURNAL_REMOTE, invocation, unit_entries, write_journal
 
 pytestmark = pytest.mark.root
 CRED = "/var/lib/rancher/k3s/server/cred"

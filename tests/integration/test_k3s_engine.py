@@ -6,13 +6,13 @@ import time
 from pathlib import Path
 
 import pytest
-from k3s_fixture import K3sNode
-from k3s_fixture.journalfile import JOURNAL_REMOTE, unit_entries, write_journal
 
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
 from k3s_agent.model import Status
 from k3s_agent.policy.loader import load_policy
+from tests.support.k3s_fixture import K3sNode
+from tests.support.k3s_fixture.journalfile import JOURNAL_REMOTE, unit_entries, write_journal
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not JOURNAL_REMOTE, reason="needs systemd-journal-remote")]
 

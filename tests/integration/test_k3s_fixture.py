@@ -14,10 +14,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from k3s_fixture import K3sNode
 
 from k3s_agent.host import Host
 from k3s_agent.k3s.discovery import discover, scan_processes
+from tests.support.k3s_fixture import K3sNode
 
 pytestmark = pytest.mark.root
 DD = "var/lib/rancher/k3s"

@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-from k3s_fixture import K3sNode
-from k3s_fixture.journalfile import JOURNAL_REMOTE, invocation, unit_entries, write_journal
 
 from k3s_agent.host import Host
 from k3s_agent.k3s.journal import JournalSource, RunningArgsReader
+from tests.support.k3s_fixture import K3sNode
+from tests.support.k3s_fixture.journalfile import JOURNAL_REMOTE, invocation, unit_entries, write_journal
 
 pytestmark = pytest.mark.skipif(not JOURNAL_REMOTE, reason="systemd-journal-remote not installed")
 

@@ -9,11 +9,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from k3s_fixture.journalfile import JOURNAL_REMOTE
-from k3sharness import items
 
 from k3s_agent.k3s import args as k3sargs
 from k3s_agent.model import Status
+from tests.support.k3s_fixture.journalfile import JOURNAL_REMOTE
+from tests.support.k3sharness import items
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not JOURNAL_REMOTE, reason="needs systemd-journal-remote")]
 

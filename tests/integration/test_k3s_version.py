@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from k3s_fixture import layout
 
 from k3s_agent import report_kubebench
 from k3s_agent.cli import main
@@ -23,6 +22,7 @@ from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.loader import Layer, compose
 from k3s_agent.policy.schema import PolicyError
 from k3s_agent.report import build_document, render_table
+from tests.support.k3s_fixture import layout
 
 
 @pytest.fixture(autouse=True)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from promdoc import HOSTILE_KEYS, TODAY, hostile_document
 from prometheus_client.parser import text_string_to_metric_families
 
 from k3s_agent.metrics import render_prometheus
+from tests.support.promdoc import HOSTILE_KEYS, TODAY, hostile_document
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "packaging/prometheus/k3s-agentd.rules.yml"

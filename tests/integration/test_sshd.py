@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sshdroot
-from sshdroot import write_main
 
 from k3s_agent.controls.sshd import DROPIN, MAIN, Reloader, SshdControl, block_span
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ControlPolicy
+from tests.support import sshdroot
+from tests.support.sshdroot import write_main
 
 pytestmark = [
     pytest.mark.root,

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-import sshdroot
-from sshdroot import ED25519, HASH, RSA, add_account
 
 from k3s_agent.controls.sshd import DROPIN, SshdControl
 from k3s_agent.host import Host
@@ -24,6 +22,8 @@ from k3s_agent.model import Mode, Status
 from k3s_agent.policy.loader import Layer, compose
 from k3s_agent.policy.model import ControlPolicy
 from k3s_agent.policy.schema import PolicyError
+from tests.support import sshdroot
+from tests.support.sshdroot import ED25519, HASH, RSA, add_account
 
 pytestmark = [
     pytest.mark.root,

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sshdroot
-from fwnet import CLIENT_IP, SERVER_IP, SERVER_IP6, sh, veth_pair
 
 from k3s_agent.controls.sshd import DROPIN, Reloader, SshdControl
 from k3s_agent.host import Host
 from k3s_agent.model import Mode, Status
 from k3s_agent.policy.model import ControlPolicy
+from tests.support import sshdroot
+from tests.support.netns import CLIENT_IP, SERVER_IP, SERVER_IP6, sh, veth_pair
 
 pytestmark = [
     pytest.mark.root,

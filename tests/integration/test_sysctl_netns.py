@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from netns import in_netns, netns_argv
 
 from k3s_agent.controls.sysctl import SysctlControl
 from k3s_agent.engine import Engine
@@ -16,6 +15,7 @@ from k3s_agent.host import Host
 from k3s_agent.model import Mode, Status
 from k3s_agent.policy.loader import load_policy
 from k3s_agent.policy.model import ControlPolicy
+from tests.support.netns import in_netns, netns_argv
 
 pytestmark = pytest.mark.root
 

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from netns import in_netns
 
 from k3s_agent.watch import NetlinkWatcher, PathWatcher
+from tests.support.netns import in_netns
 
 
 def _collect(watcher_factory, action, settle: float = 0.5) -> list[str]:  # type: ignore[no-untyped-def]

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from fwcontrol import facts
 
 from k3s_agent.controls.firewall import cni, desired
 from k3s_agent.controls.firewall.model import IPIP
@@ -18,6 +17,7 @@ from k3s_agent.controls.firewall.nft import canon, expressions
 from k3s_agent.host import Host
 from k3s_agent.k3s import facts as k3s
 from k3s_agent.policy.loader import load_policy
+from tests.support.fwcontrol import facts
 
 ETC = "/etc/cni/net.d"
 K3S_DIR = "/var/lib/rancher/k3s/agent/etc/cni/net.d"

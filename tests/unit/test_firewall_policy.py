@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-from fwcontrol import facts
 
 from k3s_agent.controls.firewall import desired, guard
 from k3s_agent.controls.firewall.control import FirewallControl
@@ -25,6 +24,7 @@ from k3s_agent.host import Host
 from k3s_agent.k3s import facts as k3s
 from k3s_agent.policy.loader import Layer, compose, load_policy
 from k3s_agent.policy.schema import PolicyError
+from tests.support.fwcontrol import facts
 
 N = ipaddress.ip_network
 
@@ -181,10 +181,9 @@ def test_no_firewall_section_enforces_and_touches_nothing(root: Path) -> None:
 def test_rooted_run_in_the_host_netns_never_changes_the_firewall(root: Path) -> None:
     # This test process runs in the host's network namespace: a Host(root=tmp)
     # firewall apply must refuse, before any backend is even chosen.
-    from fwcontrol import make_control
-
     from k3s_agent.controls.firewall.control import in_initial_netns
     from k3s_agent.model import Finding, Status
+    from tests.support.fwcontrol import make_control
 
     if not in_initial_netns():
         pytest.skip("the suite itself runs inside a network namespace")
@@ -209,9 +208,8 @@ def test_k3s_facts_include_unit_flags(root: Path) -> None:
 
 
 def test_read_only_host_never_applies(root: Path) -> None:
-    from fwcontrol import make_control
-
     from k3s_agent.model import Finding, Status
+    from tests.support.fwcontrol import make_control
 
     control = make_control(root, "nftables")
     control.host = Host(root=str(root), read_only=True)

@@ -7,9 +7,9 @@ import re
 from typing import Any
 
 import pytest
-from promdoc import HOSTILE_KEYS, TODAY, hostile_document
 
 from k3s_agent.metrics import HealTally, _esc_label, render_prometheus, textfile_path
+from tests.support.promdoc import HOSTILE_KEYS, TODAY, hostile_document
 
 DEBIAN = "/var/lib/prometheus/node-exporter"
 EL = "/var/lib/node_exporter/textfile_collector"

@@ -19,6 +19,16 @@ def _load(host: Host):
     return load_policy(host, path=None, dropins=None)
 
 
+def _snapshot_111_then_edit(root: Path) -> tuple[Host, Path]:
+    """A snapshot of `interval = 111` taken, then the main file edited to 222."""
+    host = Host(root=str(root))
+    main = root / "etc/k3s-agentd/policy.toml"
+    _write(main, "interval = 111\n")
+    assert save_last_good(host, _load(host))
+    _write(main, "interval = 222\n")
+    return host, main
+
+
 def test_snapshot_round_trip(root: Path) -> None:
     host = Host(root=str(root))
     _write(root / "etc/k3s-agentd/policy.toml", "interval = 111\n")
@@ -31,11 +41,7 @@ def test_snapshot_round_trip(root: Path) -> None:
 
 
 def test_vanished_dropin_keeps_the_previous_snapshot(root: Path) -> None:
-    host = Host(root=str(root))
-    main = root / "etc/k3s-agentd/policy.toml"
-    _write(main, "interval = 111\n")
-    assert save_last_good(host, _load(host))
-    _write(main, "interval = 222\n")
+    host, main = _snapshot_111_then_edit(root)
     dropin = root / "etc/k3s-agentd/policy.d/05-a.toml"
     _write(dropin, "control_timeout = 50\n")
     policy = _load(host)
@@ -49,11 +55,7 @@ def test_vanished_dropin_keeps_the_previous_snapshot(root: Path) -> None:
 
 
 def test_file_edited_after_load_is_not_snapshotted(root: Path) -> None:
-    host = Host(root=str(root))
-    main = root / "etc/k3s-agentd/policy.toml"
-    _write(main, "interval = 111\n")
-    assert save_last_good(host, _load(host))
-    _write(main, "interval = 222\n")
+    host, main = _snapshot_111_then_edit(root)
     policy = _load(host)
     _write(main, "interval = 0\n")  # a bad edit lands before the snapshot reads the file
     assert not save_last_good(host, policy)
@@ -63,11 +65,7 @@ def test_file_edited_after_load_is_not_snapshotted(root: Path) -> None:
 
 
 def test_source_swapped_for_symlink_is_not_followed(root: Path, tmp_path_factory) -> None:
-    host = Host(root=str(root))
-    main = root / "etc/k3s-agentd/policy.toml"
-    _write(main, "interval = 111\n")
-    assert save_last_good(host, _load(host))
-    _write(main, "interval = 222\n")
+    host, main = _snapshot_111_then_edit(root)
     policy = _load(host)
     elsewhere = tmp_path_factory.mktemp("elsewhere") / "planted.toml"
     _write(elsewhere, "interval = 222\n")

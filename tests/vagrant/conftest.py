@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 CI_DIR = REPO / "vagrant" / "ci"
 SSH_CONFIG = REPO / "vagrant" / ".vagrant" / "ssh_config"
-FIXTURE_DIR = REPO / "tests" / "k3s_fixture"
+FIXTURE_DIR = REPO / "tests" / "support" / "k3s_fixture"
 # Must match vagrant/Vagrantfile (K3SA_NET default) and the libvirt network.
 CLUSTER_NET = "10.77.0"
 CLUSTER_CIDR = f"{CLUSTER_NET}.0/24"
@@ -106,7 +106,7 @@ def _mgmt_addresses(ssh_config: Path) -> dict[str, str]:
 
 
 def _install_fixture(node: VagrantNode, role: str) -> None:
-    """The K3s fixture (tests/k3s_fixture) in place of real K3s: copy it in, run its installer."""
+    """The K3s fixture (tests/support/k3s_fixture) in place of real K3s: copy it in, run its installer."""
     for path in sorted(FIXTURE_DIR.iterdir()):
         if path.is_file() and not path.name.endswith(".pyc"):
             node.copy_in(path.read_bytes(), f"/opt/k3s_fixture/{path.name}", 0o755)

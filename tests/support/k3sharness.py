@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from k3s_fixture import K3sNode, K3sProcess
-from k3s_fixture.journalfile import invocation, unit_entries, write_journal
 
 from k3s_agent.controls.k3s_args import K3sArgsControl
 from k3s_agent.host import Host
@@ -17,6 +15,8 @@ from k3s_agent.k3s.journal import JournalSource, RunningArgsReader
 from k3s_agent.k3s.node import Observer
 from k3s_agent.model import Finding
 from k3s_agent.policy.loader import load_policy
+from tests.support.k3s_fixture import K3sNode, K3sProcess
+from tests.support.k3s_fixture.journalfile import invocation, unit_entries, write_journal
 
 
 class Harness:

@@ -1,9 +1,24 @@
-"""Named network namespaces for the firewall tests: a fresh one, or a pair joined by a veth.
+"""Network and mount namespaces for tests: real kernel state, nothing of the host's touched.
 
-`run_in(ns, fn)` runs fn in a thread that has joined the namespace with
-setns(2): network namespaces are per thread, so sockets, netlink (nft) and
-libiptc handles fn creates belong to that namespace, while the test process
-stays where it is. CLI tools run through `ip netns exec`.
+Two ways in, one module:
+
+* A named network namespace that lives for a `with` block: `fresh_netns()`,
+  or `veth_pair()` for two of them joined by a veth (SERVER_IP/CLIENT_IP and
+  their IPv6 twins). `run_in(ns, fn)` runs fn in a thread that has joined the
+  namespace with setns(2): network namespaces are per thread, so sockets,
+  netlink (nft) and libiptc handles fn creates belong to that namespace,
+  while the test process stays where it is. `sh(..., ns=ns)` runs a CLI tool
+  there through `ip netns exec`.
+* A throwaway namespace for one call: `in_netns(fn, *args)` forks, unshares
+  the network namespace in the child (CLONE_NEWNET), runs fn there and returns
+  its (pickled) result or re-raises its exception, so fn may also change
+  process-wide state. `in_mountns` does the same with a private mount
+  namespace (CLONE_NEWNS, every mount made private), so `mount --bind` in fn
+  never reaches the host's table. `netns_argv(argv)` runs a whole program in
+  a fresh network namespace of its own.
+
+Also here: `EchoServer`, `connect`, `can_connect` for traffic tests, and
+`LEGACY_MISSING` (why this kernel cannot run legacy iptables, "" if it can).
 """
 
 from __future__ import annotations
@@ -11,15 +26,28 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pickle
 import socket
 import subprocess
 import threading
+import traceback
 import uuid
 from collections.abc import Iterator
 from typing import Any, Callable
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(rc: int) -> None:
+    """Raise the errno of a failed libc call (rc != 0) as an OSError."""
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+# -- named namespaces -----------------------------------------------------------------
 
 
 def sh(*argv: str, check: bool = True, ns: str = "") -> subprocess.CompletedProcess[str]:
@@ -37,9 +65,7 @@ def run_in(ns: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
+                _check(_libc.setns(fd, CLONE_NEWNET))
             finally:
                 os.close(fd)
             box["value"] = fn(*args)
@@ -65,12 +91,73 @@ def fresh_netns(prefix: str = "k3sfw") -> Iterator[str]:
         sh("ip", "netns", "delete", name, check=False)
 
 
+# -- throwaway namespaces (one call, a forked child) -------------------------------------
+
+
+def unshare_net() -> None:
+    _check(_libc.unshare(CLONE_NEWNET))
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
+
+
+def unshare_mounts() -> None:
+    _check(_libc.unshare(CLONE_NEWNS))
+    # systemd makes / shared: without this our mounts would propagate to the host.
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+
+
+def in_netns(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) in a forked child inside a fresh network namespace; its result or its error."""
+    return _in_child(unshare_net, "netns", fn, *args)
+
+
+def in_mountns(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) in a forked child inside a private mount namespace; its result or its error."""
+    return _in_child(unshare_mounts, "mount ns", fn, *args)
+
+
+def _in_child(enter: Callable[[], None], where: str, fn: Callable[..., Any], *args: Any) -> Any:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        try:
+            enter()
+            payload = ("ok", fn(*args))
+        except BaseException as exc:
+            payload = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        try:
+            data = pickle.dumps(payload)
+        except Exception as exc:
+            data = pickle.dumps(("error", f"unpicklable result: {exc}"))
+        with os.fdopen(write_fd, "wb") as out:
+            out.write(data)
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as src:
+        data = src.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"{where} child died without a result")
+    kind, value = pickle.loads(data)
+    if kind == "error":
+        raise AssertionError(f"in {where}: {value}")
+    return value
+
+
+def netns_argv(argv: list[str]) -> list[str]:
+    """A command line that runs argv in a fresh network namespace."""
+    return ["unshare", "--net", "--", *argv]
+
+
+# -- what the kernel offers, traffic --------------------------------------------------
+
+
 def _legacy_missing() -> str:
     """Why legacy iptables cannot be used on this kernel ("" when it can)."""
     if os.geteuid() != 0:
         return ""  # the root marker skips these tests anyway
     probe = subprocess.run(
-        ["unshare", "--net", "--", "iptables-legacy", "-t", "filter", "-L", "INPUT"],
+        netns_argv(["iptables-legacy", "-t", "filter", "-L", "INPUT"]),
         capture_output=True,
         text=True,
         check=False,

@@ -50,6 +50,12 @@ def drift(findings: list[Finding]) -> dict[str, Finding]:
     return {f.key: f for f in findings if f.status is not Status.OK}
 
 
+def assert_clean(findings: list[Finding]) -> None:
+    """Nothing but OK findings, else the ones that are not, with their messages."""
+    bad = drift(findings)
+    assert not bad, {k: (f.status.value, f.message, f.observed) for k, f in bad.items()}
+
+
 def heal(control: FirewallControl) -> tuple[list[Finding], list[Finding]]:
     """check -> apply(drift) -> check, as the engine does; returns (apply results, re-check)."""
     found = [f for f in control.check() if f.status is Status.DRIFT]

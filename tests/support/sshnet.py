@@ -1,6 +1,6 @@
 """A real sshd in a named network namespace, and a real SSH login to it as a non-root operator.
 
-`OperatorSshd(ns, port)` starts /usr/sbin/sshd inside `ns` (see fwnet), with
+`OperatorSshd(ns, port)` starts /usr/sbin/sshd inside `ns` (see netns.py), with
 key-only login for an operator account `k3sop` (uid 4242, /bin/sh) that
 exists only for that sshd: sshd runs in a mount namespace of its own with a
 private tmpfs on /run (its privilege-separation directory) and an overlay on

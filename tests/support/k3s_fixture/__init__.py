@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from k3s_fixture import layout
+from . import layout
 
 HERE = Path(__file__).resolve().parent
 
