@@ -131,7 +131,7 @@ class SysctlControl:
 
     def __init__(self, policy: ControlPolicy, host: Host):
         self.host = host
-        self.persist = policy.option("persist", True)
+        self.persist = SPEC.option(policy, "persist")
         # Keyed by /proc/sys path (the loader refuses two spellings of one key);
         # findings use the dotted display form.
         self.items = {proc_path(key): normalize(item["value"]) for key, item in policy.items.items()}
@@ -323,7 +323,7 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
         ]
 
     problems = lints(K3S_NEEDS, "breaks K3s pod networking")
-    if control.option("dual_stack", False) or k3s_is_dual_stack(host):
+    if SPEC.option(control, "dual_stack") or k3s_is_dual_stack(host):
         problems += lints(K3S_NEEDS_DUAL_STACK, "breaks IPv6 on this dual-stack cluster")
     problems += _tied(spelled, values)
     requiring = _protect_kernel_defaults_item(policy)
@@ -400,8 +400,12 @@ SPEC = ControlSpec(
     name=NAME,
     build=_build,
     options={
-        "persist": Field(bool, doc=f"also keep {PERSIST_FILE} in step"),
-        "dual_stack": Field(bool, doc="treat the cluster as dual-stack for the IPv6 lints"),
+        "persist": Field(bool, default=True, doc=f"also keep {PERSIST_FILE} in step"),
+        "dual_stack": Field(
+            bool,
+            default=False,
+            doc="treat the cluster as dual-stack for the IPv6 lints (default: K3s's config)",
+        ),
     },
     item_fields={"value": Field((str, int), required=True, doc="value as sysctl prints it")},
     item_key=key_problem,

@@ -13,8 +13,6 @@ through policy/model.py.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
-from typing import Any
 
 from k3s_agent.model import Mode
 from k3s_agent.policy import benchmark as bench
@@ -114,8 +112,3 @@ ITEM_FIELDS: dict[str, Field] = {
     "accept_risk": Field(str, non_empty, doc="why a setting the K3s safety lints refuse is wanted anyway"),
     "description": Field(str, doc="free text, shown in reports"),
 }
-
-
-def setting(table: Mapping[str, Any], fields: Mapping[str, Field], key: str) -> Any:
-    """table[key], or the default its Field declares (KeyError for an undeclared key)."""
-    return table.get(key, fields[key].default)

@@ -36,10 +36,9 @@ from k3s_agent.policy.keys import (
     SECTION_FIELDS,
     TOP_FIELDS,
     WAIVER_FIELDS,
-    setting,
 )
 from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy, Waiver
-from k3s_agent.policy.schema import PolicyError, brief, check_table, key_path, missing_required
+from k3s_agent.policy.schema import PolicyError, brief, check_table, key_path, missing_required, setting
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -101,6 +101,14 @@ class Field:
         return f"{text}: {said}" if said else text
 
 
+def setting(table: Mapping[str, Any], fields: Mapping[str, Field], key: str) -> Any:
+    """table[key], or the default its Field declares: the one place a default lives.
+
+    KeyError for a key fields do not declare (a typo in code, not in a policy).
+    """
+    return table.get(key, fields[key].default)
+
+
 def key_path(*parts: str) -> str:
     """Render a TOML key path, quoting parts that are not bare keys."""
     return ".".join(p if _BARE.fullmatch(p) else '"' + p.replace('"', '\\"') + '"' for p in parts)
