@@ -404,7 +404,7 @@ SPEC = ControlSpec(
         "dual_stack": Field(
             bool,
             default=False,
-            doc="treat the cluster as dual-stack for the IPv6 lints (default: K3s's config)",
+            doc="true: dual-stack for the IPv6 lints (false: as K3s's config says)",
         ),
     },
     item_fields={"value": Field((str, int), required=True, doc="value as sysctl prints it")},

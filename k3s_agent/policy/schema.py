@@ -98,7 +98,9 @@ class Field:
         elif self.max is not None:
             text += f" <= {self.max:g}"
         said = getattr(self.check, "accepts", "")
-        return f"{text}: {said}" if said else text
+        if not said:
+            return text
+        return f"{text} {said}" if said.startswith("of ") else f"{text}: {said}"
 
 
 def setting(table: Mapping[str, Any], fields: Mapping[str, Field], key: str) -> Any:
@@ -128,6 +130,12 @@ def type_name(kind: Any) -> str:
         dict: "a table",
         datetime.date: "a date (YYYY-MM-DD)",
     }
+    return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in kinds)
+
+
+def plural_name(kind: Any) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "strings", int: "integers", float: "numbers", bool: "booleans", dict: "tables"}
     return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in kinds)
 
 
@@ -237,7 +245,7 @@ def list_of(kind: Any, check: Optional[Checker] = None) -> Checker:
         return None
 
     said = getattr(check, "accepts", "")
-    return described(check_list, f"of {type_name(kind)}" + (f" ({said})" if said else ""))
+    return described(check_list, f"of {plural_name(kind)}" + (f" ({said})" if said else ""))
 
 
 def matches(pattern: str, what: str) -> Checker:

@@ -139,7 +139,7 @@ def item_rule(
         proto=setting(item, ITEM_FIELDS, "proto"),
         ports=_ports(setting(item, ITEM_FIELDS, "ports"), ssh_ports),
         sources=sources,
-        interface=setting(item, ITEM_FIELDS, "interface"),
+        interface=setting(item, ITEM_FIELDS, "interface") or "",
         comment=item.get("comment", item.get("description", "")),
         inactive=inactive,
     )

@@ -60,7 +60,7 @@ ITEM_FIELDS: dict[str, Field] = {
     "sources": Field(
         list, list_of(str, check_source), default=(), doc="CIDRs, any, @nodes, @pods, @services, @management"
     ),
-    "interface": Field(str, check_interface, default="", doc="input interface (default: any)"),
+    "interface": Field(str, check_interface, doc="input interface (default: any)"),
     "comment": Field(str, non_empty, doc="the rule's comment (default: the item's description)"),
     "order": Field(int, min=0, max=10000, default=500, doc="rules run in (order, name) order"),
     "when": Field(list, list_of(str, one_of(*CONDITIONS)), default=(), doc="only where K3s's config says so"),
