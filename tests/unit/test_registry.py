@@ -137,3 +137,18 @@ def test_the_loader_validates_against_the_registry_it_is_given(tmp_path: Path) -
     bare = Layer("local.toml", {"extends": "none"})
     policy = compose(Host(root=str(tmp_path)), [bare], registry=only_sysctl)
     assert list(policy.controls) == ["sysctl"]
+
+
+def test_the_daemon_does_not_start_with_a_broken_registry(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Exit 70 naming the module, before any policy is loaded or any control runs."""
+    from k3s_agent import daemon
+
+    def broken() -> Registry:
+        raise RegistryError("control module k3s_agent.controls.sshd failed to import: ImportError: x")
+
+    monkeypatch.setattr(daemon, "default_registry", broken)
+    monkeypatch.setattr(daemon, "configure", lambda **_kw: None)  # leave structlog alone
+    assert daemon.main(["--root", str(tmp_path)]) == 70
+    assert "k3s_agent.controls.sshd failed to import" in capsys.readouterr().err
