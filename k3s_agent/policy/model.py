@@ -51,6 +51,8 @@ class ControlPolicy:
     benchmark: str = PROFILE_BENCHMARK
 
     def option(self, key: str, default: Any = None) -> Any:
+        """The option as the layers set it; controls read it with its schema default
+        through ControlSpec.option (the default lives on the Field only)."""
         return self.options.get(key, default)
 
 
