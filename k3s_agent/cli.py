@@ -108,7 +108,14 @@ def _load(host: Host, path: Optional[str], profile: Optional[str] = None, prefli
     from k3s_agent.policy.loader import load_policy
 
     configure(journal=False, verbose=False)
-    return load_policy(host, path=path, profile=profile, preflight=preflight)
+    return load_policy(host, path=path, profile=profile, preflight=preflight, registry=_registry())
+
+
+def _registry() -> Any:
+    """The controls of this build (imported on first use: `status` needs none)."""
+    from k3s_agent.controls import default_registry
+
+    return default_registry()
 
 
 def _policy(args: argparse.Namespace, host: Host) -> Policy:
@@ -148,7 +155,8 @@ def _one_cycle(
     policy = policy or _policy(args, host)
     if enforce and getattr(args, "all", False):
         policy = policy.with_mode(Mode.ENFORCE)
-    cycle = Engine(policy, host, gate=gate).run_cycle(enforce=enforce, only=args.control)
+    engine = Engine(policy, host, gate=gate, registry=_registry())
+    cycle = engine.run_cycle(enforce=enforce, only=args.control)
     note = "one-shot apply" if enforce else "one-shot check: nothing changed"
     return policy, build_document(cycle, policy, {"running": None, "note": note})
 
@@ -284,7 +292,7 @@ def cmd_rollback(args: argparse.Namespace, host: Host) -> int:
             break
         time.sleep(min(left, 5.0))
     why = "on request (k3s-agentctl rollback)"
-    lines = ledger.rollback(control_restorer(host), only_due=args.due, why=why)
+    lines = ledger.rollback(control_restorer(host, registry=_registry()), only_due=args.due, why=why)
     for line in lines:
         print(line)
     if not lines:

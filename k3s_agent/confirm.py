@@ -178,20 +178,22 @@ def stamp(epoch: float) -> str:
 Restorer = Callable[[str, Any], str]
 
 
-def control_restorer(host: Host, controls: Optional[Mapping[str, Any]] = None) -> Restorer:
-    """restore(name, snapshot) through the control (a bare one when none is running).
+def control_restorer(
+    host: Host, controls: Optional[Mapping[str, Any]] = None, registry: Optional[Mapping[str, Any]] = None
+) -> Restorer:
+    """restore(name, snapshot) through the control (a bare one from registry when none is running).
 
     Restoring must not depend on the policy in force (it may have changed or be
     refused): a control's restore() needs only the host and its snapshot.
     """
-    from k3s_agent.controls import specs
+    from k3s_agent.controls import default_registry
     from k3s_agent.model import Mode
     from k3s_agent.policy.model import ControlPolicy
 
     def restore(name: str, snapshot: Any) -> str:
         control = (controls or {}).get(name)
         if control is None:
-            spec = specs().get(name)
+            spec = (default_registry() if registry is None else registry).get(name)
             if spec is None:
                 raise HostError(f"no control named {name!r} in this build")
             control = spec.build(ControlPolicy(name, Mode.ENFORCE, True, {}, {}), host)

@@ -22,12 +22,13 @@ from typing import Any, Optional
 
 from k3s_agent import __version__
 from k3s_agent.confirm import Gate, Ledger, control_restorer
+from k3s_agent.controls import RegistryError, default_registry
 from k3s_agent.engine import CycleReport, Engine, merge_reports
 from k3s_agent.host import Host, HostError, sweep_stale_temps, write_private
 from k3s_agent.log import MESSAGE_IDS, configure, finding_fields, finding_message, refusal_message
 from k3s_agent.metrics import HealTally, textfile_path
 from k3s_agent.model import Finding, Mode, Status
-from k3s_agent.policy.loader import load_policy
+from k3s_agent.policy.loader import Registry, load_policy
 from k3s_agent.policy.model import Policy
 from k3s_agent.policy.schema import PolicyError
 from k3s_agent.policy.snapshot import fallback_policy, save_last_good
@@ -54,8 +55,11 @@ def sd_notify(message: str) -> None:
 
 
 class Daemon:
-    def __init__(self, host: Host, policy_path: Optional[str], log: Any):
+    def __init__(self, host: Host, policy_path: Optional[str], log: Any, registry: Optional[Registry] = None):
         self.host = host
+        # The controls of this build, for every load, engine and rollback; built
+        # here, so a broken build fails at start (RegistryError), not mid-run.
+        self.registry = default_registry() if registry is None else registry
         self.policy_path = policy_path
         self.log = log
         self.wake_event = threading.Event()
@@ -90,7 +94,9 @@ class Daemon:
 
         def work() -> None:
             try:
-                result.append(load_policy(self.host, path=self.policy_path, dropins=None))
+                result.append(
+                    load_policy(self.host, path=self.policy_path, dropins=None, registry=self.registry)
+                )
             except Exception as exc:  # noqa: BLE001 - handed to the main thread below
                 result.append(exc)
 
@@ -114,10 +120,10 @@ class Daemon:
             # Start with the last policy that was good, so a bad edit followed by a
             # reboot does not leave the node unguarded (policy/snapshot.py says why
             # the built-in profile in audit mode, not exit, when there is none).
-            policy, self.policy_fallback = fallback_policy(self.host)
+            policy, self.policy_fallback = fallback_policy(self.host, self.registry)
             self._refused(exc, f"starting with {self.policy_fallback}")
             return policy
-        save_last_good(self.host, policy)
+        save_last_good(self.host, policy, self.registry)
         return policy
 
     def reload(self) -> None:
@@ -128,7 +134,7 @@ class Daemon:
             return
         except _Abandoned:
             return  # SIGTERM during the reload: the old policy runs until we exit
-        save_last_good(self.host, policy)
+        save_last_good(self.host, policy, self.registry)
         self.policy, self.policy_error, self.policy_fallback = policy, None, None
         engine = self._engine(policy)
         engine.contest.adopt(self.engine.contest)
@@ -160,13 +166,20 @@ class Daemon:
 
     def _engine(self, policy: Policy) -> Engine:
         gate = Gate(self.ledger, policy.confirm_timeout, by="k3s-agentd")
-        return Engine(policy, self.host, on_event=self._on_event, on_progress=self._beat, gate=gate)
+        return Engine(
+            policy,
+            self.host,
+            on_event=self._on_event,
+            on_progress=self._beat,
+            gate=gate,
+            registry=self.registry,
+        )
 
     def _rollback_due(self) -> None:
         """Restore every change whose confirmation deadline passed (also one left
         pending by a crashed daemon, a reboot, or `k3s-agentctl apply --confirm`)."""
         try:
-            self.ledger.rollback(control_restorer(self.host, self.engine.controls))
+            self.ledger.rollback(control_restorer(self.host, self.engine.controls, self.registry))
         except Exception as exc:  # noqa: BLE001 - logged; the record stays and is retried
             self.log.error(f"rollback of unconfirmed changes failed: {exc}; will retry")
 
@@ -400,6 +413,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except PolicyError as exc:
         print(f"k3s-agentd: policy refused and no last good policy to fall back to:\n{exc}", file=sys.stderr)
         return 78  # EX_CONFIG: systemd shows it, Restart=on-failure will retry
+    except RegistryError as exc:
+        # A control module that fails to import, a duplicate or a missing one: a
+        # broken build, never a node checked with a control silently missing.
+        print(f"k3s-agentd: cannot start, the controls of this build are broken: {exc}", file=sys.stderr)
+        return 70  # EX_SOFTWARE
     return daemon.run()
 
 

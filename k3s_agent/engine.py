@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Protocol
 
-from k3s_agent.controls import specs
+from k3s_agent.controls import default_registry
 from k3s_agent.controls.base import VERIFY_ONLY, Control, ControlSpec
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Mode, Status
@@ -269,7 +269,7 @@ class Engine:
     ):
         self.gate = gate
         self.on_progress = on_progress or (lambda name: None)
-        self.registry = specs() if registry is None else registry
+        self.registry = default_registry() if registry is None else registry
         self.policy = policy
         self.host = host
         self.on_event = on_event or (lambda event, finding: None)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Status
-from k3s_agent.policy.schema import Field
+from k3s_agent.policy.schema import Field, setting
 
 if TYPE_CHECKING:
     from k3s_agent.policy.model import ControlPolicy, Policy
@@ -102,7 +102,15 @@ class ControlSpec:
     canonical_key: Optional[Callable[[str], str]] = None
     lint: Optional[Callable[[ControlPolicy, Policy, Host], list[Lint]]] = None
     verify_only: bool = False
-    doc: str = ""
+    doc: str = ""  # one line: what the control keeps right (docs/policy.md is generated from it)
+
+    def option(self, policy: ControlPolicy, key: str) -> Any:
+        """policy's value of option key, else the default its Field declares.
+
+        The one place an option's default lives is its Field; a control reads
+        every option through here (KeyError for a key its spec does not declare).
+        """
+        return setting(policy.options, self.options, key)
 
 
 VERIFY_ONLY = "verify-only: the agent never changes it"

@@ -26,7 +26,7 @@ from k3s_agent.controls.base import ControlSpec, Lint, Watch, split_declined
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
-from k3s_agent.policy.schema import Field
+from k3s_agent.policy.schema import Field, setting
 
 NAME = "files"
 _MODE = re.compile(r"0?[0-7]{3}|[0-7]{4}")
@@ -123,10 +123,10 @@ class Rule:
             group=group,
             uid=pwd.getpwnam(owner).pw_uid if owner else -1,
             gid=grp.getgrnam(group).gr_gid if group else -1,
-            recursive=bool(item.get("recursive", False)),
-            required=bool(item.get("required", False)),
+            recursive=bool(setting(item, SPEC.item_fields, "recursive")),
+            required=bool(setting(item, SPEC.item_fields, "required")),
             cis=item.get("cis"),
-            type=item.get("type", "any"),
+            type=setting(item, SPEC.item_fields, "type"),
         )
 
     def mismatch(self, st: os.stat_result) -> Optional[str]:
@@ -541,9 +541,9 @@ SPEC = ControlSpec(
         "max_mode": Field(str, _mode_check, doc='"0644" = 0644 or stricter; heal clears the extra bits'),
         "owner": Field(str, _user_check, doc="user name, resolved on this host"),
         "group": Field(str, _group_check, doc="group name, resolved on this host"),
-        "recursive": Field(bool, doc="also everything below (mode: regular files only)"),
-        "required": Field(bool, doc="missing = drift (default: missing = absent)"),
-        "type": Field(str, _type_check, doc='"file", "dir" or "any" (default); a mismatch is reported'),
+        "recursive": Field(bool, default=False, doc="also everything below (mode: regular files only)"),
+        "required": Field(bool, default=False, doc="missing = drift (false: missing = absent)"),
+        "type": Field(str, _type_check, default="any", doc='"file", "dir" or "any"; a mismatch is reported'),
     },
     item_key=_key_check,
     lint=lint,

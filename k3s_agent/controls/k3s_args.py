@@ -210,16 +210,16 @@ class K3sArgsControl:
     def __init__(self, policy: ControlPolicy, host: Host, observer: Optional[Observer] = None):
         self.host = host
         self.items = {key: dict(item) for key, item in policy.items.items()}
-        self.remediate = policy.option("remediate", "none")
+        self.remediate = SPEC.option(policy, "remediate")
         self.observer = observer or Observer(host)
         self.files = {
-            kind: (policy.option(f"{kind}_file"), policy.option(f"{kind}_content"))
+            kind: (SPEC.option(policy, f"{kind}_file"), SPEC.option(policy, f"{kind}_content"))
             for kind in FILE_KINDS
-            if policy.option(f"{kind}_file")
+            if SPEC.option(policy, f"{kind}_file")
         }
-        self.beyond_benchmark = policy.option("beyond_benchmark", "report")
+        self.beyond_benchmark = SPEC.option(policy, "beyond_benchmark")
         # Named in "stricter than CIS x.y" messages: the benchmark in force unless set.
-        self.cis_version = policy.option("cis_version") or cis_number(policy.benchmark)
+        self.cis_version = SPEC.option(policy, "cis_version") or cis_number(policy.benchmark)
         self.last: Optional[K3sNode] = None
 
     # -- observe ----------------------------------------------------------------------
@@ -868,13 +868,13 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
         ("admission_config", "admission-control-config-file"),
     ):
         item = control.items.get(f"kube-apiserver:{flag}", {})
-        path = control.option(f"{kind}_file")
+        path = SPEC.option(control, f"{kind}_file")
         if path and "value" in item and item["value"] != path:
             problems.append(
                 Lint(f"kube-apiserver:{flag}", f"points at {item['value']} but {kind}_file keeps {path}")
             )
     for kind in FILE_KINDS:
-        content = control.option(f"{kind}_content")
+        content = SPEC.option(control, f"{kind}_content")
         if content and not content.startswith("/") and load_content(host, content) is None:
             problems.append(Lint("", f"{kind}_content: no built-in file named {content!r}"))
         elif content and content.startswith("/"):
@@ -920,7 +920,10 @@ SPEC = ControlSpec(
     build=_build,
     options={
         "remediate": Field(
-            str, one_of("none", "config"), doc="config: write missing settings to config.yaml.d"
+            str,
+            one_of("none", "config"),
+            default="none",
+            doc="config: write missing settings to config.yaml.d",
         ),
         "audit_policy_file": Field(str, _ABS, doc="audit policy file the apiserver reads"),
         "audit_policy_content": Field(
@@ -933,6 +936,7 @@ SPEC = ControlSpec(
         "beyond_benchmark": Field(
             str,
             one_of("report", "enforce"),
+            default="report",
             doc="an item stricter than its met `benchmark`: report (ok, noted) or enforce (drift)",
         ),
         "cis_version": Field(

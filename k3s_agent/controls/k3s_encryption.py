@@ -41,7 +41,7 @@ from k3s_agent.host import Host, HostError
 from k3s_agent.k3s.node import K3sNode, Observer
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
-from k3s_agent.policy.schema import Field, at_least, list_of, one_of
+from k3s_agent.policy.schema import Field, list_of, one_of
 
 NAME = "k3s_encryption"
 CONFIG = "server/cred/encryption-config.json"
@@ -114,14 +114,14 @@ class K3sEncryptionControl:
     ):
         self.host = host
         self.items = {key: dict(item) for key, item in policy.items.items()}
-        self.allowed = tuple(policy.option("providers", ["aescbc", "secretbox"]))
-        self.stuck_after = float(policy.option("stuck_after", 3600))
+        self.allowed = tuple(SPEC.option(policy, "providers"))
+        self.stuck_after = float(SPEC.option(policy, "stuck_after"))
         self.observer = observer or Observer(host)
         self.status_runner = status_runner
         self.clock = clock
         self.monotonic = monotonic
-        self.witness_max_age = float(policy.option("witness_max_age", MAX_AGE))
-        self.witness_retry = float(policy.option("witness_retry", RETRY))
+        self.witness_max_age = float(SPEC.option(policy, "witness_max_age"))
+        self.witness_retry = float(SPEC.option(policy, "witness_retry"))
         self.witness: Optional[WitnessAnswer] = None
         self.facts: dict[str, object] = {}
 
@@ -413,7 +413,7 @@ def _file_problem(host: Host, path: str) -> str:
 
 def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     problems = []
-    if "identity" in control.option("providers", []):
+    if "identity" in SPEC.option(control, "providers"):
         problems.append(Lint("", "providers: identity is no encryption"))
     return problems
 
@@ -430,12 +430,22 @@ SPEC = ControlSpec(
     name=NAME,
     build=_build,
     options={
-        "providers": Field(list, list_of(str, one_of(*CIPHERS)), doc="acceptable first providers"),
-        "stuck_after": Field(float, at_least(60), doc="seconds a rotation stage may last"),
-        "witness_max_age": Field(
-            float, at_least(0), doc="seconds a `secrets-encrypt status` answer is reused (0 = every check)"
+        "providers": Field(
+            list,
+            list_of(str, one_of(*CIPHERS)),
+            default=("aescbc", "secretbox"),
+            doc="acceptable first providers",
         ),
-        "witness_retry": Field(float, at_least(0), doc="seconds a failed `secrets-encrypt status` is reused"),
+        "stuck_after": Field(float, min=60, default=3600.0, doc="seconds a rotation stage may last"),
+        "witness_max_age": Field(
+            float,
+            min=0,
+            default=MAX_AGE,
+            doc="seconds a `secrets-encrypt status` answer is reused (0 = every check)",
+        ),
+        "witness_retry": Field(
+            float, min=0, default=RETRY, doc="seconds a failed `secrets-encrypt status` is reused"
+        ),
     },
     item_fields={},
     item_key=_key_check,

@@ -101,8 +101,8 @@ class SshdControl:
         self.reload = reload or Reloader(host)
         self.answers = Answers(host)  # this control's own `sshd -T` cache
         self.facts: dict[str, object] = {}
-        self.allow_lockout = bool(policy.option("allow_lockout", False))
-        self.operators = [str(name) for name in policy.option("operators", [])]
+        self.allow_lockout = bool(SPEC.option(policy, "allow_lockout"))
+        self.operators = [str(name) for name in SPEC.option(policy, "operators")]
         self.networks = management_networks(policy)
 
     # -- observe ----------------------------------------------------------------
@@ -405,7 +405,7 @@ def management_networks(policy: ControlPolicy) -> list[Network]:
     its own section only (a control knows no other control), and the
     load-time lint must judge the same networks the runtime guard does.
     """
-    sources = policy.option("management_sources") or []
+    sources = SPEC.option(policy, "management_sources") or []
     return [ipaddress.ip_network(s, strict=False) for s in sources] or list(sshd_guard.ANYWHERE)
 
 
@@ -620,7 +620,7 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
         if key.lower() in seen:
             problems.append(Lint("", f"items.{key} and items.{seen[key.lower()]} are the same keyword"))
         seen.setdefault(key.lower(), key)
-    if control.option("allow_lockout", False):
+    if SPEC.option(control, "allow_lockout"):
         return problems
     reasons = lockouts(settings, host)
     if not reasons and control.mode is Mode.ENFORCE and policy.preflight:
@@ -662,9 +662,12 @@ SPEC = ControlSpec(
     name=NAME,
     build=SshdControl,
     options={
-        "allow_lockout": Field(bool, doc="accept settings that would leave no way to log in"),
+        "allow_lockout": Field(bool, default=False, doc="accept settings that would leave no way to log in"),
         "operators": Field(
-            list, list_of(str, _ACCOUNT), doc="accounts that must keep a way in (default: any login account)"
+            list,
+            list_of(str, _ACCOUNT),
+            default=(),
+            doc="accounts that must keep a way in (empty: any login account)",
         ),
         "management_sources": Field(
             list, list_of(str, _cidr), doc="networks operators log in from (default: 0.0.0.0/0 and ::/0)"

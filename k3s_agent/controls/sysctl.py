@@ -133,7 +133,7 @@ class SysctlControl:
 
     def __init__(self, policy: ControlPolicy, host: Host):
         self.host = host
-        self.persist = policy.option("persist", True)
+        self.persist = SPEC.option(policy, "persist")
         # Keyed by /proc/sys path (the loader refuses two spellings of one key);
         # findings use the dotted display form.
         self.items = {proc_path(key): normalize(item["value"]) for key, item in policy.items.items()}
@@ -326,7 +326,7 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
 
     problems = lints(K3S_NEEDS, "breaks K3s pod networking")
     # K3s's configuration resolved as K3s does (k3s_agent.k3s.facts); never raises.
-    if control.option("dual_stack", False) or read_facts(host).dual_stack:
+    if SPEC.option(control, "dual_stack") or read_facts(host).dual_stack:
         problems += lints(K3S_NEEDS_DUAL_STACK, "breaks IPv6 on this dual-stack cluster")
     problems += _tied(spelled, values)
     requiring = _protect_kernel_defaults_item(policy)
@@ -386,8 +386,12 @@ SPEC = ControlSpec(
     name=NAME,
     build=_build,
     options={
-        "persist": Field(bool, doc=f"also keep {PERSIST_FILE} in step"),
-        "dual_stack": Field(bool, doc="treat the cluster as dual-stack for the IPv6 lints"),
+        "persist": Field(bool, default=True, doc=f"also keep {PERSIST_FILE} in step"),
+        "dual_stack": Field(
+            bool,
+            default=False,
+            doc="true: dual-stack for the IPv6 lints (false: as K3s's config says)",
+        ),
     },
     item_fields={"value": Field((str, int), required=True, doc="value as sysctl prints it")},
     item_key=key_problem,

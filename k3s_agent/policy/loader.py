@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import errno
 import glob
 import os
@@ -22,34 +21,24 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any, Optional
 
-from k3s_agent.controls import specs
+from k3s_agent.controls import default_registry
 from k3s_agent.controls.base import ControlSpec, Lint
 from k3s_agent.host import Host
 from k3s_agent.k3s import version as k3sversion
 from k3s_agent.model import Mode
 from k3s_agent.policy import benchmark as bench
-from k3s_agent.policy.model import (
-    DEFAULT_CONFIRM_TIMEOUT,
+from k3s_agent.policy.keys import (
+    AUTO,
+    CONTEST_FIELDS,
+    ITEM_FIELDS,
+    METRICS_FIELDS,
     PROFILES,
-    ContestSettings,
-    ControlPolicy,
-    Policy,
-    Waiver,
+    SECTION_FIELDS,
+    TOP_FIELDS,
+    WAIVER_FIELDS,
 )
-from k3s_agent.policy.schema import (
-    Field,
-    PolicyError,
-    at_least,
-    between,
-    brief,
-    check_table,
-    key_path,
-    list_of,
-    matches,
-    missing_required,
-    non_empty,
-    one_of,
-)
+from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy, Waiver
+from k3s_agent.policy.schema import PolicyError, brief, check_table, key_path, missing_required, setting
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,7 +47,6 @@ else:  # pragma: no cover - exercised on the 3.9/3.10 matrix
 
 POLICY_FILE = "/etc/k3s-agentd/policy.toml"
 POLICY_DIR = "/etc/k3s-agentd/policy.d"
-AUTO = "auto"
 # A policy is a few KiB; the cap keeps a hostile file from costing memory and
 # parse time (the slowest 1 MiB TOML we found, an array of 500k integers, takes
 # about a second to parse).
@@ -71,59 +59,10 @@ _OPEN_ERRORS = {
     errno.ENXIO: "a socket or a device with no reader; only regular files are read",
 }
 
-_MODES = one_of(*(m.value for m in Mode))
-
-TOP_FIELDS: dict[str, Field] = {
-    "version": Field(int, one_of(1), doc="policy format version"),
-    "extends": Field(str, one_of(AUTO, "none", *PROFILES), doc="built-in profile to start from"),
-    "mode": Field(str, _MODES),
-    "benchmark": Field(
-        str, one_of(bench.AUTO, *bench.BENCHMARKS), doc="CIS benchmark: auto (by K3s version) or pinned"
-    ),
-    # Upper bounds too: a day between cycles is already no longer "continuous", and
-    # a huge timeout overflows Thread.join.
-    "interval": Field(float, between(1, 86400), doc="seconds between full check cycles"),
-    "control_timeout": Field(float, between(1, 3600), doc="seconds one control may take"),
-    "confirm_timeout": Field(
-        float, between(0, 86400), doc="seconds to confirm the first enforcing firewall/sshd change; 0 = off"
-    ),
-    "contest": Field(dict),
-    "metrics": Field(dict),
-    "waiver": Field(list),
-    "controls": Field(dict),
-}
-CONTEST_FIELDS = {
-    "threshold": Field(int, at_least(2)),
-    "window": Field(float, between(1, 7 * 86400)),
-    "backoff_max": Field(float, between(1, 7 * 86400)),
-}
-METRICS_FIELDS = {
-    "textfile": Field(
-        str,
-        matches(
-            r"(/(?!\.\.?/)[^/\0]+)+\.prom|auto|",
-            'an absolute *.prom path without . or .. in it, "auto" or "" (off)',
-        ),
-    )
-}
-WAIVER_FIELDS = {
-    "control": Field(str, non_empty, required=True),
-    "key": Field(str, non_empty, required=True),
-    "reason": Field(str, non_empty, required=True),
-    "owner": Field(str, non_empty, required=True),
-    "expires": Field(datetime.date, required=True),
-}
-SECTION_FIELDS = {
-    "mode": Field(str, _MODES),
-    "enabled": Field(bool),
-    "disable": Field(list, list_of(str)),
-    "items": Field(dict),
-}
-ITEM_FIELDS = {
-    "cis": Field(str, non_empty, doc="CIS benchmark id"),
-    "accept_risk": Field(str, non_empty, doc="why a setting that breaks K3s is wanted anyway"),
-    "description": Field(str),
-}
+# The controls to validate against, by name (controls.Registry, or any mapping
+# in tests). Entry points take it as `registry=`, default_registry() when None;
+# everything below them is handed it.
+Registry = Mapping[str, ControlSpec]
 
 
 @dataclasses.dataclass
@@ -142,6 +81,7 @@ def load_policy(
     dropins: Optional[bool] = None,
     profile: Optional[str] = None,
     preflight: bool = True,
+    registry: Optional[Registry] = None,
 ) -> Policy:
     """The policy in force on this host.
 
@@ -149,32 +89,36 @@ def load_policy(
     dropins: also merge policy.d/ (default: only for the installed policy).
     profile: use this built-in profile and no local file at all.
     preflight: False for a read-only report (see Policy.preflight).
+    registry: the controls to validate against (default: default_registry()).
     """
     if profile is not None:
         local: list[Layer] = [Layer(f"profile:{profile}", {"extends": profile})]
     else:
         local = _local_layers(host, path, dropins)
-    return compose(host, local, preflight=preflight)
+    return compose(host, local, preflight=preflight, registry=registry)
 
 
-def compose(host: Host, local: list[Layer], preflight: bool = True) -> Policy:
+def compose(
+    host: Host, local: list[Layer], preflight: bool = True, registry: Optional[Registry] = None
+) -> Policy:
     """Validate local layers, put them over the profile chain they extend, build."""
+    known = default_registry() if registry is None else registry
     for layer in local:
-        _raise_if(check_layer(layer))
-    extends = AUTO
+        _raise_if(check_layer(layer, known))
+    extends = TOP_FIELDS["extends"].default
     for layer in local:
         extends = layer.data.get("extends", extends)
-    base = _profile_chain(resolve_profile(extends, host))
+    base = _profile_chain(resolve_profile(extends, host), known)
     choice = resolve_benchmark(base + local, host)
     # The profiles are written in CIS 1.8 ids; the operator's layers keep theirs.
     base = [dataclasses.replace(ly, data=bench.map_layer_ids(ly.data, choice.name)) for ly in base]
     profile = resolve_profile(extends, host)
-    return build_policy(base + local, host, profile=profile, benchmark=choice, preflight=preflight)
+    return build_policy(base + local, host, known, profile=profile, benchmark=choice, preflight=preflight)
 
 
 def resolve_benchmark(layers: list[Layer], host: Host) -> bench.BenchmarkChoice:
     """The benchmark the last layer that names one asks for; "auto" by `k3s --version`."""
-    requested = bench.AUTO
+    requested = TOP_FIELDS["benchmark"].default
     for layer in layers:
         requested = layer.data.get("benchmark", requested)
     found = k3sversion.detect(host)
@@ -368,7 +312,7 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "special file")
 
 
-def _profile_chain(name: str) -> list[Layer]:
+def _profile_chain(name: str, registry: Registry) -> list[Layer]:
     chain: list[Layer] = []
     seen: list[str] = []
     current: Optional[str] = name
@@ -380,7 +324,7 @@ def _profile_chain(name: str) -> list[Layer]:
         chain = layers + chain
         current = next((ly.data["extends"] for ly in reversed(layers) if "extends" in ly.data), None)
     for layer in chain:
-        _raise_if(check_layer(layer))
+        _raise_if(check_layer(layer, registry))
     return chain
 
 
@@ -396,7 +340,8 @@ def profile_layers(name: str) -> list[Layer]:
 # -- checking one layer ------------------------------------------------------------
 
 
-def check_layer(layer: Layer) -> list[str]:
+def check_layer(layer: Layer, registry: Registry) -> list[str]:
+    """Problems with one layer on its own, against the keys of registry's controls."""
     where, data = layer.source, layer.data
     problems = check_table(data, TOP_FIELDS, where, ())
     if problems:
@@ -411,15 +356,14 @@ def check_layer(layer: Layer) -> list[str]:
         problems += check_table(waiver, WAIVER_FIELDS, where, label)
         problems += missing_required(waiver, WAIVER_FIELDS, where, label)
         control = waiver.get("control")
-        if isinstance(control, str) and control not in specs():
+        if isinstance(control, str) and control not in registry:
             problems.append(f"{where}: {label[0]}.control: no control named {brief(waiver['control'])}")
-    known = specs()
     for name, section in data.get("controls", {}).items():
-        spec = known.get(name)
+        spec = registry.get(name)
         if spec is None:
             problems.append(
                 f"{where}: {key_path('controls', name)}: unknown control "
-                f"(known controls: {', '.join(known)})"
+                f"(known controls: {', '.join(registry)})"
             )
         elif not isinstance(section, dict):
             problems.append(f"{where}: {key_path('controls', name)}: expected a table")
@@ -478,16 +422,17 @@ def _merge_into(base: dict[str, Any], update: Mapping[str, Any], source: str) ->
 def build_policy(
     layers: list[Layer],
     host: Host,
+    registry: Registry,
     profile: str,
     benchmark: Optional[bench.BenchmarkChoice] = None,
     preflight: bool = True,
 ) -> Policy:
     merged, origin = merge_layers(layers)
-    mode = Mode(merged.get("mode", Mode.ENFORCE.value))
+    mode = Mode(setting(merged, TOP_FIELDS, "mode"))
     choice = benchmark or bench.BenchmarkChoice()
     controls: dict[str, ControlPolicy] = {}
     problems: list[str] = []
-    for name, spec in specs().items():
+    for name, spec in registry.items():
         section = merged.get("controls", {}).get(name, {})
         control, section_problems = _build_section(spec, section, mode, origin)
         problems += section_problems
@@ -497,22 +442,22 @@ def build_policy(
     policy = Policy(
         profile=profile,
         mode=mode,
-        interval=float(merged.get("interval", 60)),
-        control_timeout=float(merged.get("control_timeout", 30)),
-        confirm_timeout=float(merged.get("confirm_timeout", DEFAULT_CONFIRM_TIMEOUT)),
+        interval=float(setting(merged, TOP_FIELDS, "interval")),
+        control_timeout=float(setting(merged, TOP_FIELDS, "control_timeout")),
+        confirm_timeout=float(setting(merged, TOP_FIELDS, "confirm_timeout")),
         contest=ContestSettings(
-            threshold=contest.get("threshold", 3),
-            window=float(contest.get("window", 600)),
-            backoff_max=float(contest.get("backoff_max", 3600)),
+            threshold=setting(contest, CONTEST_FIELDS, "threshold"),
+            window=float(setting(contest, CONTEST_FIELDS, "window")),
+            backoff_max=float(setting(contest, CONTEST_FIELDS, "backoff_max")),
         ),
         controls=controls,
         waivers=tuple(_waiver(w) for w in merged.get("waiver", [])),
         sources=tuple(layer.source for layer in layers),
-        metrics_textfile=merged.get("metrics", {}).get("textfile", "auto") or None,
+        metrics_textfile=setting(merged.get("metrics", {}), METRICS_FIELDS, "textfile") or None,
         preflight=preflight,
         benchmark=choice,
     )
-    _raise_if(_lint(policy, host, origin))
+    _raise_if(_lint(policy, host, origin, registry))
     return policy
 
 
@@ -541,7 +486,7 @@ def _build_section(
     control = ControlPolicy(
         name=spec.name,
         mode=Mode(section.get("mode", mode.value)),
-        enabled=section.get("enabled", True),
+        enabled=setting(section, SECTION_FIELDS, "enabled"),
         options=options,
         items=items,
         disabled=disabled,
@@ -557,9 +502,9 @@ def _duplicate(control: str, first: str, second: str, origin: dict[tuple[str, ..
     return f"{places[1]}: the same item as {places[0]}, spelled differently; keep one spelling"
 
 
-def _lint(policy: Policy, host: Host, origin: dict[tuple[str, ...], str]) -> list[str]:
+def _lint(policy: Policy, host: Host, origin: dict[tuple[str, ...], str], registry: Registry) -> list[str]:
     problems = []
-    for name, spec in specs().items():
+    for name, spec in registry.items():
         control = policy.controls[name]
         if spec.lint is None or not control.enabled:
             continue

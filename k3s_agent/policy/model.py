@@ -10,14 +10,12 @@ from typing import Any, Optional
 
 from k3s_agent.model import Mode
 from k3s_agent.policy.benchmark import PROFILE_BENCHMARK, BenchmarkChoice
+from k3s_agent.policy.keys import CONTEST_FIELDS, TOP_FIELDS
+from k3s_agent.policy.keys import PROFILES as PROFILES  # re-exported: the CLI's parser reads it here
 
-# The built-in profiles (k3s_agent/policy/profiles/<name>/); here rather than
-# in the loader so `k3s-agentctl status` can build its argument parser
-# without importing the loader.
-PROFILES = ("k3s-cis-server", "k3s-cis-agent")
 # Seconds the daemon's first enforcing firewall/sshd change waits for
 # `k3s-agentctl confirm` before it is rolled back (k3s_agent/confirm.py).
-DEFAULT_CONFIRM_TIMEOUT = 300.0
+DEFAULT_CONFIRM_TIMEOUT: float = TOP_FIELDS["confirm_timeout"].default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +51,17 @@ class ControlPolicy:
     benchmark: str = PROFILE_BENCHMARK
 
     def option(self, key: str, default: Any = None) -> Any:
+        """The option as the layers set it; controls read it with its schema default
+        through ControlSpec.option (the default lives on the Field only)."""
         return self.options.get(key, default)
 
 
 @dataclasses.dataclass(frozen=True)
 class ContestSettings:
-    threshold: int = 3  # undos of one item by someone else ...
-    window: float = 600.0  # ... within this many seconds = contested
-    backoff_max: float = 3600.0  # accepted, no longer used: a contested item is still healed every sweep
+    threshold: int = CONTEST_FIELDS["threshold"].default  # undos of one item by someone else ...
+    window: float = CONTEST_FIELDS["window"].default  # ... within this many seconds = contested
+    # accepted, no longer used: a contested item is still healed every sweep
+    backoff_max: float = CONTEST_FIELDS["backoff_max"].default
 
 
 @dataclasses.dataclass(frozen=True)

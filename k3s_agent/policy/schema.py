@@ -50,10 +50,65 @@ _BRIEF.maxlevel = 3
 
 @dataclasses.dataclass(frozen=True)
 class Field:
+    """One policy key: the single place for its type, bounds, default and meaning.
+
+    The loader validates with it, the code reads the default from it, and the
+    reference tables of docs/policy.md are generated from it (schema_doc.py).
+    default: the value in force when no layer sets the key (None: none, or one
+      that depends on the node; say which in doc).
+    min/max: inclusive bounds of a number.
+    check: any further rule; a checker made here (one_of, matches, list_of)
+      also says in words what it accepts, for the docs.
+    """
+
     kind: Any  # a type or tuple of types accepted (bool is never accepted as int)
     check: Optional[Checker] = None
     required: bool = False
     doc: str = ""
+    default: Any = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    def problem(self, value: Any) -> Optional[str]:
+        """Why value (of the right type, finite) is wrong for this key, or None."""
+        reason = self._out_of_bounds(value)
+        if reason is None and self.check is not None:
+            reason = self.check(value)
+        return reason
+
+    def _out_of_bounds(self, value: Any) -> Optional[str]:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        low, high = self.min, self.max
+        if low is not None and high is not None:
+            return between(low, high)(value)
+        if low is not None:
+            return at_least(low)(value)
+        if high is not None and value > high:
+            return f"must be <= {high:g}, got {value!r}"
+        return None
+
+    def accepts(self) -> str:
+        """What the key accepts, in words (type, bounds, the checker's own words)."""
+        text = type_name(self.kind)
+        if self.min is not None and self.max is not None:
+            text += f" {self.min:g}..{self.max:g}"
+        elif self.min is not None:
+            text += f" >= {self.min:g}"
+        elif self.max is not None:
+            text += f" <= {self.max:g}"
+        said = getattr(self.check, "accepts", "")
+        if not said:
+            return text
+        return f"{text} {said}" if said.startswith("of ") else f"{text}: {said}"
+
+
+def setting(table: Mapping[str, Any], fields: Mapping[str, Field], key: str) -> Any:
+    """table[key], or the default its Field declares: the one place a default lives.
+
+    KeyError for a key fields do not declare (a typo in code, not in a policy).
+    """
+    return table.get(key, fields[key].default)
 
 
 def key_path(*parts: str) -> str:
@@ -75,6 +130,12 @@ def type_name(kind: Any) -> str:
         dict: "a table",
         datetime.date: "a date (YYYY-MM-DD)",
     }
+    return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in kinds)
+
+
+def plural_name(kind: Any) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "strings", int: "integers", float: "numbers", bool: "booleans", dict: "tables"}
     return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in kinds)
 
 
@@ -111,7 +172,7 @@ def check_table(
             # them through (interval = nan would stop the timer, inf timeouts fail every control).
             problems.append(f"{label}: must be a finite number, got {brief(value)}")
             continue
-        reason = field.check(value) if field.check else None
+        reason = field.problem(value)
         if reason:
             problems.append(f"{label}: {reason}")
     return problems
@@ -130,13 +191,19 @@ def missing_required(
 # -- reusable checkers ---------------------------------------------------------
 
 
+def described(checker: Checker, accepts: str) -> Checker:
+    """checker, saying in words what it accepts (read by Field.accepts for the docs)."""
+    checker.accepts = accepts  # type: ignore[attr-defined]
+    return checker
+
+
 def one_of(*allowed: Any) -> Checker:
     def check(value: Any) -> Optional[str]:
         if value not in allowed:
             return f"must be one of {', '.join(repr(a) for a in allowed)}, got {brief(value)}"
         return None
 
-    return check
+    return described(check, ", ".join(f"`{a}`" if isinstance(a, str) else repr(a) for a in allowed))
 
 
 def at_least(minimum: float, exclusive: bool = False) -> Checker:
@@ -162,7 +229,12 @@ def non_empty(value: Any) -> Optional[str]:
     return "must not be empty" if not str(value).strip() else None
 
 
+described(non_empty, "not empty")
+
+
 def list_of(kind: Any, check: Optional[Checker] = None) -> Checker:
+    """Each element of kind and passing check."""
+
     def check_list(values: Any) -> Optional[str]:
         for index, value in enumerate(values):
             if not type_ok(value, kind):
@@ -172,7 +244,8 @@ def list_of(kind: Any, check: Optional[Checker] = None) -> Checker:
                 return f"[{index}]: {reason}"
         return None
 
-    return check_list
+    said = getattr(check, "accepts", "")
+    return described(check_list, f"of {plural_name(kind)}" + (f" ({said})" if said else ""))
 
 
 def matches(pattern: str, what: str) -> Checker:
@@ -183,4 +256,4 @@ def matches(pattern: str, what: str) -> Checker:
             return f"{brief(value)} is not {what}"
         return None
 
-    return check
+    return described(check, what)

@@ -21,7 +21,7 @@ from typing import Optional
 
 from k3s_agent.host import Host, HostError
 from k3s_agent.model import Mode
-from k3s_agent.policy.loader import Layer, compose, read_layer
+from k3s_agent.policy.loader import Layer, Registry, compose, read_layer
 from k3s_agent.policy.model import Policy
 from k3s_agent.policy.schema import PolicyError
 
@@ -32,12 +32,15 @@ def _folder(host: Host, suffix: str = "") -> str:
     return os.path.join(host.state_dir, FOLDER + suffix)
 
 
-def save_last_good(host: Host, policy: Policy) -> bool:
-    """Snapshot the policy's local files; False (old snapshot kept) when they no longer give it."""
+def save_last_good(host: Host, policy: Policy, registry: Optional[Registry] = None) -> bool:
+    """Snapshot the policy's local files; False (old snapshot kept) when they no longer give it.
+
+    registry: the controls policy was loaded with (default_registry() when None).
+    """
     files = [s for s in policy.sources if not s.startswith("profile:")]
     try:
         layers = [read_layer(source) for source in files]
-        if compose(host, layers) != policy:
+        if compose(host, layers, registry=registry) != policy:
             return False  # edited since it was loaded: not the policy in force
         fresh, current, old = _folder(host, ".new"), _folder(host), _folder(host, ".old")
         _remove(fresh)
@@ -55,7 +58,7 @@ def save_last_good(host: Host, policy: Policy) -> bool:
     return True
 
 
-def load_last_good(host: Host) -> Optional[Policy]:
+def load_last_good(host: Host, registry: Optional[Registry] = None) -> Optional[Policy]:
     for folder in (_folder(host), _folder(host, ".old")):
         if os.path.isdir(folder) and not os.path.islink(folder):
             break
@@ -63,7 +66,7 @@ def load_last_good(host: Host) -> Optional[Policy]:
         return None
     names = sorted(n for n in os.listdir(folder) if n.endswith(".toml"))
     try:
-        return compose(host, [read_layer(os.path.join(folder, n)) for n in names])
+        return compose(host, [read_layer(os.path.join(folder, n)) for n in names], registry=registry)
     except PolicyError:
         return None
 
@@ -72,7 +75,7 @@ LAST_GOOD = "the last good policy"
 BUILTIN_AUDIT = "the built-in profile in audit mode"
 
 
-def fallback_policy(host: Host) -> tuple[Policy, str]:
+def fallback_policy(host: Host, registry: Optional[Registry] = None) -> tuple[Policy, str]:
     """What to run when the policy on disk is refused at start, and its name for status.
 
     The last good snapshot when there is one. Else the built-in profile in
@@ -82,14 +85,14 @@ def fallback_policy(host: Host) -> tuple[Policy, str]:
     observes and reports, changing nothing, until a good policy is loaded
     (SIGHUP or restart).
     """
-    policy = load_last_good(host)
+    policy = load_last_good(host, registry)
     if policy is not None:
         return policy, LAST_GOOD
     try:
-        builtin = compose(host, [])
+        builtin = compose(host, [], registry=registry)
     except PolicyError:
         # A built-in profile this host's lints refuse: nothing but the report.
-        builtin = compose(host, [Layer("profile:none", {"extends": "none"})])
+        builtin = compose(host, [Layer("profile:none", {"extends": "none"})], registry=registry)
     return builtin.with_mode(Mode.AUDIT), BUILTIN_AUDIT
 
 

@@ -135,7 +135,7 @@ def require_control(ctx: Context, name: str) -> dict[str, Any]:
     """Gate: the control must be in this build and in the status, else SKIPPED."""
     doc = status(ctx.node)
     if name not in ctx.notes.get("registry", []):
-        raise Skipped(f"control {name!r} is not in this build (k3s_agent.controls.specs())")
+        raise Skipped(f"control {name!r} is not in this build (k3s_agent.controls.default_registry())")
     entry = control(doc, name)
     if entry is None:
         raise AssertionError(f"control {name!r} is built but missing from k3s-agentctl status")
@@ -240,7 +240,8 @@ def step_install_state(ctx: Context) -> None:
         [
             "python3",
             "-c",
-            "import json; from k3s_agent.controls import specs; print(json.dumps(sorted(specs())))",
+            "import json; from k3s_agent.controls import default_registry as r; "
+            "print(json.dumps(sorted(r())))",
         ]
     ).stdout
     ctx.notes["registry"] = json.loads(registry)

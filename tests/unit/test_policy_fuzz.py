@@ -20,7 +20,7 @@ hypothesis = pytest.importorskip("hypothesis")  # Debian: python3-hypothesis (sc
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from k3s_agent.controls import specs  # noqa: E402
+from k3s_agent.controls import default_registry  # noqa: E402
 from k3s_agent.host import Host  # noqa: E402
 from k3s_agent.policy.loader import (  # noqa: E402
     ITEM_FIELDS,
@@ -118,7 +118,7 @@ _PLAUSIBLE_ITEMS = {
 
 @st.composite
 def sections(draw: Any, name: str) -> dict[str, Any]:
-    spec = specs().get(name)
+    spec = default_registry().get(name)
     options = set(spec.options) if spec else set()
     item_fields = set(ITEM_FIELDS) | (set(spec.item_fields) if spec else set())
     section = draw(st.one_of(_table(set(SECTION_FIELDS) | options), st.just({})))
@@ -136,7 +136,7 @@ def documents(draw: Any) -> dict[str, Any]:
     """A dict of the policy's shape: known and random keys, values of random types."""
     document = draw(_table(TOP_FIELDS))
     document["extends"] = draw(st.one_of(st.sampled_from(["none", "auto", *PROFILES]), VALUES))
-    names = draw(st.lists(_known_or_random(specs()), max_size=3))
+    names = draw(st.lists(_known_or_random(default_registry()), max_size=3))
     controls = {name: draw(st.one_of(sections(name), VALUES)) for name in names}
     if controls or draw(st.booleans()):
         document["controls"] = controls

@@ -182,7 +182,8 @@ def _registry(node: VagrantNode) -> list[str]:
         [
             "python3",
             "-c",
-            "import json; from k3s_agent.controls import specs; print(json.dumps(sorted(specs())))",
+            "import json; from k3s_agent.controls import default_registry as r; "
+            "print(json.dumps(sorted(r())))",
         ]
     ).stdout
     return json.loads(out)

@@ -14,10 +14,12 @@ from k3s_agent.controls.firewall.detect import Choice, choose
 from k3s_agent.controls.firewall.ipt import IptablesBackend, IptError, legacy_filter_loaded
 from k3s_agent.controls.firewall.model import TABLE, Rule, Ruleset
 from k3s_agent.controls.firewall.nft import NftBackend, NftError
+from k3s_agent.controls.firewall.options import OPTIONS
 from k3s_agent.host import Host
 from k3s_agent.k3s import facts as k3s
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy
+from k3s_agent.policy.schema import setting
 from k3s_agent.sshd import facts as sshd
 
 Backend = Union[NftBackend, IptablesBackend]
@@ -42,11 +44,14 @@ class FirewallControl:
         self.sshd_answers = sshd.Answers(host)  # this control's own `sshd -T` cache
         self.inputs: Optional[desired.Inputs] = None
 
+    def _option(self, key: str) -> Any:
+        return setting(self.policy.options, OPTIONS, key)
+
     # -- setup ------------------------------------------------------------------------
 
     def _backend(self) -> Optional[Backend]:
         if self.backend is None and not self.unavailable:
-            self.choice = choose(self.host, self.policy.option("backend", "auto"))
+            self.choice = choose(self.host, self._option("backend"))
             try:
                 if self.choice.backend == "iptables":
                     self.backend = IptablesBackend()
@@ -68,9 +73,7 @@ class FirewallControl:
             if fixed.cni is not None:
                 return fixed
             return dataclasses.replace(fixed, cni=self._cni(fixed.k3s))
-        ports, self.ssh_how = hostnet.ssh_ports(
-            self.host, list(self.policy.option("ssh_ports", [])), self.sshd_answers
-        )
+        ports, self.ssh_how = hostnet.ssh_ports(self.host, list(self._option("ssh_ports")), self.sshd_answers)
         facts = k3s.read_facts(self.host)
         return desired.Inputs(
             k3s=facts,
@@ -80,7 +83,7 @@ class FirewallControl:
         )
 
     def _cni(self, facts: k3s.K3sFacts) -> cni.Cni:
-        return cni.detect(self.host, facts.flannel_backend, self.policy.option("cni", "auto"))
+        return cni.detect(self.host, facts.flannel_backend, self._option("cni"))
 
     def cni_refusal(self, ruleset: Ruleset) -> str:
         """Why the drop must not be enforced: a CNI we cannot name would lose its pod traffic."""
@@ -114,7 +117,7 @@ class FirewallControl:
             return None
 
     def guard_problems(self, ruleset: Ruleset) -> list[str]:
-        if self.policy.option("allow_lockout", False):
+        if self._option("allow_lockout"):
             return []
         assert self.inputs is not None
         management = desired.symbols(self.policy, self.inputs)["@management"]
@@ -135,7 +138,7 @@ class FirewallControl:
                     NAME,
                     "backend",
                     Status.UNSUPPORTED,
-                    self.policy.option("backend", "auto"),
+                    self._option("backend"),
                     None,
                     self.unavailable,
                 )
@@ -239,7 +242,7 @@ class FirewallControl:
         # Only our own nft table: kube-proxy/flannel rewriting theirs must not
         # wake us (legacy iptables sends no notifications: see fingerprint()).
         found = [Watch("netlink", f"nftables:{TABLE}")]
-        if not self.policy.option("node_cidrs"):
+        if not self._option("node_cidrs"):
             # @nodes comes from this node's own subnets: an address change matters.
             found += [Watch("netlink", "ipv4_addr"), Watch("netlink", "ipv6_addr")]
         return [

@@ -24,9 +24,11 @@ from k3s_agent.controls.firewall.model import (
     parse_network,
     parse_range,
 )
+from k3s_agent.controls.firewall.options import ITEM_FIELDS, OPTIONS
 from k3s_agent.k3s.facts import K3sFacts
 from k3s_agent.netaddr import collapse
 from k3s_agent.policy.model import ControlPolicy
+from k3s_agent.policy.schema import setting
 
 ANY = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 # Traffic to 127/8 (::1) that did not come in on lo: kube-proxy sets
@@ -41,7 +43,6 @@ LOCALNET = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")
 # runs out. ufw's before6.rules and firewalld's dhcpv6-client accept it too.
 DHCPV6_REPLIES = ipaddress.ip_network("fe80::/10")
 DHCPV6_CLIENT_PORT = 546
-DEFAULT_ORDER = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +72,9 @@ def configured(policy: ControlPolicy) -> bool:
 
 
 def symbols(policy: ControlPolicy, inputs: Inputs) -> dict[str, tuple[Network, ...]]:
-    nodes = _networks(policy.option("node_cidrs")) or inputs.local_subnets
-    pods = _networks(policy.option("cluster_cidrs")) or inputs.k3s.cluster_cidrs
-    management = _networks(policy.option("management_sources")) or ANY
+    nodes = _networks(setting(policy.options, OPTIONS, "node_cidrs")) or inputs.local_subnets
+    pods = _networks(setting(policy.options, OPTIONS, "cluster_cidrs")) or inputs.k3s.cluster_cidrs
+    management = _networks(setting(policy.options, OPTIONS, "management_sources")) or ANY
     return {
         "@nodes": nodes,
         "@pods": pods,
@@ -85,19 +86,19 @@ def symbols(policy: ControlPolicy, inputs: Inputs) -> dict[str, tuple[Network, .
 def build(policy: ControlPolicy, inputs: Inputs) -> Ruleset:
     named = symbols(policy, inputs)
     # No implicit drop: only a policy that says "drop" (the built-in profiles do) drops.
-    default_input = policy.option("default_input", "accept")
+    default_input = setting(policy.options, OPTIONS, "default_input")
     rules = head_rules()
     held = inputs.conditions()
-    ordered = sorted(policy.items.items(), key=lambda kv: (kv[1].get("order", DEFAULT_ORDER), kv[0]))
+    ordered = sorted(policy.items.items(), key=lambda kv: (setting(kv[1], ITEM_FIELDS, "order"), kv[0]))
     for name, item in ordered:
         rules.append(item_rule(name, item, named, held, inputs.ssh_ports))
-    if policy.option("log_dropped", False) and default_input == "drop":
-        rate = int(policy.option("log_rate", 5))
+    if setting(policy.options, OPTIONS, "log_dropped") and default_input == "drop":
+        rate = int(setting(policy.options, OPTIONS, "log_rate"))
         rules.append(Rule("log-dropped", action="log", log_rate=rate, comment="log what is dropped"))
     return Ruleset(
         rules=tuple(rules),
         default_input=default_input,
-        jump_position=int(policy.option("jump_position", 1)),
+        jump_position=int(setting(policy.options, OPTIONS, "jump_position")),
     )
 
 
@@ -124,9 +125,9 @@ def item_rule(
     held: set[str],
     ssh_ports: tuple[int, ...],
 ) -> Rule:
-    wanted = list(item.get("when", []))
+    wanted = list(setting(item, ITEM_FIELDS, "when"))
     missing = [c for c in wanted if c not in held]
-    sources, empty = _resolve_sources(item.get("sources", []), named)
+    sources, empty = _resolve_sources(setting(item, ITEM_FIELDS, "sources"), named)
     inactive = ""
     if missing:
         inactive = f"not needed here: condition {', '.join(missing)} does not hold"
@@ -134,11 +135,11 @@ def item_rule(
         inactive = f"no sources: {', '.join(empty)} resolved to nothing"
     return Rule(
         name=name,
-        action=item.get("action", "accept"),
-        proto=item.get("proto", "any"),
-        ports=_ports(item.get("ports", []), ssh_ports),
+        action=setting(item, ITEM_FIELDS, "action"),
+        proto=setting(item, ITEM_FIELDS, "proto"),
+        ports=_ports(setting(item, ITEM_FIELDS, "ports"), ssh_ports),
         sources=sources,
-        interface=item.get("interface", ""),
+        interface=setting(item, ITEM_FIELDS, "interface") or "",
         comment=item.get("comment", item.get("description", "")),
         inactive=inactive,
     )
