@@ -11,6 +11,11 @@ Per item the verdict separates what a restart would change from what it would no
 An unset flag counts as the component's own default (args.COMPONENT_DEFAULTS).
 A drift the item's `benchmark` table (the benchmark's weaker requirement) does
 not share is ok, "stricter than CIS x.y: ..." (beyond_benchmark = "enforce": drift).
+A `manual = true` item (a benchmark's manual check) is judged the same way but
+only reported: status manual, never drift, never remediated. Several items may
+judge one flag under keys "<component>:<flag>#<label>" (one of them at most not
+manual). `when = "embedded-etcd"` items (the apiserver's etcd client TLS) apply
+only where K3s runs embedded etcd; elsewhere they are absent.
 Remediation is opt-in (`remediate = "config"`): the missing settings are written
 to <config>.d/90-k3s-agentd.yaml, each component flag once, only after every
 path the new args name is in place; the item becomes pending. K3s is never
@@ -51,7 +56,10 @@ CONFIG_KEY = "k3s:config"
 JOURNAL_KEY = "k3s:running-args"
 FILE_KEY = "k3s:file:"  # + the path of a unit, env or kubelet file that could not be read
 COMPONENTS = (k3sargs.K3S, *k3sargs.COMPONENTS)
-_KEY = re.compile("({}):([a-z0-9][a-z0-9-]*)".format("|".join(re.escape(c) for c in COMPONENTS)))
+_KEY = re.compile(
+    "({}):([a-z0-9][a-z0-9-]*)(#[A-Za-z0-9._-]+)?".format("|".join(re.escape(c) for c in COMPONENTS))
+)
+EMBEDDED_ETCD = "embedded-etcd"
 # pflag StringSlice flags: given twice, the values add up (all others: the last wins).
 LIST_FLAGS = frozenset(
     {
@@ -82,7 +90,7 @@ FILE_KINDS = {
 
 
 # What an item (or its `benchmark` table) may require of a flag.
-REQUIREMENTS = ("value", "contains", "subset_of", "at_least", "set", "forbidden")
+REQUIREMENTS = ("value", "contains", "subset_of", "at_least", "set", "forbidden", "matches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +125,9 @@ def judge(
             return Judgement(False, None, f"not set (want {want})")
         if not k3sargs.same_value(item["value"], effective, bool(item.get("ordered", False))):
             return Judgement(False, shown, f"{unset if by_default else 'is ' + effective} (want {want})")
+    if "matches" in item and (effective is None or not re.fullmatch(item["matches"], effective)):
+        seen = unset if by_default else ("not set" if effective is None else f"is {effective}")
+        return Judgement(False, shown, f"{seen} (want matching {item['matches']})")
     if "at_least" in item:
         number = _number(effective)
         if number is None or number < item["at_least"]:
@@ -155,8 +166,9 @@ def _number(text: Optional[str]) -> Optional[float]:
 
 
 def split_key(key: str) -> tuple[str, str]:
+    """("kube-apiserver", "enable-admission-plugins") of "kube-apiserver:enable-admission-plugins[#label]"."""
     component, flag = key.split(":", 1)
-    return component, flag
+    return component, flag.split("#", 1)[0]
 
 
 class K3sArgsControl:
@@ -256,17 +268,28 @@ class K3sArgsControl:
             return self._finding(
                 key, Status.ABSENT, desired=desired, message=f"{component} runs on servers only"
             )
+        conf = node.configured
+        if component == "kube-proxy" and conf is not None and _true(conf.value("disable-kube-proxy")):
+            return self._finding(key, Status.ABSENT, desired=desired, message="kube-proxy is disabled")
+        etcd = self._embedded_etcd(node)
+        if item.get("when") == EMBEDDED_ETCD and not etcd:
+            why = "K3s runs no embedded etcd here (sqlite or an external datastore): not applicable"
+            return self._finding(key, Status.ABSENT, desired=desired, message=why)
         if node.configured is None:
             return self._finding(key, Status.DRIFT, desired=desired, message="configured arguments unknown")
-        conf, run = self._judgements(node, component, flag, item)
+        conf, run = self._judgements(node, component, flag, item, etcd)
         observed: Any = conf.observed
         if run is not None and run.observed != conf.observed:
             observed = {"configured": conf.observed, "running": run.observed}
         verdict = _verdict(component, conf, run)
+        if item.get("manual"):
+            return self._finding(
+                key, Status.MANUAL, desired=desired, observed=observed, message=_manual_note(verdict)
+            )
         bench = item.get("benchmark")
         # Only drift is softened: a pending restart would still bring the stricter value.
         if verdict[0] is Status.DRIFT and bench:
-            b_conf, b_run = self._judgements(node, component, flag, bench)
+            b_conf, b_run = self._judgements(node, component, flag, bench, etcd)
             if _verdict(component, b_conf, b_run)[0] is Status.OK:
                 # Met by the benchmark, failed by the policy: the policy is stricter.
                 note = (
@@ -281,17 +304,36 @@ class K3sArgsControl:
         return self._finding(key, status, desired=desired, observed=observed, message=message)
 
     def _judgements(
-        self, node: K3sNode, component: str, flag: str, item: dict[str, Any]
+        self, node: K3sNode, component: str, flag: str, item: dict[str, Any], etcd: bool = False
     ) -> tuple[Judgement, Optional[Judgement]]:
         default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
-        conf = judge(self._configured_values(node.configured, component, flag), item, flag, default)
+        conf = judge(self._configured_values(node.configured, component, flag, etcd), item, flag, default)
         return conf, self._running_judgement(node, component, flag, item, default)
 
     @staticmethod
-    def _configured_values(conf: Configured, component: str, flag: str) -> Optional[list[str]]:
+    def _configured_values(
+        conf: Configured, component: str, flag: str, etcd: bool = False
+    ) -> Optional[list[str]]:
         if component == k3sargs.K3S:
             return list(conf.values(flag))
-        return k3sargs.configured_component_args(component, conf.flags).get(flag)
+        return k3sargs.configured_component_args(component, conf.flags, etcd=etcd).get(flag)
+
+    def _embedded_etcd(self, node: K3sNode) -> bool:
+        """K3s runs embedded etcd rather than kine (sqlite) or an external datastore.
+
+        k3s-io/k3s pkg/cluster/managed.go: a managed etcd already initialized (its WAL
+        dir <data-dir>/server/db/etcd/member/wal exists, pkg/etcd/etcd.go IsInitialized),
+        or, with no --datastore-endpoint, --cluster-init or joining a --server.
+        """
+        conf = node.configured
+        if conf is None or node.service.role != "server":
+            return False
+        data_dir = conf.value("data-dir") or k3sargs.DATA_DIR
+        if self.host.is_dir(f"{data_dir}/server/db/etcd/member/wal"):
+            return True
+        if conf.value("datastore-endpoint"):
+            return False
+        return _true(conf.value("cluster-init")) or bool(conf.value("server"))
 
     def _running_judgement(
         self, node: K3sNode, component: str, flag: str, item: dict[str, Any], default: Optional[str] = None
@@ -399,7 +441,7 @@ class K3sArgsControl:
             component, flag = split_key(finding.key)
             if component in k3sargs.SERVER_COMPONENTS and node.service.role != "server":
                 results.append(finding)
-            elif not self._holds_after(after, component, flag):
+            elif not self._holds_after(after, finding.key):
                 results.append(
                     finding.with_status(
                         Status.DRIFT,
@@ -440,8 +482,9 @@ class K3sArgsControl:
             for f in todo
         ]
 
-    def _holds_after(self, after: Configured, component: str, flag: str) -> bool:
-        item = self.items[f"{component}:{flag}"]
+    def _holds_after(self, after: Configured, key: str) -> bool:
+        component, flag = split_key(key)
+        item = self.items[key]
         default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
         return judge(self._configured_values(after, component, flag), item, flag, default).ok
 
@@ -558,6 +601,14 @@ def _verdict(component: str, conf: Judgement, run: Optional[Judgement]) -> tuple
     return Status.DRIFT, conf.why
 
 
+def _manual_note(verdict: tuple[Status, str]) -> str:
+    """A manual check's message: what the benchmark's audit would see, for review."""
+    status, why = verdict
+    seen = {Status.OK: "met", Status.PENDING: "met once K3s restarts"}.get(status, "not met")
+    detail = f": {why}" if why and status is not Status.OK else ""
+    return f"manual check, reported for review (never required or remediated): {seen}{detail}"
+
+
 def _blame(node: K3sNode) -> str:
     """Our own drop-in is in place and the item still fails: something later wins."""
     if node.configured is None or own_dropin(node.configured) not in node.configured.files:
@@ -585,6 +636,8 @@ def desired_settings(
     out: dict[str, Any] = {}
     ours: dict[str, list[str]] = {}
     for key, item in sorted(items.items()):
+        if item.get("manual"):
+            continue  # reported only, never written
         component, flag = split_key(key)
         values = K3sArgsControl._configured_values(base, component, flag)
         default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
@@ -720,6 +773,8 @@ def _describe_item(item: dict[str, Any]) -> str:
         parts.append("subset of " + ",".join(item["subset_of"]))
     if item.get("contains"):
         parts.append("contains " + ",".join(item["contains"]))
+    if "matches" in item:
+        parts.append(f"matches {item['matches']}")
     if item.get("forbidden"):
         parts.append("not " + ",".join(item["forbidden"]))
     return "; ".join(parts)
@@ -742,6 +797,13 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     for key, item in control.items.items():
         if not any(k in item for k in REQUIREMENTS):
             problems.append(Lint(key, f"says nothing: give one of {', '.join(REQUIREMENTS)}"))
+    enforced: dict[tuple[str, str], str] = {}
+    for key, item in sorted(control.items.items()):
+        if item.get("manual"):
+            continue
+        other = enforced.setdefault(split_key(key), key)
+        if other != key:
+            problems.append(Lint(key, f"judges the same flag as {other}: only one of them may be enforced"))
     plugins = control.items.get("kube-apiserver:enable-admission-plugins", {})
     wanted = set(plugins.get("contains", ())) | set(k3sargs.split_list(str(plugins.get("value", ""))))
     if "EventRateLimit" in wanted and "kube-apiserver:admission-control-config-file" not in control.items:
@@ -795,6 +857,18 @@ def _benchmark_check(table: Any) -> Optional[str]:
         return "at_least: expected a number"
     if "set" in table and not isinstance(table["set"], bool):
         return "set: expected true or false"
+    if "matches" in table:
+        return _regex_check(table["matches"])
+    return None
+
+
+def _regex_check(value: Any) -> Optional[str]:
+    if not isinstance(value, str) or not value:
+        return "matches: expected a non-empty regular expression"
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"matches: not a regular expression: {exc}"
     return None
 
 
@@ -841,6 +915,9 @@ SPEC = ControlSpec(
             list, list_of(str, non_empty), doc="allowed members: the flag is set and holds only these"
         ),
         "at_least": Field((int, float), doc="a number the flag's value must reach"),
+        "matches": Field(str, _regex_check, doc="a regular expression the whole value must match"),
+        "manual": Field(bool, doc="a benchmark's manual check: reported (status manual), never required"),
+        "when": Field(str, one_of(EMBEDDED_ETCD), doc="embedded-etcd: only where K3s runs embedded etcd"),
         "set": Field(bool, doc="true: the flag must be passed (its default does not count); false: must not"),
         "benchmark": Field(
             dict, _benchmark_check, doc="the benchmark's own (weaker) requirement, same keys: met = ok, noted"

@@ -120,7 +120,11 @@ SECTION_FIELDS = {
     "items": Field(dict),
 }
 ITEM_FIELDS = {
-    "cis": Field(str, non_empty, doc="CIS benchmark id"),
+    "cis": Field(
+        (str, dict),
+        bench.check_cis_value,
+        doc='CIS id(s) ("1.2.6/1.2.7"), or a table {benchmark = id} for a check not in every benchmark',
+    ),
     "accept_risk": Field(str, non_empty, doc="why a setting that breaks K3s is wanted anyway"),
     "description": Field(str),
 }
@@ -167,7 +171,11 @@ def compose(host: Host, local: list[Layer], preflight: bool = True) -> Policy:
     base = _profile_chain(resolve_profile(extends, host))
     choice = resolve_benchmark(base + local, host)
     # The profiles are written in CIS 1.8 ids; the operator's layers keep theirs.
+    # Either may tag a check not in every benchmark with a {benchmark = id} table.
     base = [dataclasses.replace(ly, data=bench.map_layer_ids(ly.data, choice.name)) for ly in base]
+    local = [
+        dataclasses.replace(ly, data=bench.map_layer_ids(ly.data, choice.name, profile=False)) for ly in local
+    ]
     profile = resolve_profile(extends, host)
     return build_policy(base + local, host, profile=profile, benchmark=choice, preflight=preflight)
 
