@@ -111,7 +111,9 @@ def judge(
     ask for the flag itself (kube-bench: the flag must be in the Running line).
     """
     given = list(values or [])
-    if "set" in item and bool(given) != bool(item["set"]):
+    # set = true wants a value ("--tls-cert-file=" is the component's default, nothing set);
+    # set = false wants no occurrence at all, as kube-bench's presence test does.
+    if "set" in item and (any(given) if item["set"] else bool(given)) != bool(item["set"]):
         return Judgement(False, _effective(given, flag), "not set" if item["set"] else "must not be set")
     by_default = not given and default is not None
     values = [default] if by_default and default is not None else given
