@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import pytest
 
+from k3s_agent import report_junit, report_kubebench
 from k3s_agent.controls import k3s_args
 from k3s_agent.controls.k3s_args import desired_settings, judge, split_key
 from k3s_agent.host import Host
@@ -175,3 +176,28 @@ def test_a_pinned_benchmark_gives_the_profile_its_ids(tmp_path: Path, benchmark:
     )
     items = policy.controls["k3s_args"].items
     assert {key: items[key].get("cis") for key in ids} == ids
+
+
+def test_reports_show_a_manual_check_as_kube_bench_does():
+    finding = {
+        "control": "k3s_args",
+        "key": "kube-apiserver:enable-admission-plugins#AlwaysPullImages",
+        "status": "manual",
+        "desired": "contains AlwaysPullImages",
+        "observed": "NodeRestriction",
+        "message": "manual check, reported for review (never required or remediated): not met",
+        "cis": "1.2.11",
+    }
+    document = {
+        "policy": {"benchmark": "k3s-cis-1.12"},
+        "controls": [{"name": "k3s_args", "findings": [finding]}],
+    }
+    check = report_kubebench.build(document)["Controls"][0]["tests"][0]["results"][0]
+    assert (check["test_number"], check["status"], check["type"], check["scored"]) == (
+        "1.2.11",
+        "WARN",
+        "manual",
+        False,
+    )
+    xml = report_junit.render(document)
+    assert '<skipped message="manual: manual check, reported for review' in xml and "<failure" not in xml
