@@ -201,3 +201,22 @@ def test_reports_show_a_manual_check_as_kube_bench_does():
     )
     xml = report_junit.render(document)
     assert '<skipped message="manual: manual check, reported for review' in xml and "<failure" not in xml
+
+
+@pytest.mark.parametrize(
+    ("cis", "state", "scored", "desc"),
+    [
+        ("1.2.9", "WARN", False, "Ensure that the admission control plugin EventRateLimit is set (Manual)"),
+        ("1.2.15", "FAIL", True, "Ensure that the --profiling argument is set to false (Automated)"),
+        ("9.9.9", "FAIL", True, "k3s-agentd k3s_args: item"),  # not in the catalog: our own words
+    ],
+)
+def test_kube_bench_scores_as_the_benchmark_in_force_does(cis: str, state: str, scored: bool, desc: str):
+    finding = {"control": "k3s_args", "key": "item", "status": "drift", "message": "bad", "cis": cis}
+    document = {
+        "policy": {"benchmark": "k3s-cis-1.10"},
+        "controls": [{"name": "k3s_args", "findings": [finding]}],
+    }
+    check = report_kubebench.build(document)["Controls"][0]["tests"][0]["results"][0]
+    assert (check["status"], check["scored"]) == (state, scored)
+    assert check["test_desc"].startswith(desc)
