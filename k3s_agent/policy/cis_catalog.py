@@ -12,7 +12,7 @@ Derived, not read (said per row group below): section 3 of 1.9 and 1.12 (both
 guides omit section 3; kube-bench's 1.8 and 1.10 files agree, so the same five
 manual checks), section 5 of 1.10 (taken from 1.9, kube-bench's k3s-cis-1.10
 reuses 1.9's policies layout), the 1.12 rows not shown in the parts of its guide
-read (1.2.18-1.2.28, 1.3.5-1.4.2, 4.1.5-4.1.10: as in 1.10, whose titles the
+read (1.2.18-1.2.26, 1.3.5-1.4.2, 4.1.5-4.1.10: as in 1.10, whose titles the
 1.12 guide repeats wherever it was read).
 
 The numbering moves between versions only in 1.2 (CIS 1.9 dropped 1.2.12, so
@@ -128,7 +128,7 @@ _ROWS: list[tuple[str, tuple[str, ...], PerVersion, str, PerVersion]] = [
     ("etcd-cafile", (SERVER,), ("1.2.27", "1.2.26", "1.2.26", "1.2.26"), "AAAA", "Ensure that the --etcd-cafile argument is set as appropriate"),
     ("encryption-provider-config", (SERVER,), ("1.2.28", "1.2.27", "1.2.27", "1.2.27"), "MMMM", "Ensure that the --encryption-provider-config argument is set as appropriate"),
     ("encryption-providers", (SERVER,), ("1.2.29", "1.2.28", "1.2.28", "1.2.28"), "MMMM", "Ensure that encryption providers are appropriately configured"),
-    ("apiserver-ciphers", (SERVER,), ("1.2.30", "1.2.29", "1.2.29", "1.2.29"), "MAAM", "Ensure that the API Server only makes use of Strong Cryptographic Ciphers"),
+    ("apiserver-ciphers", (SERVER,), ("1.2.30", "1.2.29", "1.2.29", "1.2.29"), "MAAA", "Ensure that the API Server only makes use of Strong Cryptographic Ciphers"),
     ("extend-token-expiration", (SERVER,), (None, None, None, "1.2.30"), "---A", "Ensure that the --service-account-extend-token-expiration parameter is set to false"),
     # -- 1.3 Controller Manager, 1.4 Scheduler
     ("kcm-terminated-pod-gc", (SERVER,), "1.3.1", "MMMM", "Ensure that the --terminated-pod-gc-threshold argument is set as appropriate"),
