@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import percentile  # noqa: E402 - after the path set-up above
 
 STATUS = "/run/k3s-agentd/status.json"
-HEALTHY = ("ok", "healed", "absent", "unsupported", "waived")
+HEALTHY = ("ok", "healed", "absent", "unsupported", "waived", "manual")
 POLICY = """# bench: enforce; a long interval so every heal measured is event- or fingerprint-driven
 version = 1
 extends = "auto"

@@ -17,13 +17,14 @@ class Status(str, enum.Enum):
     WAIVED = "waived"  # a current waiver covers it: never counted as ok
     CONTESTED = "contested"  # healed again and again: something on the host fights us
     PENDING = "pending"  # remediation written, waits for an outside action (K3s restart)
+    MANUAL = "manual"  # a benchmark's manual check: reported for review, never required or remediated
 
     def __str__(self) -> str:
         return self.value
 
 
 # How a status counts towards the node's verdict (and the CLI exit code).
-COMPLIANT = frozenset({Status.OK, Status.HEALED, Status.ABSENT, Status.UNSUPPORTED})
+COMPLIANT = frozenset({Status.OK, Status.HEALED, Status.ABSENT, Status.UNSUPPORTED, Status.MANUAL})
 NONCOMPLIANT = frozenset({Status.DRIFT, Status.CONTESTED, Status.PENDING, Status.WAIVED})
 BROKEN = frozenset({Status.FAILED})
 

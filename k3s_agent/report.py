@@ -158,6 +158,7 @@ _MARK = {
     "pending": "PENDING",
     "absent": "absent",
     "unsupported": "n/a",
+    "manual": "manual",
 }
 
 

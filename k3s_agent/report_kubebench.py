@@ -19,6 +19,11 @@ Only findings that carry a CIS id are checks here (kube-bench's readers key on
 test_number as a benchmark id); a finding naming several ids ("1.2.6/1.2.7")
 counts for each, and several findings of one id make one check with the worst
 state. Hardening beyond the benchmark is in the JUnit and JSON reports.
+
+A check the benchmark in force lists (k3s_agent/policy/cis_catalog.py) gets its
+title as test_desc, with kube-bench's "(Automated)"/"(Manual)", and its scoring:
+a manual (unscored) check that fails is WARN, as kube-bench's check.go has it
+("if finalOutput.TestResult ... PASS, else if c.Scored FAIL, else WARN").
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, Optional
+
+from k3s_agent.policy import cis_catalog
 
 # Benchmark in force when the document names none: the built-in profiles
 # reference K3s's CIS 1.8 self-assessment guide (kube-bench's cfg/k3s-cis-1.8).
@@ -123,6 +130,7 @@ def build(document: dict[str, Any]) -> dict[str, Any]:
             for cis in cis_ids(finding.get("cis")):
                 by_id.setdefault(cis, []).append(finding)
     version, detected = benchmark(document), k3s_version(document)
+    known = cis_catalog.by_id(version) if version in cis_catalog.VERSIONS else {}
     controls: dict[str, dict[str, Any]] = {}
     for cis in sorted(by_id, key=_order):
         top = cis.split(".")[0]
@@ -132,7 +140,7 @@ def build(document: dict[str, Any]) -> dict[str, Any]:
         section = section_of(cis)
         if not groups or groups[-1]["section"] != section:
             groups.append(_group(section))
-        _add(controls[top], groups[-1], _check(cis, by_id[cis]))
+        _add(controls[top], groups[-1], _check(cis, by_id[cis], known.get(cis)))
     totals = {key: sum(c[key] for c in controls.values()) for key in _TOTALS}
     return {"Controls": list(controls.values()), "Totals": totals}
 
@@ -178,15 +186,22 @@ def _add(controls: dict[str, Any], group: dict[str, Any], check: dict[str, Any])
     controls[f"total_{state}"] += 1
 
 
-def _check(cis: str, findings: list[dict[str, Any]]) -> dict[str, Any]:
+def _check(
+    cis: str, findings: list[dict[str, Any]], listed: Optional[cis_catalog.Check] = None
+) -> dict[str, Any]:
     states = [STATE.get(str(f.get("status")), UNKNOWN_STATE) for f in findings]
     state = max(states, key=_RANK.__getitem__)
     worst = [f for f, s in zip(findings, states) if s == state]
+    unscored = listed is not None and not listed.automated
+    if unscored and state == FAIL:
+        state = WARN  # kube-bench: a failing check that is not scored warns
     controls = sorted({str(f.get("control")) for f in findings})
     remediation = _remediation(state, worst)
+    ours = f"k3s-agentd {', '.join(controls)}: {_names(findings)}"
+    kind = "Automated" if listed is not None and listed.automated else "Manual"
     check: dict[str, Any] = {
         "test_number": cis,
-        "test_desc": f"k3s-agentd {', '.join(controls)}: {_names(findings)}",
+        "test_desc": f"{listed.title} ({kind}) [{ours}]" if listed is not None else ours,
         "audit": " ".join(f"k3s-agentctl check --control {c}" for c in controls),
         "AuditEnv": "",
         "AuditConfig": "",
@@ -195,7 +210,7 @@ def _check(cis: str, findings: list[dict[str, Any]]) -> dict[str, Any]:
         "test_info": [remediation],
         "status": state,
         "actual_value": _listing(findings, "observed"),
-        "scored": state != INFO and not any(f.get("status") == "manual" for f in findings),
+        "scored": state != INFO and not unscored and not any(f.get("status") == "manual" for f in findings),
         "IsMultiple": len(findings) > 1,
         "expected_result": _listing(findings, "desired"),
     }

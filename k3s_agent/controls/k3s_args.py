@@ -11,6 +11,11 @@ Per item the verdict separates what a restart would change from what it would no
 An unset flag counts as the component's own default (args.COMPONENT_DEFAULTS).
 A drift the item's `benchmark` table (the benchmark's weaker requirement) does
 not share is ok, "stricter than CIS x.y: ..." (beyond_benchmark = "enforce": drift).
+A `manual = true` item (a benchmark's manual check) is judged the same way but
+only reported: status manual, never drift, never remediated. Several items may
+judge one flag under keys "<component>:<flag>#<label>" (one of them at most not
+manual). `when = "embedded-etcd"` items (the apiserver's etcd client TLS) apply
+only where K3s runs embedded etcd; elsewhere they are absent.
 Remediation is opt-in (`remediate = "config"`): the missing settings are written
 to <config>.d/90-k3s-agentd.yaml, each component flag once, only after every
 path the new args name is in place; the item becomes pending. K3s is never
@@ -56,8 +61,9 @@ FILE_KEY = "k3s:file:"  # + the path of a unit, env or kubelet file that could n
 ETCD = k3setcd.COMPONENT
 COMPONENTS = (k3sargs.K3S, *k3sargs.COMPONENTS, ETCD)
 _NAME = "[a-z0-9][a-z0-9-]*"
+# "<component>:<flag>[#label]": a label lets several items judge one flag.
 _KEY = re.compile(
-    r"(?:{}):{}|{}:{}(?:\.{})*".format(
+    r"(?:(?:{}):{}|{}:{}(?:\.{})*)(?:#[A-Za-z0-9._-]+)?".format(
         "|".join(re.escape(c) for c in COMPONENTS if c != ETCD), _NAME, ETCD, _NAME, _NAME
     )
 )
@@ -66,6 +72,7 @@ ETCD_REMEDY = (
     "K3s rewrites this file from its own settings at each start (an --etcd-arg, or a changed "
     "file, would be why): fix K3s's configuration and restart K3s; the agent never edits it"
 )
+EMBEDDED_ETCD = "embedded-etcd"
 # pflag StringSlice flags: given twice, the values add up (all others: the last wins).
 LIST_FLAGS = frozenset(
     {
@@ -100,7 +107,7 @@ FILE_KINDS = {
 
 
 # What an item (or its `benchmark` table) may require of a flag.
-REQUIREMENTS = ("value", "contains", "subset_of", "at_least", "set", "forbidden")
+REQUIREMENTS = ("value", "contains", "subset_of", "at_least", "set", "forbidden", "matches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +132,9 @@ def judge(
         # The benchmark passes the flag when it is not passed at all, whatever the
         # component's default (kube-bench: `set: false` as an `or` alternative).
         return Judgement(True, None, "not set: the benchmark passes an unset flag")
-    # An empty value ("--client-ca-file=") leaves the setting off: not set.
-    if "set" in item and any(v != "" for v in given) != bool(item["set"]):
+    # set = true wants a value ("--tls-cert-file=" is the component's default, nothing set);
+    # set = false wants no occurrence at all, as kube-bench's presence test does.
+    if "set" in item and (any(given) if item["set"] else bool(given)) != bool(item["set"]):
         return Judgement(False, _effective(given, flag), "not set" if item["set"] else "must not be set")
     by_default = not given and default is not None
     values = [default] if by_default and default is not None else given
@@ -140,6 +148,9 @@ def judge(
             return Judgement(False, None, f"not set (want {want})")
         if not k3sargs.same_value(item["value"], effective, bool(item.get("ordered", False))):
             return Judgement(False, shown, f"{unset if by_default else 'is ' + effective} (want {want})")
+    if "matches" in item and (effective is None or not re.fullmatch(item["matches"], effective)):
+        seen = unset if by_default else ("not set" if effective is None else f"is {effective}")
+        return Judgement(False, shown, f"{seen} (want matching {item['matches']})")
     if "at_least" in item:
         number = _number(effective)
         if number is None or number < item["at_least"]:
@@ -200,8 +211,9 @@ def _server_only(key: str) -> bool:
 
 
 def split_key(key: str) -> tuple[str, str]:
+    """("kube-apiserver", "enable-admission-plugins") of "kube-apiserver:enable-admission-plugins[#label]"."""
     component, flag = key.split(":", 1)
-    return component, flag
+    return component, flag.split("#", 1)[0]
 
 
 class K3sArgsControl:
@@ -317,17 +329,28 @@ class K3sArgsControl:
         if k3sargs.server_only(component, flag) and node.service.role != "server":
             where = f"{component} runs" if component != k3sargs.K3S else f"--{flag} is a flag of"
             return self._finding(key, Status.ABSENT, desired=desired, message=f"{where} servers only")
+        conf = node.configured
+        if component == "kube-proxy" and conf is not None and _true(conf.value("disable-kube-proxy")):
+            return self._finding(key, Status.ABSENT, desired=desired, message="kube-proxy is disabled")
+        etcd = self._embedded_etcd(node)
+        if item.get("when") == EMBEDDED_ETCD and not etcd:
+            why = "K3s runs no embedded etcd here (sqlite or an external datastore): not applicable"
+            return self._finding(key, Status.ABSENT, desired=desired, message=why)
         if node.configured is None:
             return self._finding(key, Status.DRIFT, desired=desired, message="configured arguments unknown")
-        conf, run = self._judgements(node, component, flag, item)
+        conf, run = self._judgements(node, component, flag, item, etcd)
         observed: Any = conf.observed
         if run is not None and run.observed != conf.observed:
             observed = {"configured": conf.observed, "running": run.observed}
         verdict = _verdict(component, conf, run)
+        if item.get("manual"):
+            return self._finding(
+                key, Status.MANUAL, desired=desired, observed=observed, message=_manual_note(verdict)
+            )
         bench = item.get("benchmark")
         # Only drift is softened: a pending restart would still bring the stricter value.
         if verdict[0] is Status.DRIFT and bench:
-            b_conf, b_run = self._judgements(node, component, flag, bench)
+            b_conf, b_run = self._judgements(node, component, flag, bench, etcd)
             if _verdict(component, b_conf, b_run)[0] is Status.OK:
                 # Met by the benchmark, failed by the policy: the policy is stricter.
                 note = (
@@ -364,17 +387,36 @@ class K3sArgsControl:
         return self._finding(key, Status.DRIFT, desired=desired, observed=got.observed, message=message)
 
     def _judgements(
-        self, node: K3sNode, component: str, flag: str, item: dict[str, Any]
+        self, node: K3sNode, component: str, flag: str, item: dict[str, Any], etcd: bool = False
     ) -> tuple[Judgement, Optional[Judgement]]:
         default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
-        conf = judge(self._configured_values(node.configured, component, flag), item, flag, default)
+        conf = judge(self._configured_values(node.configured, component, flag, etcd), item, flag, default)
         return conf, self._running_judgement(node, component, flag, item, default)
 
     @staticmethod
-    def _configured_values(conf: Configured, component: str, flag: str) -> Optional[list[str]]:
+    def _configured_values(
+        conf: Configured, component: str, flag: str, etcd: bool = False
+    ) -> Optional[list[str]]:
         if component == k3sargs.K3S:
             return list(conf.values(flag))
-        return k3sargs.configured_component_args(component, conf.flags).get(flag)
+        return k3sargs.configured_component_args(component, conf.flags, etcd=etcd).get(flag)
+
+    def _embedded_etcd(self, node: K3sNode) -> bool:
+        """K3s runs embedded etcd rather than kine (sqlite) or an external datastore.
+
+        k3s-io/k3s pkg/cluster/managed.go: a managed etcd already initialized (its WAL
+        dir <data-dir>/server/db/etcd/member/wal exists, pkg/etcd/etcd.go IsInitialized),
+        or, with no --datastore-endpoint, --cluster-init or joining a --server.
+        """
+        conf = node.configured
+        if conf is None or node.service.role != "server":
+            return False
+        data_dir = conf.value("data-dir") or k3sargs.DATA_DIR
+        if self.host.is_dir(f"{data_dir}/server/db/etcd/member/wal"):
+            return True
+        if conf.value("datastore-endpoint"):
+            return False
+        return _true(conf.value("cluster-init")) or bool(conf.value("server"))
 
     def _running_judgement(
         self, node: K3sNode, component: str, flag: str, item: dict[str, Any], default: Optional[str] = None
@@ -502,7 +544,7 @@ class K3sArgsControl:
             component, flag = split_key(key)
             if node.service.role != "server" and _server_only(key):
                 continue  # not judged on an agent (absent), so never drift
-            if not self._holds_after(after, component, flag):
+            if not self._holds_after(after, key):
                 why[key] = (
                     f"cannot be fixed from {path}: an ExecStart flag, a later drop-in "
                     "or a forbidden value set elsewhere wins"
@@ -547,8 +589,9 @@ class K3sArgsControl:
             for f in todo
         ]
 
-    def _holds_after(self, after: Configured, component: str, flag: str) -> bool:
-        item = self.items[f"{component}:{flag}"]
+    def _holds_after(self, after: Configured, key: str) -> bool:
+        component, flag = split_key(key)
+        item = self.items[key]
         default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
         return judge(self._configured_values(after, component, flag), item, flag, default).ok
 
@@ -665,6 +708,14 @@ def _verdict(component: str, conf: Judgement, run: Optional[Judgement]) -> tuple
     return Status.DRIFT, conf.why
 
 
+def _manual_note(verdict: tuple[Status, str]) -> str:
+    """A manual check's message: what the benchmark's audit would see, for review."""
+    status, why = verdict
+    seen = {Status.OK: "met", Status.PENDING: "met once K3s restarts"}.get(status, "not met")
+    detail = f": {why}" if why and status is not Status.OK else ""
+    return f"manual check, reported for review (never required or remediated): {seen}{detail}"
+
+
 def _blame(node: K3sNode) -> str:
     """Our own drop-in is in place and the item still fails: something later wins."""
     if node.configured is None or own_dropin(node.configured) not in node.configured.files:
@@ -692,6 +743,8 @@ def desired_settings(
     out: dict[str, Any] = {}
     ours: dict[str, list[str]] = {}
     for key, item in sorted(items.items()):
+        if item.get("manual"):
+            continue  # reported only, never written
         component, flag = split_key(key)
         if component == ETCD:
             continue  # K3s's own file: verify-only
@@ -829,6 +882,8 @@ def _describe_item(item: dict[str, Any]) -> str:
         parts.append("subset of " + ",".join(item["subset_of"]))
     if item.get("contains"):
         parts.append("contains " + ",".join(item["contains"]))
+    if "matches" in item:
+        parts.append(f"matches {item['matches']}")
     if item.get("forbidden"):
         parts.append("not " + ",".join(item["forbidden"]))
     if item.get("unset_ok"):
@@ -853,6 +908,13 @@ def lint(control: ControlPolicy, policy: Policy, host: Host) -> list[Lint]:
     for key, item in control.items.items():
         if not any(k in item for k in REQUIREMENTS):
             problems.append(Lint(key, f"says nothing: give one of {', '.join(REQUIREMENTS)}"))
+    enforced: dict[tuple[str, str], str] = {}
+    for key, item in sorted(control.items.items()):
+        if item.get("manual"):
+            continue
+        other = enforced.setdefault(split_key(key), key)
+        if other != key:
+            problems.append(Lint(key, f"judges the same flag as {other}: only one of them may be enforced"))
     plugins = control.items.get("kube-apiserver:enable-admission-plugins", {})
     wanted = set(plugins.get("contains", ())) | set(k3sargs.split_list(str(plugins.get("value", ""))))
     if "EventRateLimit" in wanted and "kube-apiserver:admission-control-config-file" not in control.items:
@@ -906,6 +968,18 @@ def _benchmark_check(table: Any) -> Optional[str]:
         return "at_least: expected a number"
     if "set" in table and not isinstance(table["set"], bool):
         return "set: expected true or false"
+    if "matches" in table:
+        return _regex_check(table["matches"])
+    return None
+
+
+def _regex_check(value: Any) -> Optional[str]:
+    if not isinstance(value, str) or not value:
+        return "matches: expected a non-empty regular expression"
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"matches: not a regular expression: {exc}"
     return None
 
 
@@ -959,6 +1033,9 @@ SPEC = ControlSpec(
         "unset_ok": Field(
             bool, doc="the flag not passed at all passes, whatever the component's default (as the benchmark)"
         ),
+        "matches": Field(str, _regex_check, doc="a regular expression the whole value must match"),
+        "manual": Field(bool, doc="a benchmark's manual check: reported (status manual), never required"),
+        "when": Field(str, one_of(EMBEDDED_ETCD), doc="embedded-etcd: only where K3s runs embedded etcd"),
         "set": Field(bool, doc="true: the flag must be passed (its default does not count); false: must not"),
         "benchmark": Field(
             dict, _benchmark_check, doc="the benchmark's own (weaker) requirement, same keys: met = ok, noted"

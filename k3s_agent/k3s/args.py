@@ -102,7 +102,12 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,"
         "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
     },
-    "kube-controller-manager": {"profiling": "false", "bind-address": "127.0.0.1", "secure-port": "10257"},
+    "kube-controller-manager": {
+        "profiling": "false",
+        "bind-address": "127.0.0.1",
+        "secure-port": "10257",
+        "use-service-account-credentials": "true",
+    },
     "kube-scheduler": {"profiling": "false", "bind-address": "127.0.0.1", "secure-port": "10259"},
     "kubelet": {
         "anonymous-auth": "false",
@@ -112,6 +117,33 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "make-iptables-util-chains": "true",
     },
     "kube-proxy": {"healthz-bind-address": "127.0.0.1"},
+}
+DATA_DIR = "/var/lib/rancher/k3s"
+# Files K3s generates and passes itself, under its data dir (the guides' sample
+# "Running kube-apiserver/kube-controller-manager" lines, k3s-io/docs
+# docs/security/self-assessment-1.8.md and -1.12.md; CIS 1.2.4/1.2.5/1.2.22-1.2.25,
+# 1.3.4/1.3.5 in 1.9's numbering).
+DATA_DIR_DEFAULTS: dict[str, dict[str, str]] = {
+    "kube-apiserver": {
+        "client-ca-file": "{data_dir}/server/tls/client-ca.crt",
+        "kubelet-certificate-authority": "{data_dir}/server/tls/server-ca.crt",
+        "kubelet-client-certificate": "{data_dir}/server/tls/client-kube-apiserver.crt",
+        "kubelet-client-key": "{data_dir}/server/tls/client-kube-apiserver.key",
+        "service-account-key-file": "{data_dir}/server/tls/service.key",
+        "tls-cert-file": "{data_dir}/server/tls/serving-kube-apiserver.crt",
+        "tls-private-key-file": "{data_dir}/server/tls/serving-kube-apiserver.key",
+    },
+    "kube-controller-manager": {
+        "root-ca-file": "{data_dir}/server/tls/server-ca.crt",
+        "service-account-private-key-file": "{data_dir}/server/tls/service.current.key",
+    },
+}
+# The apiserver's etcd client TLS, passed only when K3s runs embedded etcd (kine
+# with sqlite needs none): the same sample lines, CIS 1.2.23/1.2.26 (1.9 numbering).
+ETCD_DEFAULTS = {
+    "etcd-cafile": "{data_dir}/server/tls/etcd/server-ca.crt",
+    "etcd-certfile": "{data_dir}/server/tls/etcd/client.crt",
+    "etcd-keyfile": "{data_dir}/server/tls/etcd/client.key",
 }
 # The components' OWN defaults: what runs when neither K3s nor the operator passes
 # the flag (K3s >= 1.32, for one, no longer passes make-iptables-util-chains).
@@ -125,10 +157,14 @@ DEFAULTS: dict[str, dict[str, str]] = {
 #   booleans that default to false, --event-qps "Default: 50".
 #   kube-apiserver: --anonymous-auth "Default: true", --profiling "Default: true",
 #   --authorization-mode "Default: AlwaysAllow", --request-timeout "Default: 1m0s",
-#   --service-account-lookup "Default: true".
+#   --service-account-lookup "Default: true", --service-account-extend-token-expiration
+#   "Default: true" (CIS 1.12 1.2.30: "By default, this parameter is set to true").
 #   kube-controller-manager: --profiling "Default: true",
 #   --terminated-pod-gc-threshold "Default: 12500", --bind-address "Default: 0.0.0.0".
+#   --use-service-account-credentials (a boolean, false unless given).
 #   kube-scheduler: --profiling "Default: true", --bind-address "Default: 0.0.0.0".
+#   kubelet --seccomp-default "Default: false"; kube-proxy --metrics-bind-address
+#   "Default: 127.0.0.1:10249" (CIS 4.3.1's remediation: "The default value is 127.0.0.1:10249").
 COMPONENT_DEFAULTS: dict[str, dict[str, str]] = {
     "kubelet": {
         "anonymous-auth": "true",
@@ -140,6 +176,7 @@ COMPONENT_DEFAULTS: dict[str, dict[str, str]] = {
         "rotate-certificates": "false",
         "authentication-token-webhook": "false",
         "event-qps": "50",
+        "seccomp-default": "false",
     },
     "kube-apiserver": {
         "anonymous-auth": "true",
@@ -147,14 +184,16 @@ COMPONENT_DEFAULTS: dict[str, dict[str, str]] = {
         "authorization-mode": "AlwaysAllow",
         "request-timeout": "1m0s",
         "service-account-lookup": "true",
+        "service-account-extend-token-expiration": "true",
     },
     "kube-controller-manager": {
         "profiling": "true",
         "terminated-pod-gc-threshold": "12500",
         "bind-address": "0.0.0.0",  # noqa: S104 - a default we judge, nothing binds
+        "use-service-account-credentials": "false",
     },
     "kube-scheduler": {"profiling": "true", "bind-address": "0.0.0.0"},  # noqa: S104
-    "kube-proxy": {},
+    "kube-proxy": {"metrics-bind-address": "127.0.0.1:10249"},
 }
 
 
@@ -201,10 +240,18 @@ def to_args(flags: Iterable[str]) -> Args:
     return out
 
 
-def configured_component_args(component: str, k3s_flags: Mapping[str, Sequence[str]]) -> Args:
+def configured_component_args(
+    component: str, k3s_flags: Mapping[str, Sequence[str]], etcd: bool = False
+) -> Args:
+    """The args K3s starts `component` with on this configuration (`etcd`: K3s runs
+    embedded etcd, which adds the apiserver's etcd client TLS flags)."""
+    data_dir = _last(k3s_flags, "data-dir") or DATA_DIR
+    templates = dict(DATA_DIR_DEFAULTS.get(component, {}))
+    if etcd and component == "kube-apiserver":
+        templates.update(ETCD_DEFAULTS)
     defaults = dict(DEFAULTS.get(component, {}))
+    defaults.update({flag: path.format(data_dir=data_dir) for flag, path in templates.items()})
     if component == "kube-apiserver" and _is_true(_last(k3s_flags, "secrets-encryption")):
-        data_dir = _last(k3s_flags, "data-dir") or "/var/lib/rancher/k3s"
         defaults["encryption-provider-config"] = f"{data_dir}/server/cred/encryption-config.json"
         defaults["encryption-provider-config-automatic-reload"] = "true"
     if component == "kubelet" and _is_true(_last(k3s_flags, "protect-kernel-defaults")):

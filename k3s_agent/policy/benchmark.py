@@ -12,10 +12,13 @@ kube-bench's choice wins (1.27-1.29 -> 1.9); 1.30 and 1.31 fall only in the
 
 The built-in profiles carry the ids of CIS 1.8. CIS 1.9 dropped 1.2.12
 (SecurityContextDeny admission plugin), so every later 1.2.x check moved down
-by one; 1.10 and 1.12 keep 1.9's numbering for every check we do and add new
-ones (1.2.30 service-account-extend-token-expiration, 4.2.14 seccomp-default,
-4.3.1 kube-proxy metrics) — so CIS 1.8's 1.2.30 (apiserver ciphers) is 1.2.29
-there, and 1.2.30 is a different check. ID_CHANGES holds exactly those moves.
+by one; 1.10 and 1.12 keep 1.9's numbering for every check 1.8 has
+(k3s_agent/policy/cis_catalog.py lists them all) - so CIS 1.8's 1.2.30 (apiserver
+ciphers) is 1.2.29 there, and 1.12's 1.2.30 is a different check. ID_CHANGES holds
+exactly those moves. A check 1.8 does not have (1.9's 4.3.1 kube-proxy metrics,
+1.12's 1.2.30 service-account-extend-token-expiration and 4.2.14 seccomp-default)
+is tagged with a table, `cis = { "k3s-cis-1.12" = "1.2.30" }`: the id in each
+benchmark named, none in the others (the item is then a hardening item).
 
 No imports beyond the standard library: `k3s-agentctl status` reads this.
 """
@@ -124,10 +127,37 @@ def map_cis(cis: str, benchmark: str) -> Optional[str]:
     return "/".join(kept) or None
 
 
-def map_layer_ids(data: dict[str, Any], benchmark: str) -> dict[str, Any]:
-    """A copy of a profile layer's data with every item's `cis` in `benchmark`'s ids."""
-    if not ID_CHANGES.get(benchmark):
-        return data
+def check_cis_value(value: Any) -> Optional[str]:
+    """Why an item's `cis` is wrong (None: fine): a non-empty string, or a table
+    {benchmark name: id string} naming only known benchmarks."""
+    if isinstance(value, str):
+        return None if value.strip() else "must not be empty"
+    if not value:
+        return "an empty table names no benchmark"
+    for name, ids in value.items():
+        if name not in BENCHMARKS:
+            return f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})"
+        if not isinstance(ids, str) or not ids.strip():
+            return f'{name}: expected a check id string such as "1.2.30"'
+    return None
+
+
+def resolve_cis(cis: Any, benchmark: str, profile: bool = True) -> Optional[str]:
+    """An item's `cis` as its id(s) in `benchmark` (None: no such check there).
+
+    A table gives its entry for `benchmark`; a string is CIS 1.8 ids mapped by
+    ID_CHANGES when it comes from a built-in profile (`profile`), else kept."""
+    if isinstance(cis, dict):
+        value = cis.get(benchmark)
+        return value if isinstance(value, str) and value else None
+    if isinstance(cis, str):
+        return map_cis(cis, benchmark) if profile else cis
+    return None
+
+
+def map_layer_ids(data: dict[str, Any], benchmark: str, profile: bool = True) -> dict[str, Any]:
+    """A copy of a policy layer's data with every item's `cis` in `benchmark`'s ids
+    (see resolve_cis; `profile`: the layer is a built-in profile's, in CIS 1.8 ids)."""
     out = dict(data)
     controls = {}
     for name, section in (data.get("controls") or {}).items():
@@ -137,12 +167,13 @@ def map_layer_ids(data: dict[str, Any], benchmark: str) -> dict[str, Any]:
             continue
         new_items = {}
         for key, item in items.items():
-            if isinstance(item, dict) and isinstance(item.get("cis"), str):
+            if isinstance(item, dict) and "cis" in item:
+                cis = resolve_cis(item["cis"], benchmark, profile)
                 item = {k: v for k, v in item.items() if k != "cis"}
-                cis = map_cis(data["controls"][name]["items"][key]["cis"], benchmark)
                 if cis is not None:
                     item["cis"] = cis
             new_items[key] = item
         controls[name] = {**section, "items": new_items}
-    out["controls"] = controls
+    if "controls" in data:
+        out["controls"] = controls
     return out

@@ -109,7 +109,11 @@ SECTION_FIELDS: dict[str, Field] = {
     "items": Field(dict, doc="one table per item; its keys depend on the control"),
 }
 ITEM_FIELDS: dict[str, Field] = {
-    "cis": Field(str, non_empty, doc="CIS benchmark id (see below)"),
+    "cis": Field(
+        (str, dict),
+        bench.check_cis_value,
+        doc='CIS id(s) ("1.2.6/1.2.7"), or a table {benchmark = id} for a check not in every benchmark',
+    ),
     "accept_risk": Field(str, non_empty, doc="why a setting the K3s safety lints refuse is wanted anyway"),
     "description": Field(str, doc="free text, shown in reports"),
 }

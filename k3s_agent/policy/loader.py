@@ -111,7 +111,11 @@ def compose(
     base = _profile_chain(resolve_profile(extends, host), known)
     choice = resolve_benchmark(base + local, host)
     # The profiles are written in CIS 1.8 ids; the operator's layers keep theirs.
+    # Either may tag a check not in every benchmark with a {benchmark = id} table.
     base = [dataclasses.replace(ly, data=bench.map_layer_ids(ly.data, choice.name)) for ly in base]
+    local = [
+        dataclasses.replace(ly, data=bench.map_layer_ids(ly.data, choice.name, profile=False)) for ly in local
+    ]
     profile = resolve_profile(extends, host)
     return build_policy(base + local, host, known, profile=profile, benchmark=choice, preflight=preflight)
 

@@ -71,7 +71,7 @@ SSHD_DROPIN = "/etc/ssh/sshd_config.d/01-k3s-agentd.conf"
 NFT_TABLE = ("inet", "k3s_agentd")
 ENCRYPTION_CONFIG = "/var/lib/rancher/k3s/server/cred/encryption-config.json"
 HEALTHY = ("ok", "healed")
-SETTLED = (*HEALTHY, "absent", "unsupported")  # k3s_agent.model.COMPLIANT
+SETTLED = (*HEALTHY, "absent", "unsupported", "manual")  # k3s_agent.model.COMPLIANT
 PACKAGE = "k3s-hardening-agent"
 # Controls with items only in the k3s-cis-server profile: silent on an agent node.
 SERVER_ONLY = ("k3s_encryption",)

@@ -13,7 +13,7 @@ from k3s_agent.host import Host
 from k3s_agent.k3s.discovery import scan_processes
 from k3s_agent.k3s.journal import JournalSource, RunningArgsReader
 from k3s_agent.k3s.node import Observer
-from k3s_agent.model import Finding
+from k3s_agent.model import Finding, Status
 from k3s_agent.policy.loader import load_policy
 from tests.support.k3s_fixture import K3sNode, K3sProcess
 from tests.support.k3s_fixture.journalfile import invocation, unit_entries, write_journal
@@ -86,6 +86,28 @@ def make(tmp_path: Path):
     yield factory
     for harness in made:
         harness.stop()
+
+
+# Items a compliant fixture server reports without "ok": the benchmark's manual checks
+# (reported, never required) and the apiserver's etcd client TLS (absent: sqlite).
+MANUAL_ITEMS = frozenset(
+    {
+        "kubelet:seccomp-default",
+        "kube-apiserver:enable-admission-plugins#DenyServiceExternalIPs",
+        "kube-apiserver:enable-admission-plugins#AlwaysPullImages",
+    }
+)
+ETCD_ITEMS = frozenset(f"kube-apiserver:etcd-{name}" for name in ("cafile", "certfile", "keyfile"))
+
+
+def not_ok(findings: dict[str, Finding]) -> dict[str, tuple[str, str]]:
+    """Per-item findings neither ok nor one of the expected manual / no-etcd states."""
+    expected = {**dict.fromkeys(MANUAL_ITEMS, Status.MANUAL), **dict.fromkeys(ETCD_ITEMS, Status.ABSENT)}
+    return {
+        k: (f.status.value, f.message)
+        for k, f in items(findings).items()
+        if f.status is not Status.OK and expected.get(k) is not f.status
+    }
 
 
 def items(findings: dict[str, Finding]) -> dict[str, Finding]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from k3s_agent.metrics import HealTally, _esc_label, render_prometheus, textfile_path
+from k3s_agent.model import Status
 from tests.support.promdoc import HOSTILE_KEYS, TODAY, hostile_document
 
 DEBIAN = "/var/lib/prometheus/node-exporter"
@@ -88,8 +89,8 @@ def test_every_line_is_one_sample_and_families_are_declared_once() -> None:
     sample = re.compile(r'^k3s_agentd_[a-z0-9_]+(\{([a-z_]+="([^"\\\n]|\\.)*",?)*\})? -?[0-9.e+]+$')
     bad = [line for line in text.splitlines() if not line.startswith("# ") and not sample.match(line)]
     assert not bad
-    # one sample per item: the per-item gauge never multiplies by the nine statuses
-    assert text.count("k3s_agentd_item_status{") == 9 + len(HOSTILE_KEYS)
+    # one sample per item: the per-item gauge never multiplies by the statuses
+    assert text.count("k3s_agentd_item_status{") == len(Status) + len(HOSTILE_KEYS)
 
 
 def test_a_key_reported_twice_is_one_series() -> None:

@@ -40,6 +40,7 @@ def findings(control: str = "files") -> list[Finding]:
         Status.WAIVED: "4.2.4",
         Status.CONTESTED: "1.4.1",
         Status.PENDING: "2.1",
+        Status.MANUAL: "1.2.11",
     }
     out = [
         Finding(
@@ -151,6 +152,7 @@ def by_number(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ("2.1", "FAIL"),  # pending
         ("4.2.4", "WARN"),  # waived
         ("4.2.12", "INFO"),  # unsupported
+        ("1.2.11", "WARN"),  # manual: reported, never required (kube-bench: manual checks WARN)
         ("1.2.7", "FAIL"),  # one of a finding's several ids
         ("4.2.1", "FAIL"),  # hostile names
     ],
@@ -175,7 +177,8 @@ def test_kube_bench_grouping_ids_versions() -> None:
     ]
     assert [g["section"] for g in etcd["tests"]] == ["2"]
     assert [c["test_number"] for c in master["tests"][0]["results"]] == ["1.1.9", "1.1.11"]
-    assert [c["test_number"] for c in master["tests"][1]["results"]] == ["1.2.6", "1.2.7", "1.2.8", "1.2.16"]
+    ids = ["1.2.6", "1.2.7", "1.2.8", "1.2.11", "1.2.16"]
+    assert [c["test_number"] for c in master["tests"][1]["results"]] == ids
     assert {c["version"] for c in out["Controls"]} == {"k3s-cis-1.8"}  # no benchmark in the document
     assert {c["detected_version"] for c in out["Controls"]} == {"v1.30.4+k3s1"}
     numbers = by_number(out)
@@ -247,7 +250,7 @@ def test_junit_structure_and_statuses() -> None:
     assert cases["1.2.16 item-drift"].find("failure").text == "want: 0600\nhave: 0644"
     skipped = cases["4.2.4 item-waived"].find("skipped").get("message")
     assert "alice@example.com" in skipped and "2027-01-31" in skipped
-    assert (files.get("failures"), files.get("errors"), files.get("skipped")) == ("7", "0", "2")
+    assert (files.get("failures"), files.get("errors"), files.get("skipped")) == ("7", "0", "3")
     # the failed items of a control that raised are errors
     k3s = suites["k3s_args"]
     assert (k3s.get("failures"), k3s.get("errors")) == ("0", "1")
