@@ -24,11 +24,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
+from k3s_agent import hostfs
+from k3s_agent.hostfs import HostError, LinkPolicy
+
+__all__ = ["Host", "HostError", "LinkPolicy", "TooLarge"]  # and the module functions below
 STATE_DIR = "/var/lib/k3s-agentd"
 RUN_DIR = "/run/k3s-agentd"
 BACKUPS_KEPT = 5
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # --root is the operator's word, as in fsafe
 _SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Every read is capped: config files the agent reads are a few KiB, and a root
 # daemon must not spend seconds and hundreds of MiB on a planted 200 MB file.
@@ -37,10 +39,6 @@ PROC_LIMIT = 64 << 10  # /proc/sys values, comm, status: a page or two
 _TEMP_SUFFIX = ".k3s-agentd.{pid}.tmp"
 # Only names we make: "." + target name + ".k3s-agentd.<pid>.tmp".
 _OUR_TEMP = re.compile(r"\..+\.k3s-agentd\.(\d+)\.tmp\Z", re.DOTALL)
-
-
-class HostError(Exception):
-    """A host operation was refused or failed; the message says which path and why."""
 
 
 class TooLarge(HostError):
@@ -124,6 +122,38 @@ class Host:
     def read_text(self, absolute: str, limit: int = READ_LIMIT, follow: bool = False) -> Optional[str]:
         data = self.read_bytes(absolute, limit, follow)
         return None if data is None else data.decode("utf-8", errors="replace")
+
+    # -- walking without links (hostfs, LinkPolicy.REFUSE_ALL) ------------------
+
+    def mounts(self) -> hostfs.MountTable:
+        """The mount points of our mount namespace (this host's /proc/self/mountinfo, bounded)."""
+        return hostfs.MountTable.read(self.root, self.proc_path("self/mountinfo"))
+
+    def expand(self, pattern: str, mounts: Optional[hostfs.MountTable] = None) -> Iterator[hostfs.Entry]:
+        """Existing paths matching an absolute glob, no link followed (hostfs.expand)."""
+        return hostfs.expand(self.path("/"), pattern, mounts)
+
+    def walk(self, top: hostfs.Entry, mounts: Optional[hostfs.MountTable] = None) -> Iterator[hostfs.Entry]:
+        """Everything below a directory entry, capped, no link nor mount entered (hostfs.walk)."""
+        return hostfs.walk(self.path("/"), top, mounts)
+
+    def change(
+        self,
+        absolute: str,
+        uid: int = -1,
+        gid: int = -1,
+        mode_for: Optional[hostfs.ModeFn] = None,
+        mounts: Optional[hostfs.MountTable] = None,
+    ) -> tuple[os.stat_result, os.stat_result]:
+        """fchown/fchmod one file or directory reached without links; (before, after) (hostfs.change)."""
+        if self.read_only:
+            raise HostError(f"{absolute}: not changed, this is a read-only run")
+        return hostfs.change(self.path("/"), absolute, uid, gid, mode_for, mounts)
+
+    def read_no_links(self, absolute: str, limit: int = READ_LIMIT) -> tuple[bytes, os.stat_result]:
+        """A regular file's first `limit` bytes and fstat, no symlink followed anywhere on
+        its path (hostfs.read_file: LinkInPath, Refused, FileNotFoundError otherwise)."""
+        return hostfs.read_file(self.path("/"), absolute, limit)
 
     # -- writing -----------------------------------------------------------
 
@@ -228,46 +258,9 @@ class Host:
             os.close(fd)  # releases the flock
 
     def _open_parent(self, absolute: str) -> int:
-        """An fd for a host directory, made (0755) where missing, walked one component at a time.
-
-        A symlink on the way is followed only when only root could have put it
-        there: root owns it and its directory is root-owned and not group/other-
-        writable, or sticky (/tmp). Elsewhere (e.g. a node_exporter textfile folder
-        owned by another user) a link swapped in for a directory would send a root
-        write anywhere, so it is refused. Absolute link targets resolve under the
-        host root, as Host.path does.
-        """
-        fd = os.open(self.root, _ROOT_FLAGS)
-        parts = [p for p in absolute.split("/") if p]
-        hops = 0
-        try:
-            while parts:
-                part = parts.pop(0)
-                try:
-                    child = _open_child(fd, part)
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-                    if not stat.S_ISLNK(st.st_mode):
-                        raise HostError(f"{absolute}: {part} is not a directory") from None
-                    hops += 1
-                    if hops > 40 or st.st_uid != 0 or not _only_root_writes(os.fstat(fd)):
-                        raise HostError(
-                            f"{absolute}: {part} is a symlink in a directory others can write; not followed"
-                        ) from None
-                    target = os.readlink(part, dir_fd=fd)
-                    parts = [p for p in target.split("/") if p] + parts
-                    if target.startswith("/"):
-                        os.close(fd)
-                        fd = os.open(self.root, _ROOT_FLAGS)
-                    continue
-                os.close(fd)
-                fd = child
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
+        """An fd for a host directory of the agent's own, made (0755) where missing
+        (hostfs.open_dir, LinkPolicy.ROOT_PLACED: a link only root could have placed is followed)."""
+        return hostfs.open_dir(self.root, absolute, LinkPolicy.ROOT_PLACED, create=True)
 
     def _backup(self, absolute: str, dfd: int, name: str) -> str:
         """Copy the current file to the backup dir (streamed: it may be any size)."""
@@ -294,6 +287,23 @@ class Host:
         for stale in sorted(os.listdir(folder))[:-BACKUPS_KEPT]:
             _unlink_quietly(os.path.join(folder, stale))
         return dest
+
+    # -- /proc ---------------------------------------------------------------
+
+    def proc_read(self, relative: str, limit: int = PROC_LIMIT) -> bytes:
+        """A file of this host's proc mount (e.g. "1234/comm"), whole, at most `limit`
+        bytes (TooLarge beyond); OSError when it is gone (the process exited)."""
+        return read_capped(self.proc_path(relative), limit)
+
+    def proc_pids(self) -> list[int]:
+        """Pids listed in this host's proc mount (see proc_pids)."""
+        return proc_pids(self.proc)
+
+    def signal(self, pid: int, sig: int) -> None:
+        """Send a signal to a process (sshd's SIGHUP reload); OSError as kill(2) says."""
+        if self.read_only:
+            raise HostError(f"pid {pid}: not signalled, this is a read-only run")
+        os.kill(pid, sig)
 
     # -- network -----------------------------------------------------------
 
@@ -435,21 +445,6 @@ def _kill_session(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
             proc.wait(5)
 
 
-def _open_child(fd: int, part: str) -> int:
-    """Open (creating it when missing) one child directory of fd, never through a link."""
-    try:
-        return os.open(part, _DIR_FLAGS, dir_fd=fd)
-    except FileNotFoundError:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(part, 0o755, dir_fd=fd)
-        return os.open(part, _DIR_FLAGS, dir_fd=fd)
-
-
-def _only_root_writes(st: os.stat_result) -> bool:
-    """Only root can add, remove or replace entries of this directory."""
-    return st.st_uid == 0 and (not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX))
-
-
 def read_capped(path: str, limit: int = PROC_LIMIT) -> bytes:
     """A file outside any Host root (/proc of a pid, our own run dir), at most `limit` bytes."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -457,6 +452,51 @@ def read_capped(path: str, limit: int = PROC_LIMIT) -> bytes:
         return read_fd(fd, path, limit)
     finally:
         os.close(fd)
+
+
+def read_head(path: str, limit: int) -> bytes:
+    """The first `limit` bytes of a file outside any Host root (another process's
+    /proc/<pid>/environ): as read_capped, but the rest is dropped, not refused."""
+    return hostfs.read_head(path, limit)[0]
+
+
+def proc_pids(proc: str = "/proc") -> list[int]:
+    """Pids listed in a proc mount (read once; a process may exit right after)."""
+    with os.scandir(proc) as entries:
+        return [int(e.name) for e in entries if e.name.isdigit()]
+
+
+def systemd_booted() -> bool:
+    """Whether systemd runs this machine (sd_booted(3): /run/systemd/system is a directory)."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def journald_listening() -> bool:
+    """Whether journald's native socket is there to log to."""
+    return os.path.exists("/run/systemd/journal/socket")
+
+
+# PROC_NET_INIT_INO (include/linux/proc_ns.h): the initial network namespace's
+# fixed inode on current kernels; older ones number it dynamically, then only
+# PID 1's link tells (not readable everywhere, e.g. in some sandboxes).
+INIT_NET_INO = 0xEFFFFFF9
+
+
+def in_initial_netns(proc: str = "/proc") -> bool:
+    """Whether this thread is in the host's network namespace (True when it cannot tell).
+
+    netfilter has no root prefix: a Host(root=tmpdir) run -- tests, benches,
+    a dry run -- would change the real host's rules unless it runs in a
+    network namespace of its own.
+    """
+    try:
+        mine = os.stat(f"{proc}/thread-self/ns/net").st_ino
+    except OSError:
+        return True
+    try:
+        return mine == os.stat(f"{proc}/1/ns/net").st_ino
+    except OSError:
+        return mine == INIT_NET_INO
 
 
 def read_fd(fd: int, path: str, limit: int = READ_LIMIT) -> bytes:
@@ -508,9 +548,13 @@ class _FdSource:
 
 
 def write_private(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Replace a file of our own (status.json, metrics) atomically; no temp left by a crash."""
+    """The one writer of the agent's private files outside any Host root (status.json,
+    metrics in the run dir, sshd's candidate config in a scratch dir): `path` is a real
+    path. Atomic (O_TMPFILE, or an O_EXCL temp, then rename), fsynced, `mode` 0600 by
+    default, our owner; no temp left by a crash. No link is followed: the folder is
+    opened O_NOFOLLOW and a link at the name is replaced, never written through."""
     parent, name = os.path.split(path)
-    dfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         _sweep_stale_temps(dfd)
         # The name earlier versions used for this file's temp: exactly ours, never anyone else's.

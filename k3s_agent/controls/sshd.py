@@ -46,7 +46,7 @@ from k3s_agent.controls.sshd_config import (
 )
 from k3s_agent.controls.sshd_guard import GuardError, Network, Where, keyword_name
 from k3s_agent.controls.sshd_lockout import lockouts
-from k3s_agent.host import Host, HostError, read_capped
+from k3s_agent.host import Host, HostError, systemd_booted, write_private
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, list_of, matches
@@ -287,10 +287,10 @@ class SshdControl:
                 main_text = plan.text
             else:
                 candidate_dropin = os.path.join(tmp, os.path.basename(DROPIN))
-                _write_private(candidate_dropin, plan.text)
+                write_private(candidate_dropin, plan.text.encode())
                 renames[candidate_dropin] = DROPIN
                 main_text = self._main_with_candidate(candidate_dropin)
-            _write_private(candidate_main, main_text)
+            write_private(candidate_main, main_text.encode())
             yield Candidate(candidate_main, renames)
 
     def _test(self, candidate: Candidate) -> Optional[str]:
@@ -560,12 +560,6 @@ def privsep_dir() -> Iterator[None]:
                 os.rmdir(PRIVSEP_DIR)
 
 
-def _write_private(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-
-
 def _first_lines(text: str, count: int = 3) -> str:
     return " | ".join(line.strip() for line in (text or "").strip().splitlines()[:count])
 
@@ -595,7 +589,7 @@ class Reloader:
         self.host = host
         self.systemctl = systemctl if systemctl is not None else host.which("systemctl")
         # sd_booted(3): systemd is PID 1 when this directory exists.
-        self.booted = os.path.isdir("/run/systemd/system") if booted is None else booted
+        self.booted = systemd_booted() if booted is None else booted
         self.pidfile = pidfile
 
     def __call__(self) -> str:
@@ -629,13 +623,13 @@ class Reloader:
         if pid <= 1:
             return "sshd is not running (no pid file): it reads the new config when it starts"
         try:
-            comm = read_capped(f"/proc/{pid}/comm").decode(errors="replace").strip()
+            comm = self.host.proc_read(f"{pid}/comm").decode(errors="replace").strip()
         except OSError:
             return f"sshd is not running (stale {self.pidfile})"
         if comm != "sshd":
             raise HostError(f"{self.pidfile} names pid {pid}, which is {comm!r}, not sshd; not signalled")
         try:
-            os.kill(pid, signal.SIGHUP)
+            self.host.signal(pid, signal.SIGHUP)
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 return "sshd exited before the reload"

@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Callable, Optional, Union
 
-from k3s_agent.controls import fsafe
+from k3s_agent import hostfs
 from k3s_agent.controls.sshd_accounts import EMPTY, UNKNOWN, USABLE, Account, Accounts, login_shell
 from k3s_agent.controls.sshd_lockout import (
     AuthorizedKey,
@@ -338,8 +338,8 @@ def _host_key_type(host: Host, path: str) -> Optional[str]:
     root = host.root.rstrip("/")
     path = path[len(root) :] if root and path.startswith(root + "/") else path  # --root configs
     try:
-        data, _ = fsafe.read_file(host, path + ".pub", 64 << 10)
-    except (fsafe.Refused, OSError, ValueError):
+        data, _ = host.read_no_links(path + ".pub", 64 << 10)
+    except (hostfs.Refused, OSError, ValueError):
         return None
     words = data.decode("utf-8", errors="replace").split()
     return words[0] if words else None

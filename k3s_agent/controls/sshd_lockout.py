@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Optional
 
-from k3s_agent.controls import fsafe
+from k3s_agent import hostfs
 from k3s_agent.controls.sshd_accounts import Account, read_accounts
 from k3s_agent.host import Host
 
@@ -238,10 +238,10 @@ def _key_file(host: Host, path: str, user: Account, strict: bool) -> str:
         return ""
     try:
         # no link left on the way: one swapped in now is refused
-        data, st = fsafe.read_file(host, real, MAX_KEY_BYTES)
+        data, st = host.read_no_links(real, MAX_KEY_BYTES)
         trusted = not strict or all(_secure(s, user) for s in (st, *_dirs_up_to(host, real, home)))
         trusted = trusted and readable_by(host, real, st, user)
-    except (fsafe.Refused, OSError):
+    except (hostfs.Refused, OSError):
         return ""
     return data.decode("utf-8", errors="replace") if trusted else ""
 

@@ -182,7 +182,7 @@ def test_rooted_run_in_the_host_netns_never_changes_the_firewall(root: Path) -> 
     # firewall apply must refuse, before any backend is even chosen.
     from fwcontrol import make_control
 
-    from k3s_agent.controls.firewall.control import in_initial_netns
+    from k3s_agent.host import in_initial_netns
     from k3s_agent.model import Finding, Status
 
     if not in_initial_netns():

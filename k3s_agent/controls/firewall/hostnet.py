@@ -23,7 +23,7 @@ import psutil
 from k3s_agent.controls.firewall.model import Network, collapse
 from k3s_agent.controls.sshd import sshd_answer
 from k3s_agent.controls.sshd_config import parse_effective
-from k3s_agent.host import Host, HostError, read_capped
+from k3s_agent.host import Host, HostError, proc_pids, read_capped
 from k3s_agent.k3s.unit import UNIT_DIRS, parse_ini
 
 SSHD_CONFIG = "/etc/ssh/sshd_config"
@@ -77,14 +77,12 @@ def sshd_listening_ports(proc: str = "/proc") -> list[int]:
     containers on a node; reading each process's comm grows only with their count.
     """
     ports = set()
-    for pid in os.listdir(proc):
-        if not pid.isdigit():
-            continue
+    for pid in proc_pids(proc):
         try:
             name = read_capped(f"{proc}/{pid}/comm").decode(errors="replace").strip()
             if name != "sshd" and not name.startswith("sshd:"):
                 continue
-            connections = psutil.Process(int(pid)).connections(kind="tcp")
+            connections = psutil.Process(pid).connections(kind="tcp")
         except (OSError, HostError, psutil.Error):
             continue  # gone meanwhile, or not ours to read
         ports.update(c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN)

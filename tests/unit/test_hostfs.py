@@ -1,4 +1,4 @@
-"""fsafe's mount table: mountinfo parsed bounded, escapes decoded, host root mapped."""
+"""hostfs's mount table: mountinfo parsed bounded, escapes decoded, host root mapped."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from k3s_agent.controls import fsafe
+from k3s_agent import hostfs
 from k3s_agent.host import Host
 
 LINES = [
@@ -19,11 +19,11 @@ LINES = [
 ]
 
 
-def table(tmp_path: Path, lines: list[str], root: str) -> fsafe.MountTable:
+def table(tmp_path: Path, lines: list[str], root: str) -> hostfs.MountTable:
     proc = tmp_path / "proc"
     (proc / "self").mkdir(parents=True)
     (proc / "self/mountinfo").write_text("".join(line.format(root=root.rstrip("/")) + "\n" for line in lines))
-    return fsafe.MountTable.read(Host(root=root, proc=str(proc)))
+    return Host(root=root, proc=str(proc)).mounts()
 
 
 @pytest.mark.parametrize(
@@ -47,12 +47,12 @@ def test_the_real_root_is_not_prefixed(tmp_path: Path) -> None:
 
 
 def test_a_missing_mountinfo_is_an_empty_table(tmp_path: Path) -> None:
-    mounts = fsafe.MountTable.read(Host(root=str(tmp_path), proc=str(tmp_path / "none")))
+    mounts = Host(root=str(tmp_path), proc=str(tmp_path / "none")).mounts()
     assert mounts.points == frozenset() and not mounts.truncated
 
 
 def test_a_huge_mountinfo_is_read_up_to_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fsafe, "MOUNTINFO_LIMIT", 100)
+    monkeypatch.setattr(hostfs, "MOUNTINFO_LIMIT", 100)
     many = [f"{i} 22 0:40 / /srv/m{i:04d} rw - tmpfs tmpfs rw" for i in range(1000)]
     mounts = table(tmp_path, many, "/")
     assert mounts.truncated and 0 < len(mounts.points) < 5
@@ -74,5 +74,5 @@ def fake_stat(mode: int, dev: int) -> os.stat_result:
     ],
 )
 def test_is_mount(mode: int, dev: int, listed: bool, expected: bool) -> None:
-    mounts = fsafe.MountTable(frozenset({"/srv/app/x"} if listed else set()))
-    assert fsafe.is_mount(fake_stat(mode, dev), 1, "/srv/app/x", mounts) is expected
+    mounts = hostfs.MountTable(frozenset({"/srv/app/x"} if listed else set()))
+    assert hostfs.is_mount(fake_stat(mode, dev), 1, "/srv/app/x", mounts) is expected
