@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import glob
 import os
 import re
 import select
@@ -20,6 +21,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
@@ -86,12 +88,49 @@ class Host:
 
     # -- reading -----------------------------------------------------------
 
-    def is_dir(self, absolute: str) -> bool:
-        """A real folder (not a symlink to one) at this path."""
+    def is_dir(self, absolute: str, follow: bool = False) -> bool:
+        """A folder at this path (not a symlink to one unless `follow`)."""
         try:
-            return stat.S_ISDIR(os.lstat(self.path(absolute)).st_mode)
+            return stat.S_ISDIR(self.stat(absolute, follow).st_mode)
         except OSError:
             return False
+
+    def is_file(self, absolute: str) -> bool:
+        """A regular file at this path, a final symlink followed (as K3s and sshd would)."""
+        try:
+            return stat.S_ISREG(self.stat(absolute).st_mode)
+        except OSError:
+            return False
+
+    def exists(self, absolute: str) -> bool:
+        """Anything at this path, a dangling symlink included (nothing followed)."""
+        return os.path.lexists(self.path(absolute))
+
+    def stat(self, absolute: str, follow: bool = True) -> os.stat_result:
+        """stat(2) of a host path (lstat(2) unless `follow`); OSError as the kernel says."""
+        return os.stat(self.path(absolute), follow_symlinks=follow)
+
+    def lstat(self, absolute: str) -> os.stat_result:
+        return self.stat(absolute, follow=False)
+
+    def readlink(self, absolute: str) -> str:
+        """A symlink's target, as written (an absolute one means the host's path)."""
+        return os.readlink(self.path(absolute))
+
+    def listdir(self, absolute: str) -> list[str]:
+        """Names in a folder, sorted; OSError (FileNotFoundError, NotADirectoryError) as listdir(2)."""
+        return sorted(os.listdir(self.path(absolute)))
+
+    def glob(self, folder: str, pattern: str = "*") -> list[str]:
+        """Sorted names in a folder matching a one-component glob (glob(3): a wildcard does
+        not match a leading dot); the folder is literal. Empty when it is missing."""
+        found = glob.glob(os.path.join(glob.escape(self.path(folder)), pattern))
+        return sorted(os.path.basename(p) for p in found)
+
+    def glob_paths(self, pattern: str) -> list[str]:
+        """Host-absolute paths matching an absolute glob (wildcards in any component), sorted."""
+        prefix = "" if self.root == "/" else self.root.rstrip("/")
+        return sorted(p[len(prefix) :] for p in glob.glob(glob.escape(prefix) + pattern))
 
     def read_bytes(self, absolute: str, limit: int = READ_LIMIT, follow: bool = False) -> Optional[bytes]:
         """Content of a regular file, None when missing; TooLarge beyond `limit` bytes.
@@ -99,6 +138,13 @@ class Host:
         Never follows a final symlink unless `follow` (reading what K3s reads,
         which follows links; writes never do).
         """
+        got = self.read_stat(absolute, limit, follow)
+        return None if got is None else got[0]
+
+    def read_stat(
+        self, absolute: str, limit: int = READ_LIMIT, follow: bool = False
+    ) -> Optional[tuple[bytes, os.stat_result]]:
+        """As read_bytes, with the fstat of the file read (its owner and mode, not a later look's)."""
         # O_NONBLOCK: open(2) of a FIFO for reading blocks until a writer comes, so
         # a FIFO planted where we read (e.g. a user's ~/.ssh/authorized_keys) would
         # hang the agent; with it the open returns and the S_ISREG check refuses it.
@@ -113,9 +159,10 @@ class Host:
                 raise HostError(f"{absolute}: is a symlink, refusing to read through it") from exc
             raise
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise HostError(f"{absolute}: not a regular file")
-            return read_fd(fd, absolute, limit)
+            return read_fd(fd, absolute, limit), st
         finally:
             os.close(fd)
 
@@ -240,6 +287,23 @@ class Host:
             raise HostError(f"{absolute}: exists and is not a directory")
         return st
 
+    def rename(self, source: str, target: str) -> None:
+        """rename(2) between two host paths (a folder swapped into place whole)."""
+        if self.read_only:
+            raise HostError(f"{source}: not renamed, this is a read-only run")
+        os.rename(self.path(source), self.path(target))
+
+    def remove_tree(self, absolute: str) -> None:
+        """Remove a file, a link (never its target) or a folder with its content
+        (shutil.rmtree, which follows no link); nothing when it is missing."""
+        if self.read_only:
+            raise HostError(f"{absolute}: not removed, this is a read-only run")
+        real = self.path(absolute)
+        if os.path.islink(real) or os.path.isfile(real):
+            os.unlink(real)
+        elif os.path.isdir(real):
+            shutil.rmtree(real)
+
     @contextlib.contextmanager
     def lock(self, absolute: str, timeout: float = 30.0) -> Iterator[None]:
         """An exclusive flock on a (0600, created when missing) lock file, for one
@@ -325,6 +389,10 @@ class Host:
     def which(self, name: str) -> Optional[str]:
         return shutil.which(name, path=_SEARCH_PATH)
 
+    def program_exists(self, path: str) -> bool:
+        """A program at this real path (as `which` gives it, or configured), not under the root."""
+        return os.path.exists(path)
+
     def run(
         self,
         argv: Sequence[str],
@@ -404,6 +472,45 @@ class Host:
         return proc.pid
 
 
+@contextlib.contextmanager
+def flocked(path: str, timeout: float) -> Iterator[bool]:
+    """An exclusive flock on a lock file at a real path (another tool's, e.g. the xtables
+    lock), created 0600 when missing, never through a final symlink. Yields whether
+    the lock was taken within `timeout` seconds; released when the block ends."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        yield flock_within(fd, timeout)
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[str]:
+    """A private (0700) temporary folder of the real /tmp, removed with its content
+    afterwards: for files another program must read (sshd -t's candidate config)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        yield folder
+
+
+@contextlib.contextmanager
+def transient_dir(path: str, mode: int) -> Iterator[None]:
+    """A folder at a real path for the length of the block, removed again if we made it
+    (only root makes it; e.g. sshd's privilege-separation folder /run/sshd)."""
+    created = False
+    if os.geteuid() == 0:
+        try:
+            os.mkdir(path, mode)
+            created = True
+        except FileExistsError:
+            pass
+    try:
+        yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
 def flock_within(fd: int, timeout: float, poll: float = 0.01) -> bool:
     """Take an exclusive flock on fd, waiting at most timeout seconds; False if still held.
 
@@ -458,6 +565,20 @@ def read_head(path: str, limit: int) -> bytes:
     """The first `limit` bytes of a file outside any Host root (another process's
     /proc/<pid>/environ): as read_capped, but the rest is dropped, not refused."""
     return hostfs.read_head(path, limit)[0]
+
+
+def proc_writable(path: str) -> bool:
+    """Whether we may write this /proc file (access(2): a read-only /proc/sys in a container says no)."""
+    return os.access(path, os.W_OK)
+
+
+def write_proc(path: str, text: str) -> None:
+    """Write a value to a /proc file (a sysctl) in one write(2), as the kernel wants it."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)  # TRUNC: as open("w")
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def proc_pids(proc: str = "/proc") -> list[int]:

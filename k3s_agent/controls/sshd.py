@@ -23,7 +23,6 @@ import ipaddress
 import os
 import shlex
 import signal
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
@@ -46,7 +45,7 @@ from k3s_agent.controls.sshd_config import (
 )
 from k3s_agent.controls.sshd_guard import GuardError, Network, Where, keyword_name
 from k3s_agent.controls.sshd_lockout import lockouts
-from k3s_agent.host import Host, HostError, systemd_booted, write_private
+from k3s_agent.host import Host, HostError, scratch_dir, systemd_booted, transient_dir, write_private
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, list_of, matches
@@ -111,7 +110,7 @@ class SshdControl:
     # -- observe ----------------------------------------------------------------
 
     def installed(self) -> bool:
-        return bool(self.sshd) and os.path.exists(str(self.sshd)) and os.path.lexists(self.host.path(MAIN))
+        return bool(self.sshd) and self.host.program_exists(str(self.sshd)) and self.host.exists(MAIN)
 
     def _all(self, status: Status, message: str) -> list[Finding]:
         return [Finding(NAME, key, status, desired=w, message=message) for key, w in self.want.items()]
@@ -266,7 +265,7 @@ class SshdControl:
             return f"{plan.target} already up to date ({plan.reason})"
         mode, uid, gid = 0o600, 0, 0
         if plan.target == MAIN:
-            st = os.stat(self.host.path(MAIN), follow_symlinks=False)
+            st = self.host.lstat(MAIN)
             mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
         backup = self.host.write_atomic(plan.target, plan.text.encode(), mode=mode, uid=uid, gid=gid)
         kept = f", previous copy {backup}" if backup else ""
@@ -280,7 +279,7 @@ class SshdControl:
     @contextlib.contextmanager
     def _candidate(self, plan: Plan) -> Iterator[Candidate]:
         """The plan as files sshd can read, in a private temp dir removed afterwards."""
-        with tempfile.TemporaryDirectory(prefix="k3s-agentd-sshd.") as tmp:
+        with scratch_dir("k3s-agentd-sshd.") as tmp:
             candidate_main = os.path.join(tmp, "sshd_config")
             renames = {candidate_main: MAIN}
             if plan.target == MAIN:
@@ -375,7 +374,7 @@ class SshdControl:
             if taken["block"] is not None:
                 lines.insert(max(int(taken["block_line"]) - 1, 0), taken["block"])
             if "".join(lines) != main:
-                st = os.stat(self.host.path(MAIN), follow_symlinks=False)
+                st = self.host.lstat(MAIN)
                 mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
                 self.host.write_atomic(MAIN, "".join(lines).encode(), mode=mode, uid=uid, gid=gid)
                 done.append(
@@ -545,19 +544,8 @@ def privsep_dir() -> Iterator[None]:
     a node where it is missing runs no sshd, and a read-only check must leave
     the host as it found it.
     """
-    created = False
-    if os.geteuid() == 0:
-        try:
-            os.mkdir(PRIVSEP_DIR, 0o755)
-            created = True
-        except FileExistsError:
-            pass
-    try:
+    with transient_dir(PRIVSEP_DIR, 0o755):
         yield
-    finally:
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(PRIVSEP_DIR)
 
 
 def _first_lines(text: str, count: int = 3) -> str:

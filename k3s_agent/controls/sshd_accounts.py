@@ -113,7 +113,7 @@ def login_shell(host: Host, account: Account) -> Optional[str]:
     if os.path.basename(account.shell) in NO_LOGIN_SHELLS:
         return f"its shell is {account.shell}"
     try:
-        st = os.stat(host.path(account.shell))
+        st = host.stat(account.shell)
     except (OSError, ValueError):
         return f"its shell {account.shell} does not exist"
     if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:

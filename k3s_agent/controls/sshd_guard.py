@@ -284,16 +284,16 @@ def _chroot(p: Probe, where: Where) -> Optional[str]:
     path = real
     while True:
         try:
-            st = os.stat(p.host.path(path), follow_symlinks=False)
+            st = p.host.lstat(path)
         except OSError:
             return f"{shown}: {path} cannot be read"
-        if st.st_uid != 0 or st.st_mode & 0o022 or not os.path.isdir(p.host.path(path)):
+        if st.st_uid != 0 or st.st_mode & 0o022 or not p.host.is_dir(path, follow=True):
             return f"{shown}: {path} is not a root-owned directory only root can write (the session fails)"
         if path == "/":
             break
         path = os.path.dirname(path)
     shell = os.path.join(real, p.account.shell.lstrip("/"))
-    if not os.path.isfile(p.host.path(shell)):
+    if not p.host.is_file(shell):
         return f"{shown}: no {p.account.shell} inside it to run as the shell"
     return None
 

@@ -258,14 +258,14 @@ def trusted_path(host: Host, path: str) -> Optional[str]:
             continue
         candidate = os.path.join(resolved, part)
         try:
-            st = os.stat(host.path(candidate), follow_symlinks=False)
+            st = host.lstat(candidate)
             if not stat.S_ISLNK(st.st_mode):
                 resolved = candidate
                 continue
             links += 1
             if links > MAX_LINKS or st.st_uid != 0 or not _root_only(host, resolved):
                 return None
-            target = os.readlink(host.path(candidate))
+            target = host.readlink(candidate)
         except OSError:
             return None
         resolved = "/" if target.startswith("/") else resolved
@@ -274,7 +274,7 @@ def trusted_path(host: Host, path: str) -> Optional[str]:
 
 
 def _root_only(host: Host, folder: str) -> bool:
-    st = os.stat(host.path(folder), follow_symlinks=False)
+    st = host.lstat(folder)
     return st.st_uid == 0 and not st.st_mode & 0o022
 
 
@@ -288,7 +288,7 @@ def readable_by(host: Host, path: str, st: os.stat_result, user: Account) -> boo
         return False
     folder = os.path.dirname(path)
     while folder != "/":  # "/" itself is searchable by all (and under --root is the tree's own dir)
-        if not _may(os.stat(host.path(folder), follow_symlinks=False), user, 0o1):
+        if not _may(host.lstat(folder), user, 0o1):
             return False
         folder = os.path.dirname(folder)
     return True
@@ -311,7 +311,7 @@ def _dirs_up_to(host: Host, path: str, home: str) -> list[os.stat_result]:
     found = []
     folder = os.path.dirname(path)
     while True:
-        found.append(os.stat(host.path(folder), follow_symlinks=False))
+        found.append(host.lstat(folder))
         if folder in (home, "/"):
             return found
         folder = os.path.dirname(folder)

@@ -12,7 +12,6 @@ words, never the raw cmdline.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable, Optional
 
 import psutil
@@ -166,4 +165,4 @@ def discover(host: Host, show: ShowFn = systemctl_show, scan: ScanFn = scan_proc
 
 
 def _exists(host: Host, path: str) -> bool:
-    return os.path.lexists(host.path(path))
+    return host.exists(path)

@@ -13,9 +13,7 @@
 
 from __future__ import annotations
 
-import glob
 import ipaddress
-import os
 import re
 
 import psutil
@@ -98,7 +96,7 @@ def socket_unit_ports(host: Host) -> list[int]:
     """
     ports: set[int] = set()
     for unit in SOCKET_UNITS:
-        if not any(os.path.lexists(host.path(f"{wants}/{unit}")) for wants in _WANTS):
+        if not any(host.exists(f"{wants}/{unit}") for wants in _WANTS):
             continue  # installed but not enabled: systemd does not listen for it
         listen: list[str] = []
         for path in _unit_files(host, unit):
@@ -124,11 +122,10 @@ def _stream_port(value: str) -> int:
 
 def _unit_files(host: Host, unit: str) -> list[str]:
     """The unit's fragment (first in the load path), then its drop-ins in file-name order."""
-    fragment = next((f"{d}/{unit}" for d in _SOCKET_DIRS if os.path.lexists(host.path(f"{d}/{unit}"))), None)
+    fragment = next((f"{d}/{unit}" for d in _SOCKET_DIRS if host.exists(f"{d}/{unit}")), None)
     dropins: dict[str, str] = {}
     for folder in _SOCKET_DIRS:
-        for found in glob.glob(os.path.join(glob.escape(host.path(f"{folder}/{unit}.d")), "*.conf")):
-            name = os.path.basename(found)
+        for name in host.glob(f"{folder}/{unit}.d", "*.conf"):
             dropins.setdefault(name, f"{folder}/{unit}.d/{name}")
     return ([fragment] if fragment else []) + [dropins[name] for name in sorted(dropins)]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 
 from k3s_agent.controls.firewall.model import Network, collapse
 from k3s_agent.host import Host, HostError
@@ -73,7 +72,7 @@ def read_facts(host: Host) -> K3sFacts:
     cluster = _cidrs(conf.values("cluster-cidr"), DEFAULT_CLUSTER_CIDR, problems)
     service = _cidrs(conf.values("service-cidr"), DEFAULT_SERVICE_CIDR, problems)
     external_db = bool(conf.value("datastore-endpoint"))
-    etcd = not external_db and (_true(conf.value("cluster-init")) or os.path.isdir(host.path(ETCD_DIR)))
+    etcd = not external_db and (_true(conf.value("cluster-init")) or host.is_dir(ETCD_DIR, follow=True))
     return K3sFacts(
         cluster_cidrs=cluster,
         service_cidrs=service,
