@@ -76,3 +76,67 @@ def fake_stat(mode: int, dev: int) -> os.stat_result:
 def test_is_mount(mode: int, dev: int, listed: bool, expected: bool) -> None:
     mounts = hostfs.MountTable(frozenset({"/srv/app/x"} if listed else set()))
     assert hostfs.is_mount(fake_stat(mode, dev), 1, "/srv/app/x", mounts) is expected
+
+
+# -- the one walk, its two link policies -------------------------------------------------
+
+REFUSE, ROOT_PLACED = hostfs.LinkPolicy.REFUSE_ALL, hostfs.LinkPolicy.ROOT_PLACED
+NOBODY = 65534
+
+
+def linked_tree(root: Path, folder_mode: int, link_owner: int) -> None:
+    """/srv/real/ (a folder) and /srv/link -> /srv/real (absolute: under the root)."""
+    (root / "srv/real").mkdir(parents=True)
+    (root / "srv").chmod(folder_mode)
+    os.symlink("/srv/real", root / "srv/link")
+    os.lchown(root / "srv/link", link_owner, link_owner)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="link ownership needs root")
+@pytest.mark.parametrize(
+    ("policy", "folder_mode", "link_owner", "expected"),
+    [
+        (REFUSE, 0o755, 0, hostfs.LinkInPath),  # never a link, whoever placed it
+        (REFUSE, 0o1777, 0, hostfs.LinkInPath),
+        (ROOT_PLACED, 0o755, 0, None),  # root's link in root's folder: followed
+        (ROOT_PLACED, 0o1777, 0, None),  # sticky: others cannot replace root's link
+        (ROOT_PLACED, 0o777, 0, hostfs.HostError),  # anyone could have swapped it in
+        (ROOT_PLACED, 0o775, 0, hostfs.HostError),
+        (ROOT_PLACED, 0o755, NOBODY, hostfs.HostError),  # not root's link
+    ],
+)
+def test_a_link_on_the_way_by_policy(
+    tmp_path: Path, policy: hostfs.LinkPolicy, folder_mode: int, link_owner: int, expected: type | None
+) -> None:
+    linked_tree(tmp_path, folder_mode, link_owner)
+    if expected is not None:
+        with pytest.raises(expected, match="/srv/link"):
+            hostfs.open_dir(str(tmp_path), "/srv/link/below", policy, create=True)
+        assert not (tmp_path / "srv/real/below").exists()  # nothing made through it
+        return
+    fd = hostfs.open_dir(str(tmp_path), "/srv/link/below", policy, create=True)
+    try:
+        assert os.fstat(fd).st_ino == (tmp_path / "srv/real/below").stat().st_ino
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("policy", [REFUSE, ROOT_PLACED])
+def test_a_missing_folder_is_made_only_when_asked(tmp_path: Path, policy: hostfs.LinkPolicy) -> None:
+    with pytest.raises(FileNotFoundError):
+        hostfs.open_dir(str(tmp_path), "/a/b", policy)
+    os.close(hostfs.open_dir(str(tmp_path), "/a/b", policy, create=True))
+    assert (tmp_path / "a/b").is_dir()
+
+
+@pytest.mark.parametrize(("policy", "expected"), [(REFUSE, hostfs.Refused), (ROOT_PLACED, hostfs.HostError)])
+def test_a_file_where_a_folder_should_be(tmp_path: Path, policy: hostfs.LinkPolicy, expected: type) -> None:
+    (tmp_path / "a").write_text("")
+    with pytest.raises(expected, match="not a directory"):
+        hostfs.open_dir(str(tmp_path), "/a/b", policy, create=True)
+
+
+def test_a_link_loop_ends(tmp_path: Path) -> None:
+    os.symlink("/loop", tmp_path / "loop")
+    with pytest.raises(hostfs.HostError, match="/loop"):
+        hostfs.open_dir(str(tmp_path), "/loop/x", ROOT_PLACED, create=True)
