@@ -10,8 +10,8 @@ could have placed. Host (host.py) is the way in; this module knows no Host.
 
 Changes are made with fchmod/fchown on a descriptor whose type and identity
 were checked with fstat after opening it, so a file swapped between check and
-apply is refused rather than changed through a link (open(2): O_NOFOLLOW fails with ELOOP on a
-final symlink; with O_DIRECTORY it fails with ENOTDIR).
+apply is refused rather than changed through a link (open(2): O_NOFOLLOW
+fails with ELOOP on a final symlink; with O_DIRECTORY it fails with ENOTDIR).
 
 Mount points are marked on every entry (a different st_dev from the parent
 directory, or a mount point listed in /proc/self/mountinfo: a bind mount of the
