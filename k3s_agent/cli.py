@@ -20,7 +20,7 @@ import sys
 from typing import Any, Optional
 
 from k3s_agent import __version__
-from k3s_agent.host import RUN_DIR, Host, HostError
+from k3s_agent.host import RUN_DIR, Host, HostError, journald_listening, systemd_booted
 from k3s_agent.model import Mode
 from k3s_agent.policy.model import PROFILES, Policy
 from k3s_agent.policy.schema import PolicyError
@@ -178,7 +178,7 @@ def _journal() -> Any:
     where no journald listens, e.g. in a container without systemd)."""
     from k3s_agent.log import configure
 
-    return configure(journal=os.path.exists("/run/systemd/journal/socket"), verbose=False)
+    return configure(journal=journald_listening(), verbose=False)
 
 
 def cmd_check(args: argparse.Namespace, host: Host) -> int:
@@ -274,7 +274,7 @@ def _stop_timers(host: Host) -> None:
     from k3s_agent.confirm import TIMER_PREFIX
 
     systemctl = host.which("systemctl")
-    if host.root == "/" and systemctl and os.path.isdir("/run/systemd/system"):
+    if host.root == "/" and systemctl and systemd_booted():
         host.run([systemctl, "stop", f"{TIMER_PREFIX}*.timer"])
 
 

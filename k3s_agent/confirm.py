@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from k3s_agent.host import STATE_DIR, Host, HostError
+from k3s_agent.host import STATE_DIR, Host, HostError, read_head, systemd_booted
 
 RECORD = f"{STATE_DIR}/confirm.json"
 LOCK = f"{STATE_DIR}/confirm.lock"
@@ -69,9 +69,8 @@ class Clock:
 def boot_id_reader(host: Host) -> Callable[[], str]:
     def read() -> str:
         try:
-            with open(host.proc_path("sys/kernel/random/boot_id")) as handle:
-                return handle.read(64).strip()
-        except OSError:
+            return host.proc_read("sys/kernel/random/boot_id", 64).decode(errors="replace").strip()
+        except (OSError, HostError):  # a 37-byte UUID: anything longer is no boot id
             return ""
 
     return read
@@ -472,8 +471,7 @@ def ssh_session(environ: Mapping[str, str], proc: str = "/proc", pid: Optional[i
 
 def _environ_value(path: str, key: str) -> str:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(1 << 20)
+        data = read_head(path, 1 << 20)
     except OSError:
         return ""
     prefix = key.encode() + b"="
@@ -485,8 +483,7 @@ def _environ_value(path: str, key: str) -> str:
 
 def _parent(path: str) -> int:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(4096)
+        data = read_head(path, 4096)
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
         return int(data[data.rindex(b")") + 2 :].split()[1])
     except (OSError, ValueError, IndexError):
@@ -505,7 +502,7 @@ def arrange_rollback(host: Host, timeout: float) -> str:
     if host.root != "/" or host.proc != "/proc":
         argv += ["--root", host.root, "--proc", host.proc]
     systemd_run = host.which("systemd-run")
-    if host.root == "/" and os.path.isdir("/run/systemd/system") and systemd_run:
+    if host.root == "/" and systemd_booted() and systemd_run:
         unit = f"{TIMER_PREFIX}{int(time.time())}"
         proc = host.run(
             [

@@ -324,8 +324,8 @@ class Daemon:
         # "auto" (the default): node_exporter's textfile folder when it is installed
         textfile = textfile_path(self.policy.metrics_textfile, self.host.is_dir)
         try:
-            _write_private(os.path.join(self.host.run_dir, STATUS_NAME), to_json(self.document).encode())
-            _write_private(os.path.join(self.host.run_dir, METRICS_NAME), metrics)
+            write_private(os.path.join(self.host.run_dir, STATUS_NAME), to_json(self.document).encode())
+            write_private(os.path.join(self.host.run_dir, METRICS_NAME), metrics)
             if textfile:
                 self.host.write_atomic(textfile, metrics, mode=0o644, backup=False)
         except (OSError, HostError) as exc:
@@ -392,10 +392,6 @@ def _safe_watches(control: Any) -> list[Any]:
         return list(control.watches())
     except Exception:  # noqa: BLE001 - a broken watch list only costs early wake-ups
         return []
-
-
-def _write_private(path: str, data: bytes) -> None:
-    write_private(path, data)  # no temp file left behind by a kill -9 (host.py)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

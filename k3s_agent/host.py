@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import glob
 import os
 import re
 import select
@@ -20,15 +21,20 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
+from k3s_agent import hostfs
+from k3s_agent.hostfs import HostError, LinkPolicy
+
+__all__ = ["Host", "HostError", "LinkPolicy", "TooLarge"]  # and the module functions below
+# What Host.run gives back (named here so callers need not import subprocess).
+CompletedProcess = subprocess.CompletedProcess
 STATE_DIR = "/var/lib/k3s-agentd"
 RUN_DIR = "/run/k3s-agentd"
 BACKUPS_KEPT = 5
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # --root is the operator's word, as in fsafe
 _SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Every read is capped: config files the agent reads are a few KiB, and a root
 # daemon must not spend seconds and hundreds of MiB on a planted 200 MB file.
@@ -37,10 +43,6 @@ PROC_LIMIT = 64 << 10  # /proc/sys values, comm, status: a page or two
 _TEMP_SUFFIX = ".k3s-agentd.{pid}.tmp"
 # Only names we make: "." + target name + ".k3s-agentd.<pid>.tmp".
 _OUR_TEMP = re.compile(r"\..+\.k3s-agentd\.(\d+)\.tmp\Z", re.DOTALL)
-
-
-class HostError(Exception):
-    """A host operation was refused or failed; the message says which path and why."""
 
 
 class TooLarge(HostError):
@@ -88,12 +90,49 @@ class Host:
 
     # -- reading -----------------------------------------------------------
 
-    def is_dir(self, absolute: str) -> bool:
-        """A real folder (not a symlink to one) at this path."""
+    def is_dir(self, absolute: str, follow: bool = False) -> bool:
+        """A folder at this path (not a symlink to one unless `follow`)."""
         try:
-            return stat.S_ISDIR(os.lstat(self.path(absolute)).st_mode)
+            return stat.S_ISDIR(self.stat(absolute, follow).st_mode)
         except OSError:
             return False
+
+    def is_file(self, absolute: str) -> bool:
+        """A regular file at this path, a final symlink followed (as K3s and sshd would)."""
+        try:
+            return stat.S_ISREG(self.stat(absolute).st_mode)
+        except OSError:
+            return False
+
+    def exists(self, absolute: str) -> bool:
+        """Anything at this path, a dangling symlink included (nothing followed)."""
+        return os.path.lexists(self.path(absolute))
+
+    def stat(self, absolute: str, follow: bool = True) -> os.stat_result:
+        """stat(2) of a host path (lstat(2) unless `follow`); OSError as the kernel says."""
+        return os.stat(self.path(absolute), follow_symlinks=follow)
+
+    def lstat(self, absolute: str) -> os.stat_result:
+        return self.stat(absolute, follow=False)
+
+    def readlink(self, absolute: str) -> str:
+        """A symlink's target, as written (an absolute one means the host's path)."""
+        return os.readlink(self.path(absolute))
+
+    def listdir(self, absolute: str) -> list[str]:
+        """Names in a folder, sorted; OSError (FileNotFoundError, NotADirectoryError) as listdir(2)."""
+        return sorted(os.listdir(self.path(absolute)))
+
+    def glob(self, folder: str, pattern: str = "*") -> list[str]:
+        """Sorted names in a folder matching a one-component glob (glob(3): a wildcard does
+        not match a leading dot); the folder is literal. Empty when it is missing."""
+        found = glob.glob(os.path.join(glob.escape(self.path(folder)), pattern))
+        return sorted(os.path.basename(p) for p in found)
+
+    def glob_paths(self, pattern: str) -> list[str]:
+        """Host-absolute paths matching an absolute glob (wildcards in any component), sorted."""
+        prefix = "" if self.root == "/" else self.root.rstrip("/")
+        return sorted(p[len(prefix) :] for p in glob.glob(glob.escape(prefix) + pattern))
 
     def read_bytes(self, absolute: str, limit: int = READ_LIMIT, follow: bool = False) -> Optional[bytes]:
         """Content of a regular file, None when missing; TooLarge beyond `limit` bytes.
@@ -101,6 +140,13 @@ class Host:
         Never follows a final symlink unless `follow` (reading what K3s reads,
         which follows links; writes never do).
         """
+        got = self.read_stat(absolute, limit, follow)
+        return None if got is None else got[0]
+
+    def read_stat(
+        self, absolute: str, limit: int = READ_LIMIT, follow: bool = False
+    ) -> Optional[tuple[bytes, os.stat_result]]:
+        """As read_bytes, with the fstat of the file read (its owner and mode, not a later look's)."""
         # O_NONBLOCK: open(2) of a FIFO for reading blocks until a writer comes, so
         # a FIFO planted where we read (e.g. a user's ~/.ssh/authorized_keys) would
         # hang the agent; with it the open returns and the S_ISREG check refuses it.
@@ -115,15 +161,48 @@ class Host:
                 raise HostError(f"{absolute}: is a symlink, refusing to read through it") from exc
             raise
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise HostError(f"{absolute}: not a regular file")
-            return read_fd(fd, absolute, limit)
+            return read_fd(fd, absolute, limit), st
         finally:
             os.close(fd)
 
     def read_text(self, absolute: str, limit: int = READ_LIMIT, follow: bool = False) -> Optional[str]:
         data = self.read_bytes(absolute, limit, follow)
         return None if data is None else data.decode("utf-8", errors="replace")
+
+    # -- walking without links (hostfs, LinkPolicy.REFUSE_ALL) ------------------
+
+    def mounts(self) -> hostfs.MountTable:
+        """The mount points of our mount namespace (this host's /proc/self/mountinfo, bounded)."""
+        return hostfs.MountTable.read(self.root, self.proc_path("self/mountinfo"))
+
+    def expand(self, pattern: str, mounts: Optional[hostfs.MountTable] = None) -> Iterator[hostfs.Entry]:
+        """Existing paths matching an absolute glob, no link followed (hostfs.expand)."""
+        return hostfs.expand(self.path("/"), pattern, mounts)
+
+    def walk(self, top: hostfs.Entry, mounts: Optional[hostfs.MountTable] = None) -> Iterator[hostfs.Entry]:
+        """Everything below a directory entry, capped, no link nor mount entered (hostfs.walk)."""
+        return hostfs.walk(self.path("/"), top, mounts)
+
+    def change(
+        self,
+        absolute: str,
+        uid: int = -1,
+        gid: int = -1,
+        mode_for: Optional[hostfs.ModeFn] = None,
+        mounts: Optional[hostfs.MountTable] = None,
+    ) -> tuple[os.stat_result, os.stat_result]:
+        """fchown/fchmod one file or directory reached without links; (before, after) (hostfs.change)."""
+        if self.read_only:
+            raise HostError(f"{absolute}: not changed, this is a read-only run")
+        return hostfs.change(self.path("/"), absolute, uid, gid, mode_for, mounts)
+
+    def read_no_links(self, absolute: str, limit: int = READ_LIMIT) -> tuple[bytes, os.stat_result]:
+        """A regular file's first `limit` bytes and fstat, no symlink followed anywhere on
+        its path (hostfs.read_file: LinkInPath, Refused, FileNotFoundError otherwise)."""
+        return hostfs.read_file(self.path("/"), absolute, limit)
 
     # -- writing -----------------------------------------------------------
 
@@ -210,6 +289,23 @@ class Host:
             raise HostError(f"{absolute}: exists and is not a directory")
         return st
 
+    def rename(self, source: str, target: str) -> None:
+        """rename(2) between two host paths (a folder swapped into place whole)."""
+        if self.read_only:
+            raise HostError(f"{source}: not renamed, this is a read-only run")
+        os.rename(self.path(source), self.path(target))
+
+    def remove_tree(self, absolute: str) -> None:
+        """Remove a file, a link (never its target) or a folder with its content
+        (shutil.rmtree, which follows no link); nothing when it is missing."""
+        if self.read_only:
+            raise HostError(f"{absolute}: not removed, this is a read-only run")
+        real = self.path(absolute)
+        if os.path.islink(real) or os.path.isfile(real):
+            os.unlink(real)
+        elif os.path.isdir(real):
+            shutil.rmtree(real)
+
     @contextlib.contextmanager
     def lock(self, absolute: str, timeout: float = 30.0) -> Iterator[None]:
         """An exclusive flock on a (0600, created when missing) lock file, for one
@@ -228,46 +324,9 @@ class Host:
             os.close(fd)  # releases the flock
 
     def _open_parent(self, absolute: str) -> int:
-        """An fd for a host directory, made (0755) where missing, walked one component at a time.
-
-        A symlink on the way is followed only when only root could have put it
-        there: root owns it and its directory is root-owned and not group/other-
-        writable, or sticky (/tmp). Elsewhere (e.g. a node_exporter textfile folder
-        owned by another user) a link swapped in for a directory would send a root
-        write anywhere, so it is refused. Absolute link targets resolve under the
-        host root, as Host.path does.
-        """
-        fd = os.open(self.root, _ROOT_FLAGS)
-        parts = [p for p in absolute.split("/") if p]
-        hops = 0
-        try:
-            while parts:
-                part = parts.pop(0)
-                try:
-                    child = _open_child(fd, part)
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-                    if not stat.S_ISLNK(st.st_mode):
-                        raise HostError(f"{absolute}: {part} is not a directory") from None
-                    hops += 1
-                    if hops > 40 or st.st_uid != 0 or not _only_root_writes(os.fstat(fd)):
-                        raise HostError(
-                            f"{absolute}: {part} is a symlink in a directory others can write; not followed"
-                        ) from None
-                    target = os.readlink(part, dir_fd=fd)
-                    parts = [p for p in target.split("/") if p] + parts
-                    if target.startswith("/"):
-                        os.close(fd)
-                        fd = os.open(self.root, _ROOT_FLAGS)
-                    continue
-                os.close(fd)
-                fd = child
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
+        """An fd for a host directory of the agent's own, made (0755) where missing
+        (hostfs.open_dir, LinkPolicy.ROOT_PLACED: a link only root could have placed is followed)."""
+        return hostfs.open_dir(self.root, absolute, LinkPolicy.ROOT_PLACED, create=True)
 
     def _backup(self, absolute: str, dfd: int, name: str) -> str:
         """Copy the current file to the backup dir (streamed: it may be any size)."""
@@ -295,6 +354,23 @@ class Host:
             _unlink_quietly(os.path.join(folder, stale))
         return dest
 
+    # -- /proc ---------------------------------------------------------------
+
+    def proc_read(self, relative: str, limit: int = PROC_LIMIT) -> bytes:
+        """A file of this host's proc mount (e.g. "1234/comm"), whole, at most `limit`
+        bytes (TooLarge beyond); OSError when it is gone (the process exited)."""
+        return read_capped(self.proc_path(relative), limit)
+
+    def proc_pids(self) -> list[int]:
+        """Pids listed in this host's proc mount (see proc_pids)."""
+        return proc_pids(self.proc)
+
+    def signal(self, pid: int, sig: int) -> None:
+        """Send a signal to a process (sshd's SIGHUP reload); OSError as kill(2) says."""
+        if self.read_only:
+            raise HostError(f"pid {pid}: not signalled, this is a read-only run")
+        os.kill(pid, sig)
+
     # -- network -----------------------------------------------------------
 
     def net_interfaces(self) -> list[str]:
@@ -314,6 +390,10 @@ class Host:
 
     def which(self, name: str) -> Optional[str]:
         return shutil.which(name, path=_SEARCH_PATH)
+
+    def program_exists(self, path: str) -> bool:
+        """A program at this real path (as `which` gives it, or configured), not under the root."""
+        return os.path.exists(path)
 
     def run(
         self,
@@ -394,6 +474,45 @@ class Host:
         return proc.pid
 
 
+@contextlib.contextmanager
+def flocked(path: str, timeout: float) -> Iterator[bool]:
+    """An exclusive flock on a lock file at a real path (another tool's, e.g. the xtables
+    lock), created 0600 when missing, never through a final symlink. Yields whether
+    the lock was taken within `timeout` seconds; released when the block ends."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        yield flock_within(fd, timeout)
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[str]:
+    """A private (0700) temporary folder of the real /tmp, removed with its content
+    afterwards: for files another program must read (sshd -t's candidate config)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        yield folder
+
+
+@contextlib.contextmanager
+def transient_dir(path: str, mode: int) -> Iterator[None]:
+    """A folder at a real path for the length of the block, removed again if we made it
+    (only root makes it; e.g. sshd's privilege-separation folder /run/sshd)."""
+    created = False
+    if os.geteuid() == 0:
+        try:
+            os.mkdir(path, mode)
+            created = True
+        except FileExistsError:
+            pass
+    try:
+        yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
 def flock_within(fd: int, timeout: float, poll: float = 0.01) -> bool:
     """Take an exclusive flock on fd, waiting at most timeout seconds; False if still held.
 
@@ -435,21 +554,6 @@ def _kill_session(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
             proc.wait(5)
 
 
-def _open_child(fd: int, part: str) -> int:
-    """Open (creating it when missing) one child directory of fd, never through a link."""
-    try:
-        return os.open(part, _DIR_FLAGS, dir_fd=fd)
-    except FileNotFoundError:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(part, 0o755, dir_fd=fd)
-        return os.open(part, _DIR_FLAGS, dir_fd=fd)
-
-
-def _only_root_writes(st: os.stat_result) -> bool:
-    """Only root can add, remove or replace entries of this directory."""
-    return st.st_uid == 0 and (not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX))
-
-
 def read_capped(path: str, limit: int = PROC_LIMIT) -> bytes:
     """A file outside any Host root (/proc of a pid, our own run dir), at most `limit` bytes."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -457,6 +561,65 @@ def read_capped(path: str, limit: int = PROC_LIMIT) -> bytes:
         return read_fd(fd, path, limit)
     finally:
         os.close(fd)
+
+
+def read_head(path: str, limit: int) -> bytes:
+    """The first `limit` bytes of a file outside any Host root (another process's
+    /proc/<pid>/environ): as read_capped, but the rest is dropped, not refused."""
+    return hostfs.read_head(path, limit)[0]
+
+
+def proc_writable(path: str) -> bool:
+    """Whether we may write this /proc file (access(2): a read-only /proc/sys in a container says no)."""
+    return os.access(path, os.W_OK)
+
+
+def write_proc(path: str, text: str) -> None:
+    """Write a value to a /proc file (a sysctl) in one write(2), as the kernel wants it."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)  # TRUNC: as open("w")
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def proc_pids(proc: str = "/proc") -> list[int]:
+    """Pids listed in a proc mount (read once; a process may exit right after)."""
+    with os.scandir(proc) as entries:
+        return [int(e.name) for e in entries if e.name.isdigit()]
+
+
+def systemd_booted() -> bool:
+    """Whether systemd runs this machine (sd_booted(3): /run/systemd/system is a directory)."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def journald_listening() -> bool:
+    """Whether journald's native socket is there to log to."""
+    return os.path.exists("/run/systemd/journal/socket")
+
+
+# PROC_NET_INIT_INO (include/linux/proc_ns.h): the initial network namespace's
+# fixed inode on current kernels; older ones number it dynamically, then only
+# PID 1's link tells (not readable everywhere, e.g. in some sandboxes).
+INIT_NET_INO = 0xEFFFFFF9
+
+
+def in_initial_netns(proc: str = "/proc") -> bool:
+    """Whether this thread is in the host's network namespace (True when it cannot tell).
+
+    netfilter has no root prefix: a Host(root=tmpdir) run -- tests, benches,
+    a dry run -- would change the real host's rules unless it runs in a
+    network namespace of its own.
+    """
+    try:
+        mine = os.stat(f"{proc}/thread-self/ns/net").st_ino
+    except OSError:
+        return True
+    try:
+        return mine == os.stat(f"{proc}/1/ns/net").st_ino
+    except OSError:
+        return mine == INIT_NET_INO
 
 
 def read_fd(fd: int, path: str, limit: int = READ_LIMIT) -> bytes:
@@ -508,9 +671,13 @@ class _FdSource:
 
 
 def write_private(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Replace a file of our own (status.json, metrics) atomically; no temp left by a crash."""
+    """The one writer of the agent's private files outside any Host root (status.json,
+    metrics in the run dir, sshd's candidate config in a scratch dir): `path` is a real
+    path. Atomic (O_TMPFILE, or an O_EXCL temp, then rename), fsynced, `mode` 0600 by
+    default, our owner; no temp left by a crash. No link is followed: the folder is
+    opened O_NOFOLLOW and a link at the name is replaced, never written through."""
     parent, name = os.path.split(path)
-    dfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         _sweep_stale_temps(dfd)
         # The name earlier versions used for this file's temp: exactly ours, never anyone else's.

@@ -3,7 +3,7 @@
 Items are keyed by an absolute path or glob. `mode` is exact, `max_mode` is
 CIS's "or more restrictive": healing clears exactly the bits above the limit.
 Owner and group are names resolved on this host. Nothing is ever done through
-a symlink (see fsafe): a link where a file is expected is drift for a human.
+a symlink (see hostfs): a link where a file is expected is drift for a human.
 
 One finding per matched path for plain items (key = the path), one finding
 per item for recursive ones (key = the item's pattern), one `absent` (or
@@ -21,7 +21,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Optional
 
-from k3s_agent.controls import fsafe
+from k3s_agent import hostfs
 from k3s_agent.controls.base import ControlSpec, Lint, Watch, split_declined
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Status
@@ -137,7 +137,8 @@ class Rule:
             want = TYPES["dir"]
         else:
             return None
-        return f'a {fsafe.kind_of(st.st_mode)} where a {want} is expected (type = "{self.type}"); not changed'
+        kind = hostfs.kind_of(st.st_mode)
+        return f'a {kind} where a {want} is expected (type = "{self.type}"); not changed'
 
     def describe(self) -> str:
         bits = []
@@ -208,7 +209,7 @@ def observed(st: os.stat_result) -> str:
 
 def precedence(rule: Rule) -> tuple[int, int]:
     """Exact paths first, then the longest (most specific) glob."""
-    return (1 if fsafe.has_magic(rule.pattern) else 0, -len(rule.pattern))
+    return (1 if hostfs.has_magic(rule.pattern) else 0, -len(rule.pattern))
 
 
 # -- the control ------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def precedence(rule: Rule) -> tuple[int, int]:
 LEFT = "left for an operator"
 
 
-def unfixable(entry: fsafe.Entry) -> Optional[str]:
+def unfixable(entry: hostfs.Entry) -> Optional[str]:
     """Why a deviating entry must not be changed by us (None: it may)."""
     if entry.problem:
         return entry.problem
@@ -229,7 +230,7 @@ def unfixable(entry: fsafe.Entry) -> Optional[str]:
     return None
 
 
-def notes_on(entry: fsafe.Entry) -> str:
+def notes_on(entry: hostfs.Entry) -> str:
     """What to add to `observed` about an entry we judge but would not change."""
     notes = [" (mount point)"] if entry.mount else []
     if stat.S_ISREG(entry.st.st_mode) and entry.st.st_nlink > 1:
@@ -248,7 +249,7 @@ class FilesControl:
         self.recursive = [r for r in self.rules if r.recursive]
         self.owner_of: dict[str, Rule] = {}  # finding key -> rule, from the last check
         self.entries_seen = 0
-        self.mounts = fsafe.MountTable()
+        self.mounts = hostfs.MountTable()
 
     # -- observe ------------------------------------------------------------------
 
@@ -256,7 +257,7 @@ class FilesControl:
         findings: list[Finding] = []
         owner_of: dict[str, Rule] = {}
         self.entries_seen = 0
-        self.mounts = fsafe.MountTable.read(self.host)
+        self.mounts = self.host.mounts()
         for rule in self.plain:
             for finding in self._guarded(rule, lambda r=rule: self._check_plain(r, owner_of)):
                 owner_of[finding.key] = rule
@@ -288,28 +289,28 @@ class FilesControl:
     def _check_plain(self, rule: Rule, claimed: dict[str, Rule]) -> list[Finding]:
         findings, matched = [], 0
         try:
-            for entry in fsafe.expand(self.host, rule.pattern, self.mounts):
+            for entry in self.host.expand(rule.pattern, self.mounts):
                 matched += 1
-                if matched > fsafe.MAX_ENTRIES:
+                if matched > hostfs.MAX_ENTRIES:
                     base = self._base(rule, rule.pattern)
                     findings.append(
-                        _declined(base.with_status(Status.DRIFT, f"{fsafe.too_many()} (this cycle)"))
+                        _declined(base.with_status(Status.DRIFT, f"{hostfs.too_many()} (this cycle)"))
                     )
                     break
                 if entry.path in claimed:
                     continue  # a more specific item governs this path
                 self.entries_seen += 1
                 findings.append(self._judge(rule, entry))
-        except fsafe.Refused as exc:
+        except hostfs.Refused as exc:
             return [_declined(self._base(rule, rule.pattern).with_status(Status.DRIFT, str(exc)))]
         return findings if matched else [self._nothing(rule)]
 
-    def _judge(self, rule: Rule, entry: fsafe.Entry) -> Finding:
+    def _judge(self, rule: Rule, entry: hostfs.Entry) -> Finding:
         base = self._base(rule, entry.path)
         kind = stat.S_IFMT(entry.st.st_mode)
         if entry.problem:
             return _declined(base.with_status(Status.DRIFT, entry.problem), "left for the next cycle")
-        # A link or a special file: fsafe.change refuses it, so apply would only say so.
+        # A link or a special file: hostfs.change refuses it, so apply would only say so.
         if entry.link is not None:
             return dataclasses.replace(
                 base,
@@ -320,7 +321,7 @@ class FilesControl:
                 declined=LEFT,
             )
         if kind not in (stat.S_IFREG, stat.S_IFDIR):
-            what = fsafe.kind_of(entry.st.st_mode)
+            what = hostfs.kind_of(entry.st.st_mode)
             return dataclasses.replace(
                 base,
                 status=Status.DRIFT,
@@ -355,7 +356,7 @@ class FilesControl:
                     reason = unfixable(entry)
                     shown = [reason, *problems] if reason else problems
                     deviations.append(f"{entry.path}: {'; '.join(shown)}")
-        except fsafe.Refused as exc:
+        except hostfs.Refused as exc:
             return _declined(base.with_status(Status.DRIFT, str(exc)))
         self.entries_seen += total
         if total == 0 and not notes:
@@ -368,29 +369,29 @@ class FilesControl:
         more = len(deviations) - min(len(deviations), _SHOWN_PER_FINDING)
         return found.with_status(Status.DRIFT, "; ".join(shown) + (f"; and {more} more" if more else ""))
 
-    def _tree(self, rule: Rule) -> Iterator[fsafe.Entry]:
+    def _tree(self, rule: Rule) -> Iterator[hostfs.Entry]:
         """Every match of the pattern and everything below it.
 
         Symlinks below the top are yielded (and counted) but never judged or
         descended: their own owner/mode mean nothing and the target is not ours.
         Mount points are yielded but never entered.
         """
-        for top in fsafe.expand(self.host, rule.pattern, self.mounts):
+        for top in self.host.expand(rule.pattern, self.mounts):
             if top.problem:
-                raise fsafe.Raced(f"{top.path}: {top.problem}")
+                raise hostfs.Raced(f"{top.path}: {top.problem}")
             if top.link is not None:
-                raise fsafe.Refused(f"{top.path} is a symlink (-> {top.link}); not followed")
+                raise hostfs.Refused(f"{top.path} is a symlink (-> {top.link}); not followed")
             mismatch = rule.mismatch(top.st)
             if mismatch:
-                raise fsafe.Refused(f"{top.path} is {mismatch}")
+                raise hostfs.Refused(f"{top.path} is {mismatch}")
             yield top
-            yield from fsafe.walk(self.host, top, self.mounts)
+            yield from self.host.walk(top, self.mounts)
 
     # -- heal ---------------------------------------------------------------------
 
     def apply(self, drift: Sequence[Finding]) -> list[Finding]:
         results, todo = split_declined(drift)
-        self.mounts = fsafe.MountTable.read(self.host)  # fresh: a mount may have come since check
+        self.mounts = self.host.mounts()  # fresh: a mount may have come since check
         return results + [self._heal(finding) for finding in todo]
 
     def _heal(self, finding: Finding) -> Finding:
@@ -401,7 +402,7 @@ class FilesControl:
             if rule.recursive:
                 return self._heal_tree(rule, finding)
             note = self._fix(rule, finding.key)
-        except fsafe.Refused as exc:
+        except hostfs.Refused as exc:
             return finding.with_status(Status.DRIFT, f"{exc}; {LEFT}")
         except OSError as exc:
             return finding.with_status(Status.FAILED, f"{finding.key}: {exc.strerror}")
@@ -418,7 +419,7 @@ class FilesControl:
                 continue
             try:
                 notes.append(f"{entry.path}: {self._fix(rule, entry.path)}")
-            except fsafe.Refused as exc:
+            except hostfs.Refused as exc:
                 refused.append(str(exc))
             except FileNotFoundError:
                 continue  # removed since the walk (K3s rotates temporary certs): nothing to fix
@@ -431,7 +432,7 @@ class FilesControl:
         )
 
     def _fix(self, rule: Rule, path: str) -> str:
-        before, after = fsafe.change(self.host, path, rule.uid, rule.gid, rule.mode_for, self.mounts)
+        before, after = self.host.change(path, rule.uid, rule.gid, rule.mode_for, self.mounts)
         return describe_change(before, after)
 
     def watches(self) -> list[Watch]:
@@ -439,7 +440,7 @@ class FilesControl:
         for rule in self.rules:
             literal = []
             for part in rule.pattern.split("/")[1:]:
-                if fsafe.has_magic(part):
+                if hostfs.has_magic(part):
                     break
                 literal.append(part)
             folder = "/" + "/".join(literal)
@@ -494,7 +495,7 @@ _OVERFLOW_UID = 65534
 def fixed_levels(key: str) -> int:
     """How many leading components of a key are literal: "/etc/ssh/*.conf" -> 2."""
     parts = [p for p in key.split("/") if p]
-    return next((i for i, part in enumerate(parts) if fsafe.has_magic(part)), len(parts))
+    return next((i for i, part in enumerate(parts) if hostfs.has_magic(part)), len(parts))
 
 
 def _too_shallow(key: str) -> Optional[Lint]:

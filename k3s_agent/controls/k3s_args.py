@@ -40,7 +40,7 @@ from typing import Any, Optional
 import yaml
 
 from k3s_agent.controls.base import ControlSpec, Lint, Watch, split_declined
-from k3s_agent.host import Host, HostError, read_fd
+from k3s_agent.host import Host, HostError
 from k3s_agent.k3s import args as k3sargs
 from k3s_agent.k3s import etcd as k3setcd
 from k3s_agent.k3s import yamlcap
@@ -468,7 +468,7 @@ class K3sArgsControl:
                 return dataclasses.replace(
                     base, status=Status.DRIFT, observed="differs", message="differs from the policy's content"
                 )
-        st = os.lstat(self.host.path(path))
+        st = self.host.lstat(path)
         if stat.S_IMODE(st.st_mode) & 0o077 or st.st_uid != 0:
             return base.with_status(
                 Status.DRIFT, f"mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}, want 0600 root"
@@ -629,7 +629,7 @@ class K3sArgsControl:
             written = self._write_file(check, kind, content)
             return [] if written.status is Status.HEALED else [f"--{flag} {path}: {written.message}"]
         try:
-            st = os.stat(self.host.path(path))
+            st = self.host.stat(path)
         except FileNotFoundError:
             return [f"--{flag} {path} is missing"]
         if not stat.S_ISREG(st.st_mode):
@@ -846,20 +846,16 @@ def read_trusted(host: Host, absolute: str) -> Optional[str]:
     Its content becomes K3s's audit policy or admission config, written as root:
     a file another user can edit must not decide that (same rule as the policy files).
     """
-    try:
-        fd = os.open(host.path(absolute), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    got = host.read_stat(absolute)  # no final link followed; bounded
+    if got is None:
         return None
-    with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise HostError(f"{absolute}: not a regular file")
-        if st.st_uid != 0 or st.st_mode & 0o022:
-            raise HostError(
-                f"{absolute}: mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}; "
-                "content must be owned by root and not group/other-writable"
-            )
-        return read_fd(handle.fileno(), absolute).decode("utf-8", errors="replace")
+    data, st = got
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise HostError(
+            f"{absolute}: mode {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}; "
+            "content must be owned by root and not group/other-writable"
+        )
+    return data.decode("utf-8", errors="replace")
 
 
 def _same_yaml(text: str, data: Any) -> Optional[bool]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import stat
 import time
@@ -94,7 +93,7 @@ def witness_key(host: Host, node: K3sNode, paths: Sequence[str]) -> tuple[object
 
 def _stat_key(host: Host, path: str) -> Optional[tuple[int, int, int, int]]:
     try:
-        st = os.lstat(host.path(path))
+        st = host.lstat(path)
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
@@ -236,7 +235,7 @@ class K3sEncryptionControl:
                 observed=stage,
                 message=f"unknown stage {stage!r}",
             )
-        age = self.clock() - os.lstat(self.host.path(path)).st_mtime
+        age = self.clock() - self.host.lstat(path).st_mtime
         if age > self.stuck_after:
             return self._f(
                 "encryption-state",
@@ -396,7 +395,7 @@ def parse_config(raw: bytes) -> tuple[tuple[str, ...], int, str]:
 def _file_problem(host: Host, path: str) -> str:
     """ "" when path is a regular file, mode 0600 (or stricter), owned by root:root."""
     try:
-        st = os.lstat(host.path(path))
+        st = host.lstat(path)
     except FileNotFoundError:
         return "missing"
     if stat.S_ISLNK(st.st_mode):

@@ -23,7 +23,6 @@ import ipaddress
 import os
 import shlex
 import signal
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
@@ -32,7 +31,13 @@ from k3s_agent.controls.base import ControlSpec, Lint, Watch, split_declined
 from k3s_agent.controls.sshd_accounts import read_accounts
 from k3s_agent.controls.sshd_guard import GuardError, Network, Where, keyword_name
 from k3s_agent.controls.sshd_lockout import lockouts
-from k3s_agent.host import Host, HostError, read_capped
+from k3s_agent.host import (
+    Host,
+    HostError,
+    scratch_dir,
+    systemd_booted,
+    write_private,
+)
 from k3s_agent.model import Finding, Mode, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, list_of, matches
@@ -108,7 +113,7 @@ class SshdControl:
     # -- observe ----------------------------------------------------------------
 
     def installed(self) -> bool:
-        return bool(self.sshd) and os.path.exists(str(self.sshd)) and os.path.lexists(self.host.path(MAIN))
+        return bool(self.sshd) and self.host.program_exists(str(self.sshd)) and self.host.exists(MAIN)
 
     def _all(self, status: Status, message: str) -> list[Finding]:
         return [Finding(NAME, key, status, desired=w, message=message) for key, w in self.want.items()]
@@ -256,7 +261,7 @@ class SshdControl:
             return f"{plan.target} already up to date ({plan.reason})"
         mode, uid, gid = 0o600, 0, 0
         if plan.target == MAIN:
-            st = os.stat(self.host.path(MAIN), follow_symlinks=False)
+            st = self.host.lstat(MAIN)
             mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
         backup = self.host.write_atomic(plan.target, plan.text.encode(), mode=mode, uid=uid, gid=gid)
         kept = f", previous copy {backup}" if backup else ""
@@ -270,17 +275,17 @@ class SshdControl:
     @contextlib.contextmanager
     def _candidate(self, plan: Plan) -> Iterator[Candidate]:
         """The plan as files sshd can read, in a private temp dir removed afterwards."""
-        with tempfile.TemporaryDirectory(prefix="k3s-agentd-sshd.") as tmp:
+        with scratch_dir("k3s-agentd-sshd.") as tmp:
             candidate_main = os.path.join(tmp, "sshd_config")
             renames = {candidate_main: MAIN}
             if plan.target == MAIN:
                 main_text = plan.text
             else:
                 candidate_dropin = os.path.join(tmp, os.path.basename(DROPIN))
-                _write_private(candidate_dropin, plan.text)
+                write_private(candidate_dropin, plan.text.encode())
                 renames[candidate_dropin] = DROPIN
                 main_text = self._main_with_candidate(candidate_dropin)
-            _write_private(candidate_main, main_text)
+            write_private(candidate_main, main_text.encode())
             yield Candidate(candidate_main, renames)
 
     def _test(self, candidate: Candidate) -> Optional[str]:
@@ -365,7 +370,7 @@ class SshdControl:
             if taken["block"] is not None:
                 lines.insert(max(int(taken["block_line"]) - 1, 0), taken["block"])
             if "".join(lines) != main:
-                st = os.stat(self.host.path(MAIN), follow_symlinks=False)
+                st = self.host.lstat(MAIN)
                 mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
                 self.host.write_atomic(MAIN, "".join(lines).encode(), mode=mode, uid=uid, gid=gid)
                 done.append(
@@ -488,12 +493,6 @@ def strip_block(text: str) -> str:
     return "".join(lines[: span[0] - 1] + lines[span[1] :])
 
 
-def _write_private(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-
-
 def _only_foreign_extras(key: str, want: str, seen: str) -> bool:
     """AllowUsers & co. accumulate: extra names from another file are not ours to remove."""
     return key.lower() in ACCUMULATE and set(str(want).split()) <= set(str(seen).split())
@@ -528,7 +527,7 @@ class Reloader:
         self.host = host
         self.systemctl = systemctl if systemctl is not None else host.which("systemctl")
         # sd_booted(3): systemd is PID 1 when this directory exists.
-        self.booted = os.path.isdir("/run/systemd/system") if booted is None else booted
+        self.booted = systemd_booted() if booted is None else booted
         self.pidfile = pidfile
 
     def __call__(self) -> str:
@@ -562,13 +561,13 @@ class Reloader:
         if pid <= 1:
             return "sshd is not running (no pid file): it reads the new config when it starts"
         try:
-            comm = read_capped(f"/proc/{pid}/comm").decode(errors="replace").strip()
+            comm = self.host.proc_read(f"{pid}/comm").decode(errors="replace").strip()
         except OSError:
             return f"sshd is not running (stale {self.pidfile})"
         if comm != "sshd":
             raise HostError(f"{self.pidfile} names pid {pid}, which is {comm!r}, not sshd; not signalled")
         try:
-            os.kill(pid, signal.SIGHUP)
+            self.host.signal(pid, signal.SIGHUP)
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 return "sshd exited before the reload"

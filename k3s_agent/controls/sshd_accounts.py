@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import Optional
 
-from k3s_agent.controls import fsafe
+from k3s_agent import hostfs
 from k3s_agent.host import Host
 
 PASSWD, GROUP, SHADOW = "/etc/passwd", "/etc/group", "/etc/shadow"
@@ -113,7 +113,7 @@ def login_shell(host: Host, account: Account) -> Optional[str]:
     if os.path.basename(account.shell) in NO_LOGIN_SHELLS:
         return f"its shell is {account.shell}"
     try:
-        st = os.stat(host.path(account.shell))
+        st = host.stat(account.shell)
     except (OSError, ValueError):
         return f"its shell {account.shell} does not exist"
     if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
@@ -123,11 +123,11 @@ def login_shell(host: Host, account: Account) -> Optional[str]:
 
 def _read_table(host: Host, path: str, notes: list[str], root_only: bool) -> Optional[list[list[str]]]:
     try:
-        data, st = fsafe.read_file(host, path, MAX_BYTES)
+        data, st = host.read_no_links(path, MAX_BYTES)
     except FileNotFoundError:
         notes.append(f"no {path}")
         return None
-    except (fsafe.Refused, OSError) as exc:
+    except (hostfs.Refused, OSError) as exc:
         notes.append(f"{path} not read ({exc})" if root_only else f"{path}: {exc}")
         return None
     if root_only and (st.st_uid != 0 or st.st_mode & 0o022):

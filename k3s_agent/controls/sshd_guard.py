@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Callable, Optional, Union
 
-from k3s_agent.controls import fsafe
+from k3s_agent import hostfs
 from k3s_agent.controls.sshd_accounts import EMPTY, UNKNOWN, USABLE, Account, Accounts, login_shell
 from k3s_agent.controls.sshd_lockout import (
     AuthorizedKey,
@@ -284,16 +284,16 @@ def _chroot(p: Probe, where: Where) -> Optional[str]:
     path = real
     while True:
         try:
-            st = os.stat(p.host.path(path), follow_symlinks=False)
+            st = p.host.lstat(path)
         except OSError:
             return f"{shown}: {path} cannot be read"
-        if st.st_uid != 0 or st.st_mode & 0o022 or not os.path.isdir(p.host.path(path)):
+        if st.st_uid != 0 or st.st_mode & 0o022 or not p.host.is_dir(path, follow=True):
             return f"{shown}: {path} is not a root-owned directory only root can write (the session fails)"
         if path == "/":
             break
         path = os.path.dirname(path)
     shell = os.path.join(real, p.account.shell.lstrip("/"))
-    if not os.path.isfile(p.host.path(shell)):
+    if not p.host.is_file(shell):
         return f"{shown}: no {p.account.shell} inside it to run as the shell"
     return None
 
@@ -338,8 +338,8 @@ def _host_key_type(host: Host, path: str) -> Optional[str]:
     root = host.root.rstrip("/")
     path = path[len(root) :] if root and path.startswith(root + "/") else path  # --root configs
     try:
-        data, _ = fsafe.read_file(host, path + ".pub", 64 << 10)
-    except (fsafe.Refused, OSError, ValueError):
+        data, _ = host.read_no_links(path + ".pub", 64 << 10)
+    except (hostfs.Refused, OSError, ValueError):
         return None
     words = data.decode("utf-8", errors="replace").split()
     return words[0] if words else None

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Optional
 
-from k3s_agent.controls import fsafe
+from k3s_agent import hostfs
 from k3s_agent.controls.sshd_accounts import Account, read_accounts
 from k3s_agent.host import Host
 
@@ -238,10 +238,10 @@ def _key_file(host: Host, path: str, user: Account, strict: bool) -> str:
         return ""
     try:
         # no link left on the way: one swapped in now is refused
-        data, st = fsafe.read_file(host, real, MAX_KEY_BYTES)
+        data, st = host.read_no_links(real, MAX_KEY_BYTES)
         trusted = not strict or all(_secure(s, user) for s in (st, *_dirs_up_to(host, real, home)))
         trusted = trusted and readable_by(host, real, st, user)
-    except (fsafe.Refused, OSError):
+    except (hostfs.Refused, OSError):
         return ""
     return data.decode("utf-8", errors="replace") if trusted else ""
 
@@ -258,14 +258,14 @@ def trusted_path(host: Host, path: str) -> Optional[str]:
             continue
         candidate = os.path.join(resolved, part)
         try:
-            st = os.stat(host.path(candidate), follow_symlinks=False)
+            st = host.lstat(candidate)
             if not stat.S_ISLNK(st.st_mode):
                 resolved = candidate
                 continue
             links += 1
             if links > MAX_LINKS or st.st_uid != 0 or not _root_only(host, resolved):
                 return None
-            target = os.readlink(host.path(candidate))
+            target = host.readlink(candidate)
         except OSError:
             return None
         resolved = "/" if target.startswith("/") else resolved
@@ -274,7 +274,7 @@ def trusted_path(host: Host, path: str) -> Optional[str]:
 
 
 def _root_only(host: Host, folder: str) -> bool:
-    st = os.stat(host.path(folder), follow_symlinks=False)
+    st = host.lstat(folder)
     return st.st_uid == 0 and not st.st_mode & 0o022
 
 
@@ -288,7 +288,7 @@ def readable_by(host: Host, path: str, st: os.stat_result, user: Account) -> boo
         return False
     folder = os.path.dirname(path)
     while folder != "/":  # "/" itself is searchable by all (and under --root is the tree's own dir)
-        if not _may(os.stat(host.path(folder), follow_symlinks=False), user, 0o1):
+        if not _may(host.lstat(folder), user, 0o1):
             return False
         folder = os.path.dirname(folder)
     return True
@@ -311,7 +311,7 @@ def _dirs_up_to(host: Host, path: str, home: str) -> list[os.stat_result]:
     found = []
     folder = os.path.dirname(path)
     while True:
-        found.append(os.stat(host.path(folder), follow_symlinks=False))
+        found.append(host.lstat(folder))
         if folder in (home, "/"):
             return found
         folder = os.path.dirname(folder)

@@ -9,14 +9,13 @@ file), never "healed" by editing someone else's file.
 from __future__ import annotations
 
 import errno
-import glob
 import os
 import re
 from collections.abc import Sequence
 from typing import Any, Optional
 
 from k3s_agent.controls.base import ControlSpec, Lint, Watch, split_declined
-from k3s_agent.host import Host, HostError, TooLarge, read_capped
+from k3s_agent.host import Host, HostError, TooLarge, proc_writable, read_capped, read_head, write_proc
 from k3s_agent.k3s.facts import read_facts
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy, Policy
@@ -165,7 +164,7 @@ class SysctlControl:
         found = Finding(NAME, key, Status.OK, desired=want, observed=seen, cis=self.cis.get(path))
         if seen == want:
             return found
-        if not os.access(self._proc_file(path), os.W_OK):
+        if not proc_writable(self._proc_file(path)):
             return found.with_status(Status.UNSUPPORTED, "read-only here (container or lockdown)")
         return found.with_status(Status.DRIFT, "runtime value differs")
 
@@ -234,8 +233,7 @@ class SysctlControl:
 
     def _write_runtime(self, finding: Finding) -> Finding:
         try:
-            with open(self._proc_file(finding.key), "w") as handle:
-                handle.write(str(finding.desired))
+            write_proc(self._proc_file(finding.key), str(finding.desired))
         except OSError as exc:
             status = Status.UNSUPPORTED if exc.errno in (errno.EROFS, errno.EACCES) else Status.FAILED
             return finding.with_status(status, f"write failed: {exc.strerror}")
@@ -264,8 +262,7 @@ class SysctlControl:
 
 def _read_raw(path: str) -> str:
     try:
-        with open(path, "rb") as handle:
-            return handle.read(4096).decode(errors="replace")
+        return read_head(path, 4096).decode(errors="replace")
     except OSError as exc:
         return f"<{exc.errno}>"
 
@@ -279,8 +276,8 @@ def boot_files(host: Host) -> list[str]:
     """sysctl.d files in the order they are applied at boot (host paths)."""
     by_name: dict[str, str] = {}
     for directory in SYSCTL_DIRS:
-        for path in glob.glob(os.path.join(glob.escape(host.path(directory)), "*.conf")):
-            by_name.setdefault(os.path.basename(path), f"{directory}/{os.path.basename(path)}")
+        for name in host.glob(directory, "*.conf"):
+            by_name.setdefault(name, f"{directory}/{name}")
     ordered = [by_name[name] for name in sorted(by_name)]
     return [*ordered, SYSCTL_CONF]
 

@@ -23,7 +23,6 @@ and PyYAML.
 from __future__ import annotations
 
 import dataclasses
-import os
 import stat
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
@@ -145,7 +144,7 @@ def config_files(host: Host, path: str) -> list[str]:
         files.append(path)
     folder = path + ".d"
     try:
-        names = sorted(os.listdir(host.path(folder)))
+        names = host.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         names = []
     for name in names:
@@ -154,7 +153,7 @@ def config_files(host: Host, path: str) -> list[str]:
         full = f"{folder}/{name}"
         # K3s skips directories (DirEntry.IsDir, which is false for a symlink).
         try:
-            if stat.S_ISDIR(os.lstat(host.path(full)).st_mode):
+            if stat.S_ISDIR(host.lstat(full).st_mode):
                 continue
         except FileNotFoundError:
             continue
@@ -164,7 +163,7 @@ def config_files(host: Host, path: str) -> list[str]:
 
 def _is_file(host: Host, path: str) -> bool:
     try:
-        return stat.S_ISREG(os.stat(host.path(path)).st_mode)
+        return stat.S_ISREG(host.stat(path).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         return False
 

@@ -12,12 +12,11 @@ words, never the raw cmdline.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable, Optional
 
 import psutil
 
-from k3s_agent.host import READ_LIMIT, Host, HostError, read_capped
+from k3s_agent.host import READ_LIMIT, Host, HostError, proc_pids, read_capped, systemd_booted
 from k3s_agent.k3s.unit import UnitFile, load_unit
 
 UNITS = {"server": "k3s.service", "agent": "k3s-agent.service"}
@@ -73,7 +72,7 @@ ScanFn = Callable[[], list[K3sProcess]]
 
 def systemctl_show(host: Host, unit: str) -> dict[str, str]:
     """`systemctl show` of the unit, {} when systemd is not the running init here."""
-    if host.root != "/" or not os.path.isdir("/run/systemd/system"):
+    if host.root != "/" or not systemd_booted():
         return {}
     try:
         done = host.run(["systemctl", "show", unit, "--property=" + ",".join(SHOW_PROPERTIES)], timeout=10)
@@ -93,9 +92,7 @@ def scan_processes() -> list[K3sProcess]:
     effective uid 0), so a look-alike cannot stand in for K3s in the report.
     (Rootless K3s is not supported by this scan.)"""
     found = []
-    with os.scandir("/proc") as entries:
-        pids = [int(e.name) for e in entries if e.name.isdigit()]
-    for pid in pids:
+    for pid in proc_pids():
         try:
             comm = read_capped(f"/proc/{pid}/comm").strip().decode(errors="replace")
         except (OSError, HostError):
@@ -168,4 +165,4 @@ def discover(host: Host, show: ShowFn = systemctl_show, scan: ScanFn = scan_proc
 
 
 def _exists(host: Host, path: str) -> bool:
-    return os.path.lexists(host.path(path))
+    return host.exists(path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 from typing import Optional, Union
 
 from k3s_agent.host import Host, HostError
@@ -96,8 +95,8 @@ def read_facts(host: Host) -> K3sFacts:
     node_ips = _addresses(conf.values("node-ip"), problems)
     data = data_dir(conf)
     external_db = bool(conf.value("datastore-endpoint"))
-    etcd_dir = host.path(f"{data}/{ETCD_SUBDIR}")
-    etcd = not external_db and (_true(conf.value("cluster-init")) or os.path.isdir(etcd_dir))
+    etcd_dir = f"{data}/{ETCD_SUBDIR}"
+    etcd = not external_db and (_true(conf.value("cluster-init")) or host.is_dir(etcd_dir, follow=True))
     return K3sFacts(
         cluster_cidrs=cluster,
         service_cidrs=service,

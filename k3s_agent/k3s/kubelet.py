@@ -10,8 +10,6 @@ flags override them all (kubernetes.io/docs/tasks/administer-cluster/kubelet-con
 
 from __future__ import annotations
 
-import glob
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -52,8 +50,8 @@ def read_dropins(host: Host, data_dir: str) -> tuple[dict[str, Any], list[str]]:
     folder = f"{data_dir.rstrip('/')}/{DROPIN_DIR}"
     merged: dict[str, Any] = {}
     problems = []
-    for found in sorted(glob.glob(os.path.join(glob.escape(host.path(folder)), "*.conf"))):
-        path = f"{folder}/{os.path.basename(found)}"
+    for name in host.glob(folder, "*.conf"):
+        path = f"{folder}/{name}"
         try:
             data = yamlcap.safe_load(host.read_text(path) or "") or {}
         except HostError as exc:  # its message starts with the path

@@ -9,8 +9,6 @@ with drop-ins from <dir>/<unit>.d/*.conf applied in file-name order
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 import re
 from typing import Optional
 
@@ -50,7 +48,7 @@ class UnitFile:
 def find_unit(host: Host, name: str) -> Optional[str]:
     for folder in UNIT_DIRS:
         path = f"{folder}/{name}"
-        if os.path.lexists(host.path(path)):
+        if host.exists(path):
             return path
     return None
 
@@ -58,9 +56,8 @@ def find_unit(host: Host, name: str) -> Optional[str]:
 def find_dropins(host: Host, name: str) -> list[str]:
     by_name: dict[str, str] = {}
     for folder in UNIT_DIRS:
-        pattern = os.path.join(glob.escape(host.path(f"{folder}/{name}.d")), "*.conf")
-        for found in glob.glob(pattern):
-            by_name.setdefault(os.path.basename(found), f"{folder}/{name}.d/{os.path.basename(found)}")
+        for found in host.glob(f"{folder}/{name}.d", "*.conf"):
+            by_name.setdefault(found, f"{folder}/{name}.d/{found}")
     return [by_name[key] for key in sorted(by_name)]
 
 

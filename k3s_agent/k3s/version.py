@@ -57,7 +57,7 @@ def unit_binary(host: Host) -> Optional[str]:
         unit = load_unit(host, name)
         if unit is not None and unit.exec_start and unit.exec_start[0].startswith("/"):
             return unit.exec_start[0]
-    return BINARY if os.path.lexists(host.path(BINARY)) else None
+    return BINARY if host.exists(BINARY) else None
 
 
 def detect(host: Host) -> K3sVersion:
@@ -66,7 +66,7 @@ def detect(host: Host) -> K3sVersion:
     if binary is None:
         return K3sVersion(None, None, NOT_FOUND)
     try:
-        st = os.stat(host.path(binary))
+        st = host.stat(binary)
     except OSError as exc:
         return K3sVersion(None, binary, f"{NOT_FOUND} ({binary}: {exc.strerror})")
     refusal = _untrusted(binary, st)

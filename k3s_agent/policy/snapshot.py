@@ -16,10 +16,9 @@ leaves the previous one under last-good.old, which load_last_good reads.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional
 
-from k3s_agent.host import Host, HostError
+from k3s_agent.host import STATE_DIR, Host, HostError
 from k3s_agent.model import Mode
 from k3s_agent.policy.loader import Layer, Registry, compose, read_layer
 from k3s_agent.policy.model import Policy
@@ -28,8 +27,9 @@ from k3s_agent.policy.schema import PolicyError
 FOLDER = "last-good"
 
 
-def _folder(host: Host, suffix: str = "") -> str:
-    return os.path.join(host.state_dir, FOLDER + suffix)
+def _folder(suffix: str = "") -> str:
+    """A host path in the agent's state dir."""
+    return f"{STATE_DIR}/{FOLDER}{suffix}"
 
 
 def save_last_good(host: Host, policy: Policy, registry: Optional[Registry] = None) -> bool:
@@ -42,32 +42,32 @@ def save_last_good(host: Host, policy: Policy, registry: Optional[Registry] = No
         layers = [read_layer(source) for source in files]
         if compose(host, layers, registry=registry) != policy:
             return False  # edited since it was loaded: not the policy in force
-        fresh, current, old = _folder(host, ".new"), _folder(host), _folder(host, ".old")
-        _remove(fresh)
-        os.makedirs(fresh, mode=0o700)
+        fresh, current, old = _folder(".new"), _folder(), _folder(".old")
+        host.remove_tree(fresh)
+        host.ensure_dir(fresh, 0o700, uid=os.geteuid(), gid=os.getegid())
         for index, (source, layer) in enumerate(zip(files, layers)):
             name = f"{index:03d}-{os.path.basename(source)}"
-            host.write_atomic(_unrooted(host, os.path.join(fresh, name)), layer.raw, mode=0o600, backup=False)
-        if os.path.lexists(current):
-            _remove(old)
-            os.rename(current, old)
-        os.rename(fresh, current)
-        _remove(old)
+            host.write_atomic(f"{fresh}/{name}", layer.raw, mode=0o600, backup=False)
+        if host.exists(current):
+            host.remove_tree(old)
+            host.rename(current, old)
+        host.rename(fresh, current)
+        host.remove_tree(old)
     except (OSError, HostError, PolicyError):
         return False  # a missing snapshot only matters on the next refused start
     return True
 
 
 def load_last_good(host: Host, registry: Optional[Registry] = None) -> Optional[Policy]:
-    for folder in (_folder(host), _folder(host, ".old")):
-        if os.path.isdir(folder) and not os.path.islink(folder):
+    for folder in (_folder(), _folder(".old")):
+        if host.is_dir(folder):  # a real folder, not a link to one
             break
     else:
         return None
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".toml"))
     try:
-        return compose(host, [read_layer(os.path.join(folder, n)) for n in names], registry=registry)
-    except PolicyError:
+        names = [n for n in host.listdir(folder) if n.endswith(".toml")]
+        return compose(host, [read_layer(host.path(f"{folder}/{n}")) for n in names], registry=registry)
+    except (OSError, PolicyError):
         return None
 
 
@@ -94,16 +94,3 @@ def fallback_policy(host: Host, registry: Optional[Registry] = None) -> tuple[Po
         # A built-in profile this host's lints refuse: nothing but the report.
         builtin = compose(host, [Layer("profile:none", {"extends": "none"})], registry=registry)
     return builtin.with_mode(Mode.AUDIT), BUILTIN_AUDIT
-
-
-def _remove(path: str) -> None:
-    if os.path.islink(path) or os.path.isfile(path):
-        os.unlink(path)
-    elif os.path.isdir(path):
-        shutil.rmtree(path)
-
-
-def _unrooted(host: Host, path: str) -> str:
-    if host.root == "/":
-        return path
-    return "/" + os.path.relpath(path, host.root)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import glob
 import re
 import shlex
 from collections.abc import Iterator, Mapping
@@ -116,7 +115,7 @@ class ConfigReader:
     def include_targets(self, pattern: str) -> list[str]:
         """Host-absolute files an Include pattern names, in sshd's order."""
         absolute = self.unroot(pattern if pattern.startswith("/") else f"{SSH_DIR}/{pattern}")
-        found = {self.unroot(p) for p in glob.glob(self.host.path(absolute))}
+        found = set(self.host.glob_paths(absolute))
         found |= {p for p in self.overlay if fnmatch.fnmatchcase(p, absolute)}
         return sorted(found)
 

@@ -13,10 +13,7 @@
 from __future__ import annotations
 
 import contextlib
-import glob
-import os
 import re
-import subprocess
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -24,7 +21,7 @@ from typing import Optional
 
 import psutil
 
-from k3s_agent.host import Host, HostError, read_capped
+from k3s_agent.host import CompletedProcess, Host, HostError, proc_pids, read_capped, transient_dir
 from k3s_agent.k3s.unit import UNIT_DIRS, parse_ini
 from k3s_agent.sshd.config import parse_effective
 
@@ -50,7 +47,7 @@ _SOCKET_DIRS = (
 )
 _WANTS = ("/etc/systemd/system/sockets.target.wants", "/usr/lib/systemd/system/sockets.target.wants")
 
-Answer = subprocess.CompletedProcess  # of str
+Answer = CompletedProcess  # of str, as Host.run gives it
 
 
 # -- sshd -T ------------------------------------------------------------------------------
@@ -64,19 +61,8 @@ def privsep_dir() -> Iterator[None]:
     a node where it is missing runs no sshd, and a read-only check must leave
     the host as it found it.
     """
-    created = False
-    if os.geteuid() == 0:
-        try:
-            os.mkdir(PRIVSEP_DIR, 0o755)
-            created = True
-        except FileExistsError:
-            pass
-    try:
+    with transient_dir(PRIVSEP_DIR, 0o755):
         yield
-    finally:
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(PRIVSEP_DIR)
 
 
 class Answers:
@@ -116,14 +102,18 @@ class Answers:
 
     def _fingerprint(self, sshd: str) -> tuple[object, ...]:
         """What `sshd -T`'s answer depends on: the binary and the config files' stat."""
-        paths = [sshd, self.host.path(MAIN_CONFIG)]
-        dropins = self.host.path(CONFIG_DIR)
-        with contextlib.suppress(OSError):
-            paths += sorted(os.path.join(dropins, n) for n in os.listdir(dropins))
         marks: list[object] = [self.host.root, int(time.monotonic() // self.ttl)]
+        try:  # the binary is a real path (as `which` gives it), not under the host root
+            st = Host().lstat(sshd)
+            marks.append((sshd, st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            marks.append((sshd, None))
+        paths = [MAIN_CONFIG]
+        with contextlib.suppress(OSError):
+            paths += [f"{CONFIG_DIR}/{n}" for n in self.host.listdir(CONFIG_DIR)]
         for path in paths:
             try:
-                st = os.stat(path, follow_symlinks=False)
+                st = self.host.lstat(path)
                 marks.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
             except OSError:
                 marks.append((path, None))
@@ -167,14 +157,12 @@ def sshd_listening_ports(proc: str = "/proc") -> list[int]:
     containers on a node; reading each process's comm grows only with their count.
     """
     ports = set()
-    for pid in os.listdir(proc):
-        if not pid.isdigit():
-            continue
+    for pid in proc_pids(proc):
         try:
             name = read_capped(f"{proc}/{pid}/comm").decode(errors="replace").strip()
             if name != "sshd" and not name.startswith("sshd:"):
                 continue
-            connections = psutil.Process(int(pid)).connections(kind="tcp")
+            connections = psutil.Process(pid).connections(kind="tcp")
         except (OSError, HostError, psutil.Error):
             continue  # gone meanwhile, or not ours to read
         ports.update(c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN)
@@ -190,7 +178,7 @@ def socket_unit_ports(host: Host) -> list[int]:
     """
     ports: set[int] = set()
     for unit in SOCKET_UNITS:
-        if not any(os.path.lexists(host.path(f"{wants}/{unit}")) for wants in _WANTS):
+        if not any(host.exists(f"{wants}/{unit}") for wants in _WANTS):
             continue  # installed but not enabled: systemd does not listen for it
         listen: list[str] = []
         for path in _unit_files(host, unit):
@@ -216,10 +204,9 @@ def _stream_port(value: str) -> int:
 
 def _unit_files(host: Host, unit: str) -> list[str]:
     """The unit's fragment (first in the load path), then its drop-ins in file-name order."""
-    fragment = next((f"{d}/{unit}" for d in _SOCKET_DIRS if os.path.lexists(host.path(f"{d}/{unit}"))), None)
+    fragment = next((f"{d}/{unit}" for d in _SOCKET_DIRS if host.exists(f"{d}/{unit}")), None)
     dropins: dict[str, str] = {}
     for folder in _SOCKET_DIRS:
-        for found in glob.glob(os.path.join(glob.escape(host.path(f"{folder}/{unit}.d")), "*.conf")):
-            name = os.path.basename(found)
+        for name in host.glob(f"{folder}/{unit}.d", "*.conf"):
             dropins.setdefault(name, f"{folder}/{unit}.d/{name}")
     return ([fragment] if fragment else []) + [dropins[name] for name in sorted(dropins)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from k3s_agent.controls import fsafe
+from k3s_agent import hostfs
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
 from k3s_agent.model import Status
@@ -246,14 +246,14 @@ def test_recursive_heal_goes_on_past_an_entry_removed_meanwhile(root: Path, monk
     ctl = control(root, {TLS: {"owner": "root", "recursive": True}})
     found = ctl.check()[0]
     assert found.status is Status.DRIFT
-    real_change = fsafe.change
+    real_change = hostfs.change
 
-    def racing_change(host, path, *args, **kw):
+    def racing_change(root, path, *args, **kw):
         if path.endswith("aaa-gone.key") and first.exists():
             first.unlink()  # K3s removed it after our walk listed it
-        return real_change(host, path, *args, **kw)
+        return real_change(root, path, *args, **kw)
 
-    monkeypatch.setattr(fsafe, "change", racing_change)
+    monkeypatch.setattr(hostfs, "change", racing_change)
     result = ctl.apply([found])[0]
     # Before: FileNotFoundError ended the heal as FAILED with zzz-kept.key untouched.
     assert result.status is Status.HEALED, result.message

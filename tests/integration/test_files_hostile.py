@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 from pytest import MonkeyPatch
 
-from k3s_agent.controls import fsafe
+from k3s_agent import hostfs
 from k3s_agent.model import Finding, Status
 from tests.support.filescontrol import by_key, control, fingerprint, heal, put
 from tests.support.netns import in_mountns
@@ -254,7 +254,7 @@ def test_a_1200_level_tree_is_walked_without_recursion_and_capped(root: Path) ->
         ctl = control(root, {f"{APP}/tree": {"owner": "root", "recursive": True}})
         found = ctl.check()[0]
         assert found.status is Status.DRIFT
-        assert f"deeper than {fsafe.MAX_DEPTH} levels" in found.message, found.message
+        assert f"deeper than {hostfs.MAX_DEPTH} levels" in found.message, found.message
         assert "/srv/app/tree/d: owner nobody" in found.message
         result = ctl.apply([found])[0]
         assert result.status is Status.DRIFT and "deeper than" in result.message
@@ -264,7 +264,7 @@ def test_a_1200_level_tree_is_walked_without_recursion_and_capped(root: Path) ->
 
 
 def test_a_tree_with_more_entries_than_the_cap_is_reported(root: Path, monkeypatch: MonkeyPatch) -> None:
-    monkeypatch.setattr(fsafe, "MAX_ENTRIES", 50)
+    monkeypatch.setattr(hostfs, "MAX_ENTRIES", 50)
     for index in range(80):
         put(root / f"srv/app/tree/f{index:03d}", 0o600)
     ctl = control(root, {f"{APP}/tree": {"max_mode": "0600", "recursive": True}})
@@ -273,7 +273,7 @@ def test_a_tree_with_more_entries_than_the_cap_is_reported(root: Path, monkeypat
 
 
 def test_a_glob_matching_more_than_the_cap_is_reported(root: Path, monkeypatch: MonkeyPatch) -> None:
-    monkeypatch.setattr(fsafe, "MAX_ENTRIES", 50)
+    monkeypatch.setattr(hostfs, "MAX_ENTRIES", 50)
     for index in range(80):
         put(root / f"srv/app/f{index:03d}.key", 0o600)
     ctl = control(root, {f"{APP}/*.key": {"max_mode": "0600"}})

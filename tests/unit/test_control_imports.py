@@ -21,7 +21,6 @@ CONTROLS = "k3s_agent.controls"
 SHARED = {
     "k3s_agent.controls",  # the registry
     "k3s_agent.controls.base",  # the Control contract
-    "k3s_agent.controls.fsafe",  # link-safe walks (files, sshd); bound for the host layer
 }
 # Top-level module or package under controls/ -> the control it belongs to (a package: all its submodules).
 OWNER = {
@@ -156,7 +155,7 @@ CASES = [
     ("k3s_agent.controls.sshd", "from k3s_agent.controls import sshd_guard\n", []),
     ("k3s_agent.controls.sshd_guard", "from k3s_agent.controls.sshd_lockout import lockouts\n", []),
     ("k3s_agent.controls.firewall.control", "from . import cni\nfrom .model import Rule\n", []),
-    ("k3s_agent.controls.files", "from k3s_agent.controls import fsafe\nfrom .base import Lint\n", []),
+    ("k3s_agent.controls.files", "from k3s_agent import hostfs\nfrom .base import Lint\n", []),
     ("k3s_agent.controls.firewall.hostnet", "from k3s_agent.sshd.facts import Answers\n", []),
     ("k3s_agent.controls.sysctl", "from k3s_agent.k3s.facts import read_facts\n", []),
     (

@@ -181,7 +181,7 @@ def test_no_firewall_section_enforces_and_touches_nothing(root: Path) -> None:
 def test_rooted_run_in_the_host_netns_never_changes_the_firewall(root: Path) -> None:
     # This test process runs in the host's network namespace: a Host(root=tmp)
     # firewall apply must refuse, before any backend is even chosen.
-    from k3s_agent.controls.firewall.control import in_initial_netns
+    from k3s_agent.host import in_initial_netns
     from k3s_agent.model import Finding, Status
     from tests.support.fwcontrol import make_control
 

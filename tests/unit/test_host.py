@@ -127,3 +127,30 @@ def test_root_given_as_a_symlink_still_works(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(tmp_path / "tree")
     Host(root=str(tmp_path / "link")).write_atomic("/etc/x.conf", b"x\n", backup=False)
     assert (tmp_path / "tree/etc/x.conf").read_text() == "x\n"
+
+
+def test_globs_are_host_paths_under_a_root_with_glob_characters(tmp_path: Path) -> None:
+    root = tmp_path / "node[1]"
+    (root / "etc/ssh/sshd_config.d").mkdir(parents=True)
+    for name in ("b.conf", "a.conf", ".hidden.conf", "c.txt"):
+        (root / "etc/ssh/sshd_config.d" / name).write_text("")
+    host = Host(root=str(root))
+    assert host.glob("/etc/ssh/sshd_config.d", "*.conf") == ["a.conf", "b.conf"]
+    assert host.glob_paths("/etc/ssh/*.d/*.conf") == [
+        "/etc/ssh/sshd_config.d/a.conf",
+        "/etc/ssh/sshd_config.d/b.conf",
+    ]
+    assert host.glob("/etc/missing", "*") == []
+
+
+def test_proc_reads_are_bounded_and_from_the_hosts_proc(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "42").mkdir(parents=True)
+    (proc / "42/comm").write_text("sshd\n")
+    (proc / "42/environ").write_bytes(b"x" * 100)
+    (proc / "self").mkdir()
+    host = Host(root=str(tmp_path), proc=str(proc))
+    assert host.proc_read("42/comm") == b"sshd\n"
+    assert host.proc_pids() == [42]
+    with pytest.raises(HostError, match="read cap"):
+        host.proc_read("42/environ", limit=10)

@@ -154,6 +154,25 @@ def test_write_private_replaces_its_old_temp_name_and_keeps_mode(tmp_path: Path)
     assert os.listdir(tmp_path) == ["status.json"]
 
 
+def test_write_private_replaces_a_link_at_the_name_never_writes_through_it(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("not ours")
+    (tmp_path / "run").mkdir()
+    os.symlink(elsewhere, tmp_path / "run/status.json")
+    write_private(str(tmp_path / "run/status.json"), b"{}\n")
+    assert elsewhere.read_text() == "not ours"
+    assert not (tmp_path / "run/status.json").is_symlink()
+    assert (tmp_path / "run/status.json").read_bytes() == b"{}\n"
+
+
+def test_write_private_refuses_a_linked_folder(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "run")
+    with pytest.raises(OSError):  # ELOOP/ENOTDIR from O_NOFOLLOW on the folder
+        write_private(str(tmp_path / "run/status.json"), b"{}\n")
+    assert os.listdir(tmp_path / "real") == []
+
+
 def test_backup_of_a_huge_file_is_streamed(tmp_path: Path) -> None:
     """The previous copy of a 196 MB (sparse) file is kept without reading it into memory."""
     script = textwrap.dedent(

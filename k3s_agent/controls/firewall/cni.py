@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import stat
 from collections.abc import Iterable, Sequence
 from typing import Optional
@@ -161,7 +160,7 @@ def from_conf_files(host: Host) -> tuple[Optional[str], tuple[str, ...]]:
 
 def _conf_names(host: Host, folder: str, evidence: list[str]) -> list[str]:
     try:
-        names = sorted(n for n in os.listdir(host.path(folder)) if n.endswith(CONF_SUFFIXES))
+        names = [n for n in host.listdir(folder) if n.endswith(CONF_SUFFIXES)]
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
@@ -175,7 +174,7 @@ def _conf_names(host: Host, folder: str, evidence: list[str]) -> list[str]:
 def _conf_kind(host: Host, path: str) -> tuple[Optional[str], str]:
     """(calico | cilium | flannel | None, a note for the evidence) for one config file."""
     try:
-        mode = os.lstat(host.path(path)).st_mode
+        mode = host.lstat(path).st_mode
         if not stat.S_ISREG(mode):
             return None, f"{path}: not a regular file"  # a link is not followed
         text = host.read_text(path, limit=CONF_LIMIT) or ""

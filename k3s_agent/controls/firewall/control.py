@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -15,7 +14,7 @@ from k3s_agent.controls.firewall.ipt import IptablesBackend, IptError, legacy_fi
 from k3s_agent.controls.firewall.model import TABLE, Rule, Ruleset
 from k3s_agent.controls.firewall.nft import NftBackend, NftError
 from k3s_agent.controls.firewall.options import OPTIONS
-from k3s_agent.host import Host
+from k3s_agent.host import Host, in_initial_netns
 from k3s_agent.k3s import facts as k3s
 from k3s_agent.model import Finding, Status
 from k3s_agent.policy.model import ControlPolicy
@@ -284,26 +283,3 @@ class FirewallControl:
             facts["cni_evidence"] = list(network.evidence)
             facts["nodes"] = [str(n) for n in desired.symbols(self.policy, self.inputs)["@nodes"]]
         return facts
-
-
-# PROC_NET_INIT_INO (include/linux/proc_ns.h): the initial network namespace's
-# fixed inode on current kernels; older ones number it dynamically, then only
-# PID 1's link tells (not readable everywhere, e.g. in some sandboxes).
-INIT_NET_INO = 0xEFFFFFF9
-
-
-def in_initial_netns(proc: str = "/proc") -> bool:
-    """Whether this thread is in the host's network namespace (True when it cannot tell).
-
-    netfilter has no root prefix: a Host(root=tmpdir) run -- tests, benches,
-    a dry run -- would change the real host's rules unless it runs in a
-    network namespace of its own.
-    """
-    try:
-        mine = os.stat(f"{proc}/thread-self/ns/net").st_ino
-    except OSError:
-        return True
-    try:
-        return mine == os.stat(f"{proc}/1/ns/net").st_ino
-    except OSError:
-        return mine == INIT_NET_INO

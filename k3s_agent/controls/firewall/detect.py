@@ -19,9 +19,10 @@ earlier choice cannot vote for itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
 import re
+import stat
 from typing import Optional
 
 from k3s_agent.controls.firewall.model import IPT_CHAIN
@@ -57,9 +58,10 @@ def count_rules(host: Host, binaries: tuple[str, ...]) -> int:
 
 def iptables_variant(host: Host) -> Optional[str]:
     """ "nft" or "legacy" from /etc/alternatives/iptables, then `iptables --version`."""
-    link = host.path("/etc/alternatives/iptables")
-    if os.path.islink(link):
-        return "nft" if "nft" in os.readlink(link) else "legacy"
+    link = "/etc/alternatives/iptables"
+    with contextlib.suppress(OSError):
+        if stat.S_ISLNK(host.lstat(link).st_mode):
+            return "nft" if "nft" in host.readlink(link) else "legacy"
     binary = host.which("iptables")
     if binary is None:
         return None

@@ -39,7 +39,7 @@ from k3s_agent.controls.firewall.model import (
     Rule,
     Ruleset,
 )
-from k3s_agent.host import HostError, flock_within, read_capped
+from k3s_agent.host import HostError, flocked, read_capped
 
 LOCK_FILE = "/run/xtables.lock"
 LOCK_TIMEOUT = 10.0
@@ -75,13 +75,10 @@ def _iptc() -> Any:
 def xtables_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """The flock iptables(8) takes; XTABLES_LOCKFILE overrides the path as it does for iptables."""
     path = os.environ.get("XTABLES_LOCKFILE", LOCK_FILE)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        if not flock_within(fd, timeout):
+    with flocked(path, timeout) as held:
+        if not held:
             raise IptError(f"{path}: xtables lock still held after {timeout:g}s")
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the flock
 
 
 # -- rendering -----------------------------------------------------------------------

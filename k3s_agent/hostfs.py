@@ -1,12 +1,17 @@
-"""Symlink-proof file-system access (the files control; sshd's lock-out lint reads keys with it).
+"""File-system safety of the host layer: one openat walk, two named link policies.
 
 Every path is resolved one component at a time from the host root with
-O_NOFOLLOW, so neither a planted link at the end of a path nor one in the
-middle (a directory swapped for a link) is ever followed. Changes are made
-with fchmod/fchown on a descriptor whose type and identity were checked with
-fstat after opening it, so a file swapped between check and apply is refused
-rather than changed through a link (open(2): O_NOFOLLOW fails with ELOOP on a
-final symlink; with O_DIRECTORY it fails with ENOTDIR).
+O_NOFOLLOW (open_dir). What a symlink on the way means is the caller's named
+LinkPolicy: REFUSE_ALL (the files control, reading keys and keys' folders for
+the sshd lint) never follows one, neither a planted link at the end of a path
+nor one in the middle (a directory swapped for a link); ROOT_PLACED (the
+agent's own writes: write_atomic, lock, ensure_dir) follows a link only root
+could have placed. Host (host.py) is the way in; this module knows no Host.
+
+Changes are made with fchmod/fchown on a descriptor whose type and identity
+were checked with fstat after opening it, so a file swapped between check and
+apply is refused rather than changed through a link (open(2): O_NOFOLLOW
+fails with ELOOP on a final symlink; with O_DIRECTORY it fails with ENOTDIR).
 
 Mount points are marked on every entry (a different st_dev from the parent
 directory, or a mount point listed in /proc/self/mountinfo: a bind mount of the
@@ -18,7 +23,9 @@ an entry that changes between two looks is marked, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import enum
 import errno
 import fnmatch
 import os
@@ -27,9 +34,11 @@ import stat
 from collections.abc import Iterator
 from typing import Callable, Optional, Union
 
-from k3s_agent.host import Host
-
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The root itself is opened following links: --root is the operator's word.
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# A ROOT_PLACED walk follows at most this many links (as the kernel's MAXSYMLINKS).
+MAX_HOPS = 40
 # O_NONBLOCK: opening a FIFO that raced into place must not hang; O_NOCTTY: a
 # tty must never become our controlling terminal.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -46,6 +55,12 @@ MOUNTINFO_LIMIT = 8 << 20
 NEXT_CYCLE = "checked again next cycle"
 
 ModeFn = Callable[[os.stat_result], Optional[int]]
+
+
+class HostError(Exception):
+    """A host operation was refused or failed; the message says which path and why.
+
+    Defined here so that a ROOT_PLACED walk raises it; host.py exports it."""
 
 
 class Refused(Exception):
@@ -82,11 +97,12 @@ class MountTable:
     truncated: bool = False
 
     @classmethod
-    def read(cls, host: Host) -> MountTable:
-        """/proc/self/mountinfo, read bounded; empty when there is none (st_dev still works)."""
-        root = os.path.realpath(host.root)
+    def read(cls, root: str, mountinfo: str) -> MountTable:
+        """A mountinfo file (/proc/self/mountinfo), read bounded; empty when there is none
+        (st_dev still works). Mount points under `root` are mapped to host paths."""
+        root = os.path.realpath(root)
         try:
-            data, truncated = read_capped(host.proc_path("self/mountinfo"), MOUNTINFO_LIMIT)
+            data, truncated = read_head(mountinfo, MOUNTINFO_LIMIT)
         except OSError:
             return cls(root=root)
         lines = data.split(b"\n")
@@ -112,7 +128,7 @@ def _mount_points(lines: list[bytes]) -> Iterator[str]:
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
-def read_capped(path: str, limit: int) -> tuple[bytes, bool]:
+def read_head(path: str, limit: int) -> tuple[bytes, bool]:
     """At most `limit` bytes of a regular or proc file (no final symlink); and whether it was cut."""
     fd = os.open(path, _FILE_FLAGS)
     try:
@@ -148,18 +164,52 @@ def kind_of(mode: int) -> str:
     return "special file"
 
 
-def open_dir(host: Host, absolute: str) -> int:
-    """An O_DIRECTORY fd for a host directory, reached without following any symlink.
+class LinkPolicy(enum.Enum):
+    """What a walk does with a symlink where it expects a directory."""
 
-    Raises LinkInPath naming the first component that is a link,
-    FileNotFoundError when a component is missing.
+    # Never follow one: LinkInPath names it. For paths others may write below
+    # (the files control's items, a user's ~/.ssh): a link there is drift for a human.
+    REFUSE_ALL = "refuse-all"
+    # Follow one only root could have placed: root owns the link and its directory is
+    # root-owned and not group/other-writable, or sticky (/tmp). For the agent's own
+    # files in system folders a distribution may link (/var/run -> /run); elsewhere (a
+    # node_exporter textfile folder owned by another user) a link swapped in for a
+    # directory would send a root write anywhere, so it is refused (HostError).
+    # Absolute link targets resolve under the host root.
+    ROOT_PLACED = "root-placed"
+
+
+def open_dir(
+    root: str, absolute: str, policy: LinkPolicy = LinkPolicy.REFUSE_ALL, create: bool = False
+) -> int:
+    """An O_DIRECTORY fd for a host directory, walked one component at a time from `root`.
+
+    A symlink on the way is handled by `policy` (REFUSE_ALL: LinkInPath naming the
+    first link, Refused or Raced for another type; ROOT_PLACED: HostError unless
+    root placed it). A missing component is made (0755) with `create`, else
+    FileNotFoundError.
     """
-    fd = os.open(host.path("/"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    walked = ""
+    fd = os.open(root, _ROOT_FLAGS)
+    parts = _parts(absolute)
+    walked, hops = "", 0
     try:
-        for part in [p for p in absolute.split("/") if p]:
+        while parts:
+            part = parts.pop(0)
             walked += "/" + part
-            child = open_child(fd, part, walked)
+            try:
+                child = _open_child(fd, part, create)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                if policy is LinkPolicy.REFUSE_ALL:
+                    raise _not_a_directory(fd, part, walked) from None
+                hops += 1
+                target = _root_placed_link(fd, part, absolute, hops)
+                parts = _parts(target) + parts
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open(root, _ROOT_FLAGS)
+                continue
             os.close(fd)
             fd = child
         return fd
@@ -168,10 +218,41 @@ def open_dir(host: Host, absolute: str) -> int:
         raise
 
 
-def open_child(fd: int, part: str, walked: str) -> int:
-    """Open one child directory of fd with O_NOFOLLOW (fd stays open); raise on a link."""
+def _parts(path: str) -> list[str]:
+    return [p for p in path.split("/") if p]
+
+
+def _open_child(fd: int, part: str, create: bool) -> int:
+    """Open (with `create`, making it when missing) one child directory of fd, never through a link."""
     try:
         return os.open(part, _DIR_FLAGS, dir_fd=fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(part, 0o755, dir_fd=fd)
+        return os.open(part, _DIR_FLAGS, dir_fd=fd)
+
+
+def _root_placed_link(fd: int, part: str, absolute: str, hops: int) -> str:
+    """The target of the link `part` in fd when only root could have placed it (ROOT_PLACED)."""
+    st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        raise HostError(f"{absolute}: {part} is not a directory")
+    if hops > MAX_HOPS or st.st_uid != 0 or not only_root_writes(os.fstat(fd)):
+        raise HostError(f"{absolute}: {part} is a symlink in a directory others can write; not followed")
+    return os.readlink(part, dir_fd=fd)
+
+
+def only_root_writes(st: os.stat_result) -> bool:
+    """Only root can add, remove or replace entries of this directory."""
+    return st.st_uid == 0 and (not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX))
+
+
+def open_child(fd: int, part: str, walked: str) -> int:
+    """Open one child directory of fd with O_NOFOLLOW (fd stays open); raise on a link (REFUSE_ALL)."""
+    try:
+        return _open_child(fd, part, create=False)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise _not_a_directory(fd, part, walked) from None
@@ -192,11 +273,11 @@ def _not_a_directory(fd: int, part: str, walked: str) -> Refused:
     return Refused(f"{walked} is a {kind_of(st.st_mode)}, not a directory")
 
 
-def read_file(host: Host, absolute: str, limit: int = 1 << 20) -> tuple[bytes, os.stat_result]:
+def read_file(root: str, absolute: str, limit: int = 1 << 20) -> tuple[bytes, os.stat_result]:
     """A regular file's first `limit` bytes and its fstat, reached without following
     any symlink on the way (LinkInPath, Refused, FileNotFoundError otherwise)."""
     parent, name = os.path.split(absolute)
-    dfd = open_dir(host, parent)
+    dfd = open_dir(root, parent)
     try:
         try:
             fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
@@ -273,7 +354,7 @@ def _glob_match(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) and (pattern.startswith(".") or not name.startswith("."))
 
 
-def expand(host: Host, pattern: str, mounts: Optional[MountTable] = None) -> Iterator[Entry]:
+def expand(root: str, pattern: str, mounts: Optional[MountTable] = None) -> Iterator[Entry]:
     """Existing paths matching an absolute glob (*, ?, [..] within one component).
 
     Like glob(3), a wildcard does not match a leading dot. Symlinked
@@ -283,7 +364,7 @@ def expand(host: Host, pattern: str, mounts: Optional[MountTable] = None) -> Ite
     parts = [p for p in pattern.split("/") if p]
     if not parts:
         return
-    fd = os.open(host.path("/"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(root, _ROOT_FLAGS)
     try:
         yield from _expand_at(fd, "", parts, mounts)
     finally:
@@ -334,7 +415,7 @@ class _Level:
     depth: int
 
 
-def walk(host: Host, top: Entry, mounts: Optional[MountTable] = None) -> Iterator[Entry]:
+def walk(root: str, top: Entry, mounts: Optional[MountTable] = None) -> Iterator[Entry]:
     """Everything below a directory entry, depth first, never following a link nor
     entering a mount point. Iterative: one open fd per level. Stops with a marker
     entry (problem set) below MAX_DEPTH levels and after MAX_ENTRIES entries."""
@@ -343,7 +424,7 @@ def walk(host: Host, top: Entry, mounts: Optional[MountTable] = None) -> Iterato
     stack: list[_Level] = []
     seen = 0
     try:
-        stack.append(_level(open_dir(host, top.path), top.path, 1, MAX_ENTRIES + 1))
+        stack.append(_level(open_dir(root, top.path), top.path, 1, MAX_ENTRIES + 1))
         while stack:
             level = stack[-1]
             name = next(level.names, None)
@@ -394,7 +475,7 @@ def _descend(level: _Level, entry: Entry, limit: int) -> Union[_Level, Entry, No
 
 
 def change(
-    host: Host,
+    root: str,
     path: str,
     uid: int = -1,
     gid: int = -1,
@@ -409,7 +490,7 @@ def change(
     st_dev, or listed in `mounts`) is refused: a change there lands elsewhere.
     """
     parent, name = os.path.split(path)
-    dfd = open_dir(host, parent or "/")
+    dfd = open_dir(root, parent or "/")
     try:
         seen = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         _refuse_kind(path, seen)
