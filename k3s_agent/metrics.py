@@ -6,7 +6,7 @@ alert rules and dashboard (packaging/prometheus/) use only these names.
 
 Conventions (https://prometheus.io/docs/practices/naming/): units in the
 name (`_seconds`), `_total` for counters, `_info` as a 1-valued label carrier,
-labels bounded by the policy (controls, items, the nine statuses), never by
+labels bounded by the policy (controls, items, the ten statuses), never by
 time or free text. No prometheus_client: rendering one document is a few
 dozen lines, and the escaping is proven by `promtool check metrics` in
 tests/integration/test_prometheus.py.
@@ -144,6 +144,14 @@ def _items(out: _Exposition, controls: list[dict[str, Any]]) -> None:
         for s in Status
     ]
     out.family("findings", "gauge", "Policy items by control and status (every status, zeros too).", counts)
+    _attention(out, controls)
+    errors = [({"control": c["name"]}, int(bool(c.get("error")))) for c in controls]
+    out.family("control_error", "gauge", "1 when the control's last run raised or timed out.", errors)
+
+
+def _attention(out: _Exposition, controls: list[dict[str, Any]]) -> None:
+    """Items that wait on someone: contested, pending a K3s restart, and the
+    drift apply will not heal (per control, zeros too, so a `for:` holds)."""
     total = Counter(f["status"] for c in controls for f in c["findings"])
     out.family(
         "contested_items",
@@ -157,8 +165,18 @@ def _items(out: _Exposition, controls: list[dict[str, Any]]) -> None:
         "Items written that take effect at the next K3s restart (status pending).",
         [({}, total["pending"])],
     )
-    errors = [({"control": c["name"]}, int(bool(c.get("error")))) for c in controls]
-    out.family("control_error", "gauge", "1 when the control's last run raised or timed out.", errors)
+    declined = [({"control": c["name"]}, sum(1 for f in c["findings"] if _needs_human(f))) for c in controls]
+    out.family(
+        "declined_items",
+        "gauge",
+        "Drifted items apply will not heal (declined): each needs a human; `k3s-agentctl diff` says why.",
+        declined,
+    )
+
+
+def _needs_human(finding: dict[str, Any]) -> bool:
+    # Only a drift: a waived one is a decision already taken (it keeps `declined`).
+    return finding["status"] == Status.DRIFT.value and bool(finding.get("declined"))
 
 
 def _cycle(out: _Exposition, document: dict[str, Any]) -> None:

@@ -133,6 +133,7 @@ def test_daemon_heals_reloads_and_stops(
         "the textfile", lambda: (p := textfiles / "k3s_agentd.prom").exists() and p, INTERVAL + 5
     )
     assert "k3s_agentd_last_cycle_timestamp_seconds" in textfile.read_text()
+    assert 'k3s_agentd_declined_items{control="sysctl"} ' in textfile.read_text()  # needs-you, zero or not
     assert textfile.stat().st_mode & 0o777 == 0o644
     # `k3s-agentctl status --prometheus` renders the daemon's document the same way
     shown = ctl(root, "status", "--prometheus")

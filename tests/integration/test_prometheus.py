@@ -23,7 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from k3s_agent.metrics import render_prometheus
-from tests.support.promdoc import HOSTILE_KEYS, TODAY, hostile_document
+from tests.support.promdoc import HOSTILE_KEYS, NEEDS_HUMAN_TABLE, TODAY, cycle_document, hostile_document
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "packaging/prometheus/k3s-agentd.rules.yml"
@@ -41,6 +41,14 @@ def test_promtool_accepts_every_status_and_hostile_labels() -> None:
     text = render_prometheus(hostile_document(), TODAY)
     proc = promtool("check", "metrics", stdin=text)
     # rc 0 and no lint remark (naming, _total, HELP), not only "it parsed"
+    assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), proc
+
+
+@pytest.mark.parametrize("case", NEEDS_HUMAN_TABLE)
+def test_promtool_accepts_the_needs_human_table(case: str) -> None:
+    """Declined and manual items, hostile control names: the whole output lints clean."""
+    text = render_prometheus(cycle_document(*NEEDS_HUMAN_TABLE[case][0]), TODAY)
+    proc = promtool("check", "metrics", stdin=text)
     assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), proc
 
 
@@ -176,8 +184,10 @@ def test_dashboard_has_the_fleet_views() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     titles = {p["title"] for p in dashboard["panels"]}
     assert {"Fleet", "Drifted or failed items over time", "Heals per control"} <= titles
+    assert {"Need a human (apply will not heal)", "Manual checks to review"} <= titles
     fleet = next(p for p in dashboard["panels"] if p["title"] == "Fleet")
-    assert {t["refId"] for t in fleet["targets"]} >= {"verdict", "drifted", "last_heal"}
+    refs = {t["refId"] for t in fleet["targets"]}
+    assert refs >= {"verdict", "drifted", "needs_you", "manual", "last_heal"}
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
 
 

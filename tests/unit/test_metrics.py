@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import datetime
+import json
+import os
 import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from k3s_agent.metrics import HealTally, _esc_label, render_prometheus, textfile_path
 from k3s_agent.model import Status
-from tests.support.promdoc import HOSTILE_KEYS, TODAY, hostile_document
+from tests.support.promdoc import HOSTILE_KEYS, NEEDS_HUMAN_TABLE, TODAY, cycle_document, hostile_document
 
 DEBIAN = "/var/lib/prometheus/node-exporter"
 EL = "/var/lib/node_exporter/textfile_collector"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -58,6 +66,11 @@ EXPECTED_LINES = [
     'k3s_agentd_findings{control="firewall",status="ok"} 0',
     "k3s_agentd_contested_items 1",
     "k3s_agentd_k3s_restart_pending_items 1",
+    'k3s_agentd_declined_items{control="files"} 2',
+    'k3s_agentd_declined_items{control="sysctl"} 0',
+    'k3s_agentd_declined_items{control="firewall"} 0',
+    'k3s_agentd_findings{control="sysctl",status="manual"} 1',
+    'k3s_agentd_item_status{control="sysctl",item="k.manual",cis="1.2.3",status="manual"} 1',
     'k3s_agentd_control_error{control="files"} 1',
     "k3s_agentd_verdict 2",
     "k3s_agentd_cycle_duration_seconds 0.25",
@@ -137,3 +150,53 @@ def test_heal_tally_counts_heals_and_contested_heals_only() -> None:
         doc("2026-11-30T01:00:00+00:00", ("contested", "ok now; 3 undos"), ("drift", "x"), ("ok", ""))
     )
     assert later == {"heals_by_control": {"sysctl": 2, "sshd": 0}, "last_heal_at": healed_at}
+
+
+def _samples(text: str, family: str) -> dict[str, dict[str, float]]:
+    """{sample name: {control: value}} of one family, read back by Prometheus's own parser."""
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    out: dict[str, dict[str, float]] = {}
+    for sample in families[family].samples:
+        out.setdefault(sample.labels.get("status", ""), {})[sample.labels["control"]] = sample.value
+    return out
+
+
+@pytest.mark.parametrize("case", NEEDS_HUMAN_TABLE)
+def test_needs_human_and_manual_per_control(case: str) -> None:
+    controls, declined, manual = NEEDS_HUMAN_TABLE[case]
+    text = render_prometheus(cycle_document(*controls), TODAY)
+    # every control has its sample, zeros too (a `for:` over it holds while nothing changes)
+    assert _samples(text, "k3s_agentd_declined_items") == {"": declined}
+    assert _samples(text, "k3s_agentd_findings")["manual"] == manual
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    item_status = families["k3s_agentd_item_status"].samples
+    per_item = Counter(s.labels["control"] for s in item_status if s.labels["status"] == "manual")
+    assert per_item == {c: n for c, n in manual.items() if n}
+
+
+def test_needs_human_hostile_control_is_escaped() -> None:
+    controls, _, _ = NEEDS_HUMAN_TABLE["hostile control names"]
+    lines = render_prometheus(cycle_document(*controls), TODAY).splitlines()
+    assert 'k3s_agentd_declined_items{control="fi\\"les\\\\\\n} 1"} 1' in lines
+    assert 'k3s_agentd_declined_items{control="Grüße 🙂"} 2' in lines
+
+
+def test_a_status_file_without_declined_counts_none() -> None:
+    """A status file of an agent from before `declined` renders with zeros."""
+    document = hostile_document()
+    for control in document["controls"]:
+        for finding in control["findings"]:
+            finding.pop("declined")
+    assert 'k3s_agentd_declined_items{control="files"} 0' in render_prometheus(document, TODAY).splitlines()
+
+
+@pytest.mark.parametrize("fmt", [("--format", "prometheus"), ("--prometheus",)])
+def test_status_shows_the_same_metrics_as_the_textfile(root: Path, fmt: tuple[str, ...]) -> None:
+    """`k3s-agentctl status` renders the last status file with the textfile's renderer."""
+    document = cycle_document(*NEEDS_HUMAN_TABLE["declined in two controls"][0])
+    (root / "run/k3s-agentd/status.json").write_text(json.dumps(document))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "k3s_agent.cli", "status", "--root", str(root), *fmt]
+    shown = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert 'k3s_agentd_declined_items{control="sysctl"} 2' in shown.stdout.splitlines(), shown.stderr
+    assert shown.stdout == render_prometheus(document)
