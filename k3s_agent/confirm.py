@@ -136,6 +136,11 @@ def parse(data: Optional[bytes], where: str = RECORD) -> Record:
         return Record(problem=f"{where}: unusable, ignored ({exc})")
 
 
+def _copy(record: Record) -> Record:
+    """A record the caller may change (entries are frozen; the table is not)."""
+    return Record(dict(record.entries), record.problem)
+
+
 def dump(record: Record) -> bytes:
     body = {"version": 1, "controls": {n: e.to_dict() for n, e in sorted(record.entries.items())}}
     return json.dumps(body, indent=1, sort_keys=True).encode() + b"\n"
@@ -204,22 +209,51 @@ def control_restorer(
 # -- the ledger: every read-modify-write of the record -----------------------------------------
 
 
+# A file changed this recently may change again within the file system's
+# timestamp granularity without a new (mtime, ctime): its parse is not reused
+# (git's "racy git" rule, Documentation/technical/racy-git.txt).
+RACY_SECONDS = 2.0
+StatKey = tuple[int, int, int, int, int]
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    """What changes when the record file is replaced (write_atomic: a new inode) or edited in place."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class Ledger:
     def __init__(self, host: Host, clock: Optional[Clock] = None, log: Any = None):
         self.host = host
         self.clock = clock or Clock(boot_id=boot_id_reader(host))
         self.log = log
         self._reported = ""
+        self._cached: Optional[tuple[StatKey, Record]] = None
 
     def read(self) -> Record:
+        """The record on disk. The daemon asks every 0.5 s (next_due_in): while
+        the file's stat is what it was at the last parse, that parse is reused,
+        so an unchanged file costs one lstat(2)."""
+        if self._cached is not None:
+            try:
+                same = stat_key(self.host.lstat(RECORD)) == self._cached[0]
+            except OSError:
+                same = False  # gone or unreadable: the read below says which
+            if same:
+                return _copy(self._cached[1])
+        return self._read_file()
+
+    def _read_file(self) -> Record:
+        self._cached = None
         try:
-            data = self.host.read_bytes(RECORD)
+            got = self.host.read_stat(RECORD)
         except (OSError, HostError) as exc:
             return Record(problem=f"{RECORD}: cannot read ({exc})")
-        record = parse(data)
+        record = parse(None if got is None else got[0])
         if record.problem and record.problem != self._reported and self.log is not None:
             self._reported = record.problem
             self.log.error(f"confirm record {record.problem}: no rollback can be done from it")
+        if got is not None and time.time() - got[1].st_mtime >= RACY_SECONDS:
+            self._cached = (stat_key(got[1]), _copy(record))
         return record
 
     def _write(self, record: Record) -> None:
@@ -227,7 +261,7 @@ class Ledger:
 
     def _change(self, fn: Callable[[Record], Any]) -> Any:
         with self.host.lock(LOCK):
-            record = self.read()
+            record = self._read_file()  # read-modify-write: from the file itself, never a cache
             before = dump(record)
             result = fn(record)
             if dump(record) != before:

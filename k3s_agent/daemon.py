@@ -285,7 +285,8 @@ class Daemon:
             if now >= deadline or self.wake_reasons:
                 self.wake_reasons = set()
                 return  # a sweep: the interval is up, or `k3s-agentctl wake`
-            # Re-read every slice: `k3s-agentctl apply --confirm` may have armed one.
+            # Every slice: `k3s-agentctl apply --confirm` may have armed one (an unchanged
+            # record costs one lstat: the ledger parses the file only when it changed).
             rollback_in = self.ledger.next_due_in()
             if rollback_in is not None and rollback_in <= 0:
                 return  # a sweep, which rolls back first

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -204,6 +206,88 @@ def test_corrupt_record_on_disk_is_reported_once_and_replaced(ledger: Ledger, tm
     assert summary is not None and "unusable" in summary["problem"]
     ledger.arm("sshd", {}, 10, by="k3s-agentd")
     assert parse(path.read_bytes()).entries["sshd"].state == "pending"
+
+
+# -- the parse is reused while the file is unchanged (the daemon asks every 0.5 s) ---------------------
+
+LATER = Entry("pending", at=1000.0, deadline=1400.0, timeout=400.0, boot_id="boot-a", deadline_mono=450.0)
+LONG_AGO = 1_500_000_000 * 10**9  # ns: well outside the racy window
+
+
+def _record_file(tmp_path: Path, aged: bool) -> Path:
+    """The record with ARMED for the firewall; `aged`: last written long ago."""
+    path = tmp_path / confirm.RECORD.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(confirm.dump(confirm.Record({"firewall": ARMED})))
+    if aged:
+        os.utime(path, ns=(LONG_AGO, LONG_AGO))
+    return path
+
+
+def _replace(path: Path, entry: Entry) -> None:
+    """As write_atomic does: a new file renamed over the old one (a new inode)."""
+    new = path.with_name("new.tmp")
+    new.write_bytes(confirm.dump(confirm.Record({"firewall": entry})))
+    os.utime(new, ns=(LONG_AGO, LONG_AGO))
+    os.replace(new, path)
+
+
+def _edit_in_place(path: Path, entry: Entry) -> None:
+    """Same inode, same size, the old mtime put back: only ctime tells."""
+    time.sleep(0.05)  # past the coarse clock's tick, so ctime moves
+    with open(path, "r+b") as out:
+        out.write(confirm.dump(confirm.Record({"firewall": entry})))
+    os.utime(path, ns=(LONG_AGO, LONG_AGO))
+
+
+# (case, what happens between two calls, file aged after writing?, parses, seconds left at the second call)
+CACHE_CASES = [
+    ("unchanged", lambda path: None, True, 1, 300.0),
+    ("replaced atomically", lambda path: _replace(path, LATER), True, 2, 400.0),
+    ("edited in place, mtime put back", lambda path: _edit_in_place(path, LATER), True, 2, 400.0),
+    ("removed", lambda path: path.unlink(), True, 2, None),
+    ("just written: within the racy window", lambda path: None, False, 2, 300.0),
+]
+
+
+@pytest.mark.parametrize("case,change,aged,parses,left", CACHE_CASES, ids=[c[0] for c in CACHE_CASES])
+def test_next_due_in_parses_again_only_when_the_file_changed(
+    ledger: Ledger,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    change: Any,
+    aged: bool,
+    parses: int,
+    left: Optional[float],
+) -> None:
+    assert len(confirm.dump(confirm.Record({"firewall": ARMED}))) == len(
+        confirm.dump(confirm.Record({"firewall": LATER}))
+    )  # same size: the size alone cannot tell the cases apart
+    path = _record_file(tmp_path, aged)
+    calls: list[Optional[bytes]] = []
+    real_parse = confirm.parse
+    monkeypatch.setattr(confirm, "parse", lambda data, *a: calls.append(data) or real_parse(data, *a))
+    assert ledger.next_due_in() == pytest.approx(300.0)
+    change(path)
+    assert ledger.next_due_in() == (None if left is None else pytest.approx(left))
+    assert len(calls) == parses
+
+
+def test_a_cached_record_is_not_shared_with_callers(ledger: Ledger, tmp_path: Path) -> None:
+    """A caller that edits the record it got (read-modify-write) cannot change the cache."""
+    _record_file(tmp_path, aged=True)
+    ledger.read().entries.clear()
+    ledger.read().entries.clear()  # the second comes from the cache
+    assert list(ledger.read().entries) == ["firewall"]
+
+
+def test_a_change_after_a_cached_read_starts_from_the_file(ledger: Ledger, tmp_path: Path) -> None:
+    path = _record_file(tmp_path, aged=True)
+    assert ledger.next_due_in() == pytest.approx(300.0)
+    ledger.arm("sshd", {}, 100, by="k3s-agentd")  # written by the ledger itself: seen at once
+    assert ledger.next_due_in() == pytest.approx(100.0)
+    assert set(parse(path.read_bytes()).entries) == {"firewall", "sshd"}
 
 
 # -- the gate in the engine -------------------------------------------------------------------------
