@@ -200,3 +200,14 @@ def test_status_shows_the_same_metrics_as_the_textfile(root: Path, fmt: tuple[st
     shown = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert 'k3s_agentd_declined_items{control="sysctl"} 2' in shown.stdout.splitlines(), shown.stderr
     assert shown.stdout == render_prometheus(document)
+
+
+def test_docs_list_every_family_and_alert() -> None:
+    """docs/metrics.md stays true: each exported family and each shipped alert has its row."""
+    doc = (REPO / "docs/metrics.md").read_text()
+    families = set(re.findall(r"^# TYPE (\S+) ", render_prometheus(hostile_document(), TODAY), re.M))
+    rows = set(re.findall(r"^\| `(k3s_agentd_[a-z0-9_]+)` \|", doc, re.M))
+    assert families and families == rows  # the fullest document has every family
+    rules = (REPO / "packaging/prometheus/k3s-agentd.rules.yml").read_text()
+    alerts = set(re.findall(r"^\s+- alert: (\S+)$", rules, re.M))
+    assert alerts and alerts == set(re.findall(r"^\| `(K3sAgentd[A-Za-z0-9]+)` \|", doc, re.M))
