@@ -283,14 +283,15 @@ class K3sArgsControl:
         return [dataclasses.replace(f, declined=why[f.key]) if f.key in why else f for f in findings]
 
     def _components(self, node: K3sNode) -> list[str]:
+        """The components whose Running line the journal must show since K3s's start."""
         wanted = {split_key(k)[0] for k in self.items} - {k3sargs.K3S, ETCD}
         if node.service.role != "server":
-            wanted -= set(k3sargs.SERVER_COMPONENTS)
-        wanted -= (
-            {"kube-proxy"}
-            if node.configured and _true(node.configured.value("disable-kube-proxy"))
-            else set()
-        )
+            # An agent runs kube-proxy unless its SERVER disables it (k3s-io/k3s pkg/agent/
+            # config: AgentConfig.DisableKubeProxy = controlConfig.DisableKubeProxy): nothing
+            # on the agent says so, so a missing kube-proxy line is no journal problem there.
+            wanted -= {*k3sargs.SERVER_COMPONENTS, "kube-proxy"}
+        elif node.configured and _true(node.configured.value("disable-kube-proxy")):
+            wanted -= {"kube-proxy"}
         return sorted(wanted)
 
     def _service_finding(self, node: K3sNode) -> Finding:
