@@ -132,9 +132,10 @@ def judge(
         # The benchmark passes the flag when it is not passed at all, whatever the
         # component's default (kube-bench: `set: false` as an `or` alternative).
         return Judgement(True, None, "not set: the benchmark passes an unset flag")
-    # set = true wants a value ("--tls-cert-file=" is the component's default, nothing set);
-    # set = false wants no occurrence at all, as kube-bench's presence test does.
-    if "set" in item and (any(given) if item["set"] else bool(given)) != bool(item["set"]):
+    # set = true wants a value in effect ("--tls-cert-file=" is the component's default,
+    # nothing set; given twice, pflag keeps the last); set = false wants no occurrence
+    # at all, as kube-bench's presence test does.
+    if "set" in item and (bool(_effective(given, flag)) if item["set"] else bool(given)) != bool(item["set"]):
         return Judgement(False, _effective(given, flag), "not set" if item["set"] else "must not be set")
     by_default = not given and default is not None
     values = [default] if by_default and default is not None else given
