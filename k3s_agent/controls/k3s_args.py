@@ -47,7 +47,7 @@ from k3s_agent.k3s import yamlcap
 from k3s_agent.k3s.config import ConfigError, Configured, config_files, configured, merge_files, read_config
 from k3s_agent.k3s.node import K3sNode, Observer
 from k3s_agent.model import Finding, Status
-from k3s_agent.policy.benchmark import cis_number
+from k3s_agent.policy.benchmark import BENCHMARKS, cis_number
 from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, list_of, matches, non_empty, one_of
 
@@ -222,7 +222,7 @@ class K3sArgsControl:
 
     def __init__(self, policy: ControlPolicy, host: Host, observer: Optional[Observer] = None):
         self.host = host
-        self.items = {key: dict(item) for key, item in policy.items.items()}
+        self.items = {key: _for_benchmark(dict(item), policy.benchmark) for key, item in policy.items.items()}
         self.remediate = SPEC.option(policy, "remediate")
         self.observer = observer or Observer(host)
         self.files = {
@@ -952,6 +952,30 @@ def _key_check(key: str) -> Optional[str]:
 
 
 def _benchmark_check(table: Any) -> Optional[str]:
+    """Why a `benchmark` value is wrong: a requirement table, or a table of them per
+    benchmark name ({ "k3s-cis-1.8" = { subset_of = [...] }, ... })."""
+    if table and all(name in BENCHMARKS for name in table):
+        for name, requirement in table.items():
+            problem = _requirement_check(requirement) if isinstance(requirement, dict) else "expected a table"
+            if problem:
+                return f"{name}: {problem}"
+        return None
+    return _requirement_check(table)
+
+
+def _for_benchmark(item: dict[str, Any], benchmark: str) -> dict[str, Any]:
+    """The item with its `benchmark` requirement of the benchmark in force: a per-benchmark
+    table gives that benchmark's entry (none: the item is the benchmark's own requirement)."""
+    table = item.get("benchmark")
+    if not (isinstance(table, dict) and table and all(name in BENCHMARKS for name in table)):
+        return item
+    out = {k: v for k, v in item.items() if k != "benchmark"}
+    if benchmark in table:
+        out["benchmark"] = table[benchmark]
+    return out
+
+
+def _requirement_check(table: dict[str, Any]) -> Optional[str]:
     unknown = sorted(set(table) - {*REQUIREMENTS, "ordered"})
     if unknown:
         return f"unknown key {unknown[0]!r} (known: {', '.join(REQUIREMENTS)}, ordered)"
@@ -1036,7 +1060,10 @@ SPEC = ControlSpec(
         "when": Field(str, one_of(EMBEDDED_ETCD), doc="embedded-etcd: only where K3s runs embedded etcd"),
         "set": Field(bool, doc="true: the flag must be passed (its default does not count); false: must not"),
         "benchmark": Field(
-            dict, _benchmark_check, doc="the benchmark's own (weaker) requirement, same keys: met = ok, noted"
+            dict,
+            _benchmark_check,
+            doc="the benchmark's own (weaker) requirement, same keys: met = ok, noted; "
+            "or one such table per benchmark name (the one in force applies)",
         ),
     },
     item_key=_key_check,

@@ -189,8 +189,31 @@ def test_cipher_remedy_writes_the_allowed_list():
         ({"subset_of": "A"}, "subset_of: expected an array of strings"),
         ({"at_least": True}, "at_least: expected a number"),
         ({"set": "yes"}, "set: expected true or false"),
+        # one requirement table per benchmark name
+        ({"k3s-cis-1.8": {"subset_of": ["A"]}, "k3s-cis-1.10": {"set": True}}, None),
+        ({"k3s-cis-1.8": {"subset_of": "A"}}, "k3s-cis-1.8: subset_of: expected an array of strings"),
+        ({"k3s-cis-1.8": {}}, "k3s-cis-1.8: says nothing"),
+        ({"k3s-cis-1.8": ["A"]}, "k3s-cis-1.8: expected a table"),
+        ({"k3s-cis-1.8": {"set": True}, "subset_of": ["A"]}, "unknown key 'k3s-cis-1.8'"),  # mixed
+        ({"k3s-cis-2.0": {"set": True}}, "unknown key 'k3s-cis-2.0'"),
     ],
 )
 def test_benchmark_table_is_checked(table: dict[str, Any], problem: Optional[str]):
     got = k3s_args._benchmark_check(table)
     assert got is None if problem is None else problem in str(got)
+
+
+PER_BENCHMARK = {"subset_of": ["A"], "benchmark": {"k3s-cis-1.8": {"subset_of": ["A", "B"]}}}
+
+
+@pytest.mark.parametrize(
+    ("item", "benchmark", "want"),
+    [
+        (PER_BENCHMARK, "k3s-cis-1.8", {"subset_of": ["A"], "benchmark": {"subset_of": ["A", "B"]}}),
+        (PER_BENCHMARK, "k3s-cis-1.12", {"subset_of": ["A"]}),  # the item is that benchmark's own
+        ({"subset_of": ["A"], "benchmark": {"set": True}}, "k3s-cis-1.12", None),  # one table: all
+        ({"value": 1}, "k3s-cis-1.8", None),
+    ],
+)
+def test_benchmark_table_of_the_benchmark_in_force(item: dict[str, Any], benchmark: str, want: Any):
+    assert k3s_args._for_benchmark(item, benchmark) == (item if want is None else want)
