@@ -525,7 +525,10 @@ class K3sArgsControl:
             if node.service.role == "server" or not k3sargs.server_only(*split_key(k))
         }
         settings = desired_settings(
-            items, without or node.configured, carried_args(self.host, node.configured, path)
+            items,
+            without or node.configured,
+            carried_args(self.host, node.configured, path),
+            self._embedded_etcd(node),
         )
         text = render_dropin(settings)
         # Would it work? Re-read K3s's config with the new file in place before writing it.
@@ -541,17 +544,21 @@ class K3sArgsControl:
             return dict.fromkeys(keys, "no K3s unit to configure"), None
         dropin = self._dropin(node)
         path, _, after = dropin
+        etcd = self._embedded_etcd(node)
         why = {}
         for key in keys:
             component, flag = split_key(key)
             if node.service.role != "server" and _server_only(key):
                 continue  # not judged on an agent (absent), so never drift
-            if not self._holds_after(after, key):
+            if not self._holds_after(after, key, etcd):
                 why[key] = (
                     f"cannot be fixed from {path}: an ExecStart flag, a later drop-in "
                     "or a forbidden value set elsewhere wins"
                 )
-            elif component != k3sargs.K3S and len(self._configured_values(after, component, flag) or []) > 1:
+            elif (
+                component != k3sargs.K3S
+                and len(self._configured_values(after, component, flag, etcd) or []) > 1
+            ):
                 why[key] = (
                     f"cannot be fixed from {path}: --{flag} would be passed twice "
                     "(also on the ExecStart line or in a later drop-in); kube-bench reads one"
@@ -591,11 +598,11 @@ class K3sArgsControl:
             for f in todo
         ]
 
-    def _holds_after(self, after: Configured, key: str) -> bool:
+    def _holds_after(self, after: Configured, key: str, etcd: bool = False) -> bool:
         component, flag = split_key(key)
         item = self.items[key]
         default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
-        return judge(self._configured_values(after, component, flag), item, flag, default).ok
+        return judge(self._configured_values(after, component, flag, etcd), item, flag, default).ok
 
     # -- paths the apiserver needs before K3s may be restarted on our drop-in ----------
 
@@ -730,9 +737,15 @@ def own_dropin(conf: Configured) -> str:
 
 
 def desired_settings(
-    items: dict[str, dict[str, Any]], base: Configured, carried: Optional[dict[str, list[str]]] = None
+    items: dict[str, dict[str, Any]],
+    base: Configured,
+    carried: Optional[dict[str, list[str]]] = None,
+    etcd: bool = False,
 ) -> dict[str, Any]:
     """What to write so every item that `base` (K3s's config without our file) misses holds.
+
+    `etcd`: K3s runs embedded etcd here (K3s then passes the apiserver's etcd client
+    TLS itself); without it a `when = "embedded-etcd"` item is absent, never written.
 
     Component args go in as a whole `<component>-arg` list that REPLACES the one of
     the config files before ours (docs.k3s.io "Configuration File" > "Multiple Config
@@ -750,7 +763,9 @@ def desired_settings(
         component, flag = split_key(key)
         if component == ETCD:
             continue  # K3s's own file: verify-only
-        values = K3sArgsControl._configured_values(base, component, flag)
+        if item.get("when") == EMBEDDED_ETCD and not etcd:
+            continue  # not applicable on this node (check says absent)
+        values = K3sArgsControl._configured_values(base, component, flag, etcd)
         default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
         if judge(values, item, flag, default).ok:
             continue

@@ -217,3 +217,23 @@ PER_BENCHMARK = {"subset_of": ["A"], "benchmark": {"k3s-cis-1.8": {"subset_of": 
 )
 def test_benchmark_table_of_the_benchmark_in_force(item: dict[str, Any], benchmark: str, want: Any):
     assert k3s_args._for_benchmark(item, benchmark) == (item if want is None else want)
+
+
+ETCD_CA = {"value": "/etc/pki/etcd-ca.crt", "when": "embedded-etcd"}
+K3S_ETCD_CA = "/var/lib/rancher/k3s/server/tls/etcd/server-ca.crt"
+
+
+@pytest.mark.parametrize(
+    ("item", "etcd", "want"),
+    [
+        # sqlite/kine: the item is absent there, so never written (the apiserver would try TLS to kine)
+        (ETCD_CA, False, {}),
+        (ETCD_CA, True, {"kube-apiserver-arg": ["etcd-cafile=/etc/pki/etcd-ca.crt"]}),
+        # embedded etcd: K3s passes its own CA, which already holds
+        ({"value": K3S_ETCD_CA, "when": "embedded-etcd"}, True, {}),
+        ({"set": True, "when": "embedded-etcd"}, True, {}),
+    ],
+)
+def test_embedded_etcd_items_are_written_only_with_embedded_etcd(item: dict[str, Any], etcd: bool, want: Any):
+    out = desired_settings({"kube-apiserver:etcd-cafile": item}, _base({}), {}, etcd=etcd)
+    assert out == want
