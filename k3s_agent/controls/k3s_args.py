@@ -291,9 +291,16 @@ class K3sArgsControl:
             # config: AgentConfig.DisableKubeProxy = controlConfig.DisableKubeProxy): nothing
             # on the agent says so, so a missing kube-proxy line is no journal problem there.
             wanted -= {*k3sargs.SERVER_COMPONENTS, "kube-proxy"}
-        elif node.configured and _true(node.configured.value("disable-kube-proxy")):
+        elif self._kube_proxy_disabled(node):
             wanted -= {"kube-proxy"}
         return sorted(wanted)
+
+    @staticmethod
+    def _kube_proxy_disabled(node: K3sNode) -> bool:
+        """A server configured with disable-kube-proxy (a server flag: `k3s agent` drops it
+        from its own config files and runs kube-proxy unless its server says otherwise)."""
+        conf = node.configured
+        return node.service.role == "server" and conf is not None and _true(conf.value("disable-kube-proxy"))
 
     def _service_finding(self, node: K3sNode) -> Finding:
         service = node.service
@@ -331,8 +338,7 @@ class K3sArgsControl:
         if k3sargs.server_only(component, flag) and node.service.role != "server":
             where = f"{component} runs" if component != k3sargs.K3S else f"--{flag} is a flag of"
             return self._finding(key, Status.ABSENT, desired=desired, message=f"{where} servers only")
-        conf = node.configured
-        if component == "kube-proxy" and conf is not None and _true(conf.value("disable-kube-proxy")):
+        if component == "kube-proxy" and self._kube_proxy_disabled(node):
             return self._finding(key, Status.ABSENT, desired=desired, message="kube-proxy is disabled")
         etcd = self._embedded_etcd(node)
         if item.get("when") == EMBEDDED_ETCD and not etcd:
