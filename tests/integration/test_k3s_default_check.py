@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from k3s_agent.model import COMPLIANT, Status
-from tests.support.k3s_fixture import K3sNode
+from tests.support.k3s_fixture import HARDENED_CONFIG, K3sNode
 from tests.support.k3s_fixture.journalfile import JOURNAL_REMOTE, unit_entries, write_journal
+from tests.support.k3sharness import Harness
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not JOURNAL_REMOTE, reason="needs systemd-journal-remote")]
 
@@ -79,3 +80,19 @@ def test_check_on_a_default_fixture_node(tmp_path: Path, role: str) -> None:
     assert checked >= (
         parts | {"kube-apiserver", "kube-controller-manager", "kube-scheduler"} if role == "server" else parts
     )
+
+
+def test_a_server_without_kube_proxy(tmp_path: Path) -> None:
+    """disable-kube-proxy on a server: its kube-proxy items are absent and the journal
+    owes no kube-proxy line."""
+    node = K3sNode(tmp_path / "node", config=HARDENED_CONFIG + "disable-kube-proxy: true\n")
+    h = Harness(tmp_path, node)
+    try:
+        h.start()
+        found = h.check()
+    finally:
+        h.stop()
+    proxy = found["kube-proxy:metrics-bind-address"]
+    assert (proxy.status, proxy.message) == (Status.ABSENT, "kube-proxy is disabled")
+    assert "k3s:running-args" not in found
+    assert found["kubelet:anonymous-auth"].status is Status.OK
