@@ -46,8 +46,10 @@ MANUAL = {
 
 
 @pytest.mark.parametrize("role", ["server", "agent"])
-def test_check_on_a_default_fixture_node(tmp_path: Path, role: str) -> None:
-    node = K3sNode(tmp_path, role=role)
+@pytest.mark.parametrize("fixture", [{}, {"kubelet_config_dir": True}], ids=["flags", "kubelet-config-dir"])
+def test_check_on_a_default_fixture_node(tmp_path: Path, role: str, fixture: dict) -> None:
+    """Both kubelet styles: flags on the Running line, and K3s >= 1.32's config drop-in."""
+    node = K3sNode(tmp_path, role=role, fixture=fixture)
     state = tmp_path / "var/lib/k3s-agentd"
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
