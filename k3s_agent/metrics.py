@@ -6,7 +6,7 @@ alert rules and dashboard (packaging/prometheus/) use only these names.
 
 Conventions (https://prometheus.io/docs/practices/naming/): units in the
 name (`_seconds`), `_total` for counters, `_info` as a 1-valued label carrier,
-labels bounded by the policy (controls, items, the nine statuses), never by
+labels bounded by the policy (controls, items, the ten statuses), never by
 time or free text. No prometheus_client: rendering one document is a few
 dozen lines, and the escaping is proven by `promtool check metrics` in
 tests/integration/test_prometheus.py.
