@@ -342,7 +342,7 @@ class FilesControl:
 
     def _check_recursive(self, rule: Rule) -> Finding:
         base = self._base(rule, rule.pattern)
-        notes, deviations, mounts, total = [], [], [], 0
+        notes, deviations, mounts, total, fixable = [], [], [], 0, 0
         try:
             for entry in self._tree(rule):
                 if entry.problem:  # a race or a cap: said first, so it is never cut off
@@ -354,6 +354,7 @@ class FilesControl:
                 problems = rule.problems(entry.st) if entry.link is None else []
                 if problems:
                     reason = unfixable(entry)
+                    fixable += reason is None
                     shown = [reason, *problems] if reason else problems
                     deviations.append(f"{entry.path}: {'; '.join(shown)}")
         except hostfs.Refused as exc:
@@ -367,7 +368,12 @@ class FilesControl:
             return dataclasses.replace(found, observed=f"{total} entries comply{skipped}")
         shown = notes + deviations[:_SHOWN_PER_FINDING]
         more = len(deviations) - min(len(deviations), _SHOWN_PER_FINDING)
-        return found.with_status(Status.DRIFT, "; ".join(shown) + (f"; and {more} more" if more else ""))
+        drift = found.with_status(Status.DRIFT, "; ".join(shown) + (f"; and {more} more" if more else ""))
+        if fixable:
+            return drift
+        # Nothing here apply would change (_heal_tree refuses each): deviations it must
+        # not touch (hard links, mount points), races or a walk cap only.
+        return _declined(drift)
 
     def _tree(self, rule: Rule) -> Iterator[hostfs.Entry]:
         """Every match of the pattern and everything below it.

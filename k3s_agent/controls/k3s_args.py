@@ -47,7 +47,7 @@ from k3s_agent.k3s import yamlcap
 from k3s_agent.k3s.config import ConfigError, Configured, config_files, configured, merge_files, read_config
 from k3s_agent.k3s.node import K3sNode, Observer
 from k3s_agent.model import Finding, Status
-from k3s_agent.policy.benchmark import cis_number
+from k3s_agent.policy.benchmark import BENCHMARKS, cis_number
 from k3s_agent.policy.model import ControlPolicy, Policy
 from k3s_agent.policy.schema import Field, list_of, matches, non_empty, one_of
 
@@ -132,9 +132,10 @@ def judge(
         # The benchmark passes the flag when it is not passed at all, whatever the
         # component's default (kube-bench: `set: false` as an `or` alternative).
         return Judgement(True, None, "not set: the benchmark passes an unset flag")
-    # set = true wants a value ("--tls-cert-file=" is the component's default, nothing set);
-    # set = false wants no occurrence at all, as kube-bench's presence test does.
-    if "set" in item and (any(given) if item["set"] else bool(given)) != bool(item["set"]):
+    # set = true wants a value in effect ("--tls-cert-file=" is the component's default,
+    # nothing set; given twice, pflag keeps the last); set = false wants no occurrence
+    # at all, as kube-bench's presence test does.
+    if "set" in item and (bool(_effective(given, flag)) if item["set"] else bool(given)) != bool(item["set"]):
         return Judgement(False, _effective(given, flag), "not set" if item["set"] else "must not be set")
     by_default = not given and default is not None
     values = [default] if by_default and default is not None else given
@@ -221,7 +222,7 @@ class K3sArgsControl:
 
     def __init__(self, policy: ControlPolicy, host: Host, observer: Optional[Observer] = None):
         self.host = host
-        self.items = {key: dict(item) for key, item in policy.items.items()}
+        self.items = {key: _for_benchmark(dict(item), policy.benchmark) for key, item in policy.items.items()}
         self.remediate = SPEC.option(policy, "remediate")
         self.observer = observer or Observer(host)
         self.files = {
@@ -283,15 +284,23 @@ class K3sArgsControl:
         return [dataclasses.replace(f, declined=why[f.key]) if f.key in why else f for f in findings]
 
     def _components(self, node: K3sNode) -> list[str]:
+        """The components whose Running line the journal must show since K3s's start."""
         wanted = {split_key(k)[0] for k in self.items} - {k3sargs.K3S, ETCD}
         if node.service.role != "server":
-            wanted -= set(k3sargs.SERVER_COMPONENTS)
-        wanted -= (
-            {"kube-proxy"}
-            if node.configured and _true(node.configured.value("disable-kube-proxy"))
-            else set()
-        )
+            # An agent runs kube-proxy unless its SERVER disables it (k3s-io/k3s pkg/agent/
+            # config: AgentConfig.DisableKubeProxy = controlConfig.DisableKubeProxy): nothing
+            # on the agent says so, so a missing kube-proxy line is no journal problem there.
+            wanted -= {*k3sargs.SERVER_COMPONENTS, "kube-proxy"}
+        elif self._kube_proxy_disabled(node):
+            wanted -= {"kube-proxy"}
         return sorted(wanted)
+
+    @staticmethod
+    def _kube_proxy_disabled(node: K3sNode) -> bool:
+        """A server configured with disable-kube-proxy (a server flag: `k3s agent` drops it
+        from its own config files and runs kube-proxy unless its server says otherwise)."""
+        conf = node.configured
+        return node.service.role == "server" and conf is not None and _true(conf.value("disable-kube-proxy"))
 
     def _service_finding(self, node: K3sNode) -> Finding:
         service = node.service
@@ -329,8 +338,7 @@ class K3sArgsControl:
         if k3sargs.server_only(component, flag) and node.service.role != "server":
             where = f"{component} runs" if component != k3sargs.K3S else f"--{flag} is a flag of"
             return self._finding(key, Status.ABSENT, desired=desired, message=f"{where} servers only")
-        conf = node.configured
-        if component == "kube-proxy" and conf is not None and _true(conf.value("disable-kube-proxy")):
+        if component == "kube-proxy" and self._kube_proxy_disabled(node):
             return self._finding(key, Status.ABSENT, desired=desired, message="kube-proxy is disabled")
         etcd = self._embedded_etcd(node)
         if item.get("when") == EMBEDDED_ETCD and not etcd:
@@ -523,7 +531,10 @@ class K3sArgsControl:
             if node.service.role == "server" or not k3sargs.server_only(*split_key(k))
         }
         settings = desired_settings(
-            items, without or node.configured, carried_args(self.host, node.configured, path)
+            items,
+            without or node.configured,
+            carried_args(self.host, node.configured, path),
+            self._embedded_etcd(node),
         )
         text = render_dropin(settings)
         # Would it work? Re-read K3s's config with the new file in place before writing it.
@@ -539,17 +550,21 @@ class K3sArgsControl:
             return dict.fromkeys(keys, "no K3s unit to configure"), None
         dropin = self._dropin(node)
         path, _, after = dropin
+        etcd = self._embedded_etcd(node)
         why = {}
         for key in keys:
             component, flag = split_key(key)
             if node.service.role != "server" and _server_only(key):
                 continue  # not judged on an agent (absent), so never drift
-            if not self._holds_after(after, key):
+            if not self._holds_after(after, key, etcd):
                 why[key] = (
                     f"cannot be fixed from {path}: an ExecStart flag, a later drop-in "
                     "or a forbidden value set elsewhere wins"
                 )
-            elif component != k3sargs.K3S and len(self._configured_values(after, component, flag) or []) > 1:
+            elif (
+                component != k3sargs.K3S
+                and len(self._configured_values(after, component, flag, etcd) or []) > 1
+            ):
                 why[key] = (
                     f"cannot be fixed from {path}: --{flag} would be passed twice "
                     "(also on the ExecStart line or in a later drop-in); kube-bench reads one"
@@ -589,11 +604,11 @@ class K3sArgsControl:
             for f in todo
         ]
 
-    def _holds_after(self, after: Configured, key: str) -> bool:
+    def _holds_after(self, after: Configured, key: str, etcd: bool = False) -> bool:
         component, flag = split_key(key)
         item = self.items[key]
         default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
-        return judge(self._configured_values(after, component, flag), item, flag, default).ok
+        return judge(self._configured_values(after, component, flag, etcd), item, flag, default).ok
 
     # -- paths the apiserver needs before K3s may be restarted on our drop-in ----------
 
@@ -728,9 +743,15 @@ def own_dropin(conf: Configured) -> str:
 
 
 def desired_settings(
-    items: dict[str, dict[str, Any]], base: Configured, carried: Optional[dict[str, list[str]]] = None
+    items: dict[str, dict[str, Any]],
+    base: Configured,
+    carried: Optional[dict[str, list[str]]] = None,
+    etcd: bool = False,
 ) -> dict[str, Any]:
     """What to write so every item that `base` (K3s's config without our file) misses holds.
+
+    `etcd`: K3s runs embedded etcd here (K3s then passes the apiserver's etcd client
+    TLS itself); without it a `when = "embedded-etcd"` item is absent, never written.
 
     Component args go in as a whole `<component>-arg` list that REPLACES the one of
     the config files before ours (docs.k3s.io "Configuration File" > "Multiple Config
@@ -748,7 +769,9 @@ def desired_settings(
         component, flag = split_key(key)
         if component == ETCD:
             continue  # K3s's own file: verify-only
-        values = K3sArgsControl._configured_values(base, component, flag)
+        if item.get("when") == EMBEDDED_ETCD and not etcd:
+            continue  # not applicable on this node (check says absent)
+        values = K3sArgsControl._configured_values(base, component, flag, etcd)
         default = None if component == k3sargs.K3S else k3sargs.component_default(component, flag)
         if judge(values, item, flag, default).ok:
             continue
@@ -950,6 +973,30 @@ def _key_check(key: str) -> Optional[str]:
 
 
 def _benchmark_check(table: Any) -> Optional[str]:
+    """Why a `benchmark` value is wrong: a requirement table, or a table of them per
+    benchmark name ({ "k3s-cis-1.8" = { subset_of = [...] }, ... })."""
+    if table and all(name in BENCHMARKS for name in table):
+        for name, requirement in table.items():
+            problem = _requirement_check(requirement) if isinstance(requirement, dict) else "expected a table"
+            if problem:
+                return f"{name}: {problem}"
+        return None
+    return _requirement_check(table)
+
+
+def _for_benchmark(item: dict[str, Any], benchmark: str) -> dict[str, Any]:
+    """The item with its `benchmark` requirement of the benchmark in force: a per-benchmark
+    table gives that benchmark's entry (none: the item is the benchmark's own requirement)."""
+    table = item.get("benchmark")
+    if not (isinstance(table, dict) and table and all(name in BENCHMARKS for name in table)):
+        return item
+    out = {k: v for k, v in item.items() if k != "benchmark"}
+    if benchmark in table:
+        out["benchmark"] = table[benchmark]
+    return out
+
+
+def _requirement_check(table: dict[str, Any]) -> Optional[str]:
     unknown = sorted(set(table) - {*REQUIREMENTS, "ordered"})
     if unknown:
         return f"unknown key {unknown[0]!r} (known: {', '.join(REQUIREMENTS)}, ordered)"
@@ -1034,7 +1081,10 @@ SPEC = ControlSpec(
         "when": Field(str, one_of(EMBEDDED_ETCD), doc="embedded-etcd: only where K3s runs embedded etcd"),
         "set": Field(bool, doc="true: the flag must be passed (its default does not count); false: must not"),
         "benchmark": Field(
-            dict, _benchmark_check, doc="the benchmark's own (weaker) requirement, same keys: met = ok, noted"
+            dict,
+            _benchmark_check,
+            doc="the benchmark's own (weaker) requirement, same keys: met = ok, noted; "
+            "or one such table per benchmark name (the one in force applies)",
         ),
     },
     item_key=_key_check,

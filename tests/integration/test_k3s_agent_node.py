@@ -193,3 +193,41 @@ def test_server_profile_on_an_agent_node(tmp_path: Path):
         assert after["kubelet:read-only-port"].status is Status.OK
     finally:
         h.stop()
+
+
+def test_agent_whose_server_disables_kube_proxy(tmp_path: Path):
+    """`disable-kube-proxy` is a server flag the agent takes from its server
+    (k3s-io/k3s pkg/agent/config: AgentConfig.DisableKubeProxy = controlConfig.DisableKubeProxy),
+    so nothing on the agent says kube-proxy will not run: an agent without a
+    'Running kube-proxy' line is not a broken journal, and its kube-proxy items
+    are judged on what is configured."""
+    node = K3sNode(tmp_path, role="agent")
+    h = Harness(tmp_path, node, "k3s-cis-agent")
+    try:
+        h.start()
+        h.entries = [e for e in h.entries if "Running kube-proxy" not in str(e["MESSAGE"])]
+        h.journal.unlink()
+        write_journal(h.journal, h.entries)
+        found = h.check()
+        assert "k3s:running-args" not in found, found.get("k3s:running-args")
+        proxy = found["kube-proxy:metrics-bind-address"]
+        assert proxy.status is Status.OK, proxy
+        assert found["kubelet:anonymous-auth"].status is Status.OK  # the kubelet line still read
+    finally:
+        h.stop()
+
+
+def test_an_agent_ignores_disable_kube_proxy_in_its_own_config(tmp_path: Path):
+    """`disable-kube-proxy` is a server flag: `k3s agent` drops it from its config files
+    (pkg/configfilearg stripInvalidFlags) and runs kube-proxy, so the agent's kube-proxy
+    items are still judged (here: a metrics address on every interface)."""
+    config = 'disable-kube-proxy: true\nkube-proxy-arg: ["metrics-bind-address=0.0.0.0:10249"]\n'
+    node = K3sNode(tmp_path, role="agent", config=config)
+    h = Harness(tmp_path, node, "k3s-cis-agent")
+    try:
+        h.start()
+        proxy = h.check()["kube-proxy:metrics-bind-address"]
+        assert proxy.status is Status.DRIFT, proxy
+        assert "0.0.0.0:10249" in proxy.message
+    finally:
+        h.stop()

@@ -161,6 +161,14 @@ FILES: list[tuple[str, Callable[[Path], Path], str, dict[str, Any], Optional[str
     ("a file where a dir is expected", _file, APP, {"max_mode": "0600", "type": "dir"}, LEFT),
     ("a hard-linked file", _hard_linked, APP, {"max_mode": "0600"}, LEFT),
     ("a tree with an open file", _tree, "/srv/app", {"max_mode": "0700", "recursive": True}, None),
+    # every deviation below is one apply refuses to change: the whole finding is declined
+    (
+        "a tree whose one deviation is hard-linked",
+        _hard_linked,
+        "/srv/app",
+        {"max_mode": "0700", "recursive": True},
+        LEFT,
+    ),
     (
         "a tree through a symlink",
         _tree_through_a_link,

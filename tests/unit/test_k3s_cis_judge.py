@@ -33,6 +33,9 @@ CASES = [
     ("client-ca-file", {"set": True}, ["/var/lib/rancher/k3s/agent/client-ca.crt"], True, ""),
     ("client-ca-file", {"set": True}, [""], False, "not set"),  # --client-ca-file= leaves it off
     ("client-ca-file", {"set": True}, None, False, "not set"),
+    # given twice, the last wins (pflag): an empty last value leaves it off
+    ("client-ca-file", {"set": True}, ["/var/lib/rancher/k3s/agent/client-ca.crt", ""], False, "not set"),
+    ("client-ca-file", {"set": True}, ["", "/var/lib/rancher/k3s/agent/client-ca.crt"], True, ""),
     ("event-qps", {"at_least": 0}, ["0"], True, ""),
     ("event-qps", {"at_least": 0}, ["-1"], False, "is -1 (want >= 0)"),
     ("streaming-connection-idle-timeout", {"forbidden": ["0", "0s"]}, ["0m"], False, "has forbidden 0"),

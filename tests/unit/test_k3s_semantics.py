@@ -189,8 +189,51 @@ def test_cipher_remedy_writes_the_allowed_list():
         ({"subset_of": "A"}, "subset_of: expected an array of strings"),
         ({"at_least": True}, "at_least: expected a number"),
         ({"set": "yes"}, "set: expected true or false"),
+        # one requirement table per benchmark name
+        ({"k3s-cis-1.8": {"subset_of": ["A"]}, "k3s-cis-1.10": {"set": True}}, None),
+        ({"k3s-cis-1.8": {"subset_of": "A"}}, "k3s-cis-1.8: subset_of: expected an array of strings"),
+        ({"k3s-cis-1.8": {}}, "k3s-cis-1.8: says nothing"),
+        ({"k3s-cis-1.8": ["A"]}, "k3s-cis-1.8: expected a table"),
+        ({"k3s-cis-1.8": {"set": True}, "subset_of": ["A"]}, "unknown key 'k3s-cis-1.8'"),  # mixed
+        ({"k3s-cis-2.0": {"set": True}}, "unknown key 'k3s-cis-2.0'"),
     ],
 )
 def test_benchmark_table_is_checked(table: dict[str, Any], problem: Optional[str]):
     got = k3s_args._benchmark_check(table)
     assert got is None if problem is None else problem in str(got)
+
+
+PER_BENCHMARK = {"subset_of": ["A"], "benchmark": {"k3s-cis-1.8": {"subset_of": ["A", "B"]}}}
+
+
+@pytest.mark.parametrize(
+    ("item", "benchmark", "want"),
+    [
+        (PER_BENCHMARK, "k3s-cis-1.8", {"subset_of": ["A"], "benchmark": {"subset_of": ["A", "B"]}}),
+        (PER_BENCHMARK, "k3s-cis-1.12", {"subset_of": ["A"]}),  # the item is that benchmark's own
+        ({"subset_of": ["A"], "benchmark": {"set": True}}, "k3s-cis-1.12", None),  # one table: all
+        ({"value": 1}, "k3s-cis-1.8", None),
+    ],
+)
+def test_benchmark_table_of_the_benchmark_in_force(item: dict[str, Any], benchmark: str, want: Any):
+    assert k3s_args._for_benchmark(item, benchmark) == (item if want is None else want)
+
+
+ETCD_CA = {"value": "/etc/pki/etcd-ca.crt", "when": "embedded-etcd"}
+K3S_ETCD_CA = "/var/lib/rancher/k3s/server/tls/etcd/server-ca.crt"
+
+
+@pytest.mark.parametrize(
+    ("item", "etcd", "want"),
+    [
+        # sqlite/kine: the item is absent there, so never written (the apiserver would try TLS to kine)
+        (ETCD_CA, False, {}),
+        (ETCD_CA, True, {"kube-apiserver-arg": ["etcd-cafile=/etc/pki/etcd-ca.crt"]}),
+        # embedded etcd: K3s passes its own CA, which already holds
+        ({"value": K3S_ETCD_CA, "when": "embedded-etcd"}, True, {}),
+        ({"set": True, "when": "embedded-etcd"}, True, {}),
+    ],
+)
+def test_embedded_etcd_items_are_written_only_with_embedded_etcd(item: dict[str, Any], etcd: bool, want: Any):
+    out = desired_settings({"kube-apiserver:etcd-cafile": item}, _base({}), {}, etcd=etcd)
+    assert out == want
