@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Protocol
 from k3s_agent.controls import default_registry
 from k3s_agent.controls.base import VERIFY_ONLY, Control, ControlSpec
 from k3s_agent.host import Host
-from k3s_agent.model import Finding, Mode, Status
+from k3s_agent.model import COMPLIANT, Finding, Mode, Status
 from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy
 
 EventSink = Callable[[str, Finding], None]
@@ -505,7 +505,8 @@ def _reversible(control: Control) -> bool:
 
 
 def _all_compliant(findings: list[Finding]) -> bool:
-    return all(f.status in (Status.OK, Status.ABSENT, Status.UNSUPPORTED) for f in findings)
+    """Every finding counts as compliant by the node's verdict (model.COMPLIANT, a manual check too)."""
+    return all(f.status in COMPLIANT for f in findings)
 
 
 def _cis(item: Any) -> Optional[str]:

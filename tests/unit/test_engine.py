@@ -411,3 +411,61 @@ def test_verify_only_spec_declines_all_drift(
     report = engine.run_cycle()
     assert knob.applied == applied
     assert {f.key: f.declined for f in report.controls[0].findings} == declined
+
+
+# -- the gate's "settled": every finding compliant by model.COMPLIANT -------------------------
+
+
+class Fixed(Knob):
+    """A reversible control (snapshot/restore) whose check() reports fixed statuses."""
+
+    def __init__(self, seen: dict[str, Status]):
+        super().__init__({}, {})
+        self.seen = seen
+
+    def check(self) -> list[Finding]:
+        return [Finding(self.name, key, status) for key, status in self.seen.items()]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, taken: dict[str, Any]) -> str:
+        return "restored"
+
+
+class SettledGate:
+    def __init__(self) -> None:
+        self.settled_names: list[str] = []
+
+    def held(self, name: str) -> None:
+        return None
+
+    def wants_snapshot(self, name: str) -> bool:
+        return False
+
+    def armed(self, name: str, snapshot: Any) -> None:
+        raise AssertionError("nothing was healed")
+
+    def settled(self, name: str) -> None:
+        self.settled_names.append(name)
+
+
+@pytest.mark.parametrize(
+    ("seen", "settled"),
+    [
+        ({"a": Status.OK}, True),
+        ({"a": Status.OK, "b": Status.MANUAL}, True),  # a manual check is compliant (model.COMPLIANT)
+        ({"a": Status.ABSENT, "b": Status.UNSUPPORTED}, True),
+        ({"a": Status.OK, "b": Status.WAIVED}, False),
+        ({"a": Status.OK, "b": Status.FAILED}, False),
+        ({"a": Status.OK, "b": Status.PENDING}, False),
+    ],
+)
+def test_gate_is_told_settled_exactly_when_every_finding_is_compliant(
+    seen: dict[str, Status], settled: bool
+) -> None:
+    gate = SettledGate()
+    engine = make_engine({"knob": Fixed(seen)}, {"knob": list(seen)})
+    engine.gate = gate
+    engine.run_cycle()
+    assert gate.settled_names == (["knob"] if settled else [])
