@@ -131,9 +131,12 @@ class SshdControl:
         effective = parse_effective(proc.stdout)
         reader = ConfigReader(self.host)
         decided = winners(reader.read(MAIN))
-        plan = self.plan()
+        refused = self.unsupported(effective)
+        plan = self.plan(refused)
         self.facts = {"target": plan.target, "why": plan.reason}
-        return [self._judge(key, want, effective, decided) for key, want in self.want.items()] + [
+        return [
+            self._judge(key, want, effective, decided, refused.get(key)) for key, want in self.want.items()
+        ] + [
             Finding(
                 NAME,
                 exc.path,
@@ -147,7 +150,12 @@ class SshdControl:
         ]
 
     def _judge(
-        self, key: str, want: str, effective: Mapping[str, list[str]], decided: dict[str, list[Directive]]
+        self,
+        key: str,
+        want: str,
+        effective: Mapping[str, list[str]],
+        decided: dict[str, list[Directive]],
+        refused: Optional[str],
     ) -> Finding:
         seen = effective_value(key, effective)
         found = Finding(NAME, key, Status.OK, desired=want, observed=seen)
@@ -155,8 +163,10 @@ class SshdControl:
         if seen == want:
             where = ", ".join(d.where for d in sources) or "sshd's built-in default"
             return found.with_status(Status.OK, f"set by {where}")
-        if seen is None:
-            return found.with_status(Status.DRIFT, f"sshd -T does not know {key}")
+        if refused:  # sshd does not take it (unsupported()): a heal could only fail
+            return dataclasses.replace(
+                found.with_status(Status.DRIFT, f"sshd -T does not know {key}"), declined=refused
+            )
         drift = found.with_status(Status.DRIFT, self._explain(key, sources))
         if _only_foreign_extras(key, want, seen):
             return dataclasses.replace(drift, declined="remove it there (not our file)")
@@ -186,17 +196,62 @@ class SshdControl:
         span = block_span(self._main_text() or "")
         return span is not None and span[0] < directive.line < span[1]
 
+    def unsupported(self, effective: Optional[Mapping[str, list[str]]] = None) -> dict[str, str]:
+        """Policy keywords this node's sshd will not take, each with why: check() declines them
+        and plan() leaves them out, so the rest still heals (a candidate with one of them would
+        fail `sshd -t`, or be written and never seen by `sshd -T`).
+
+        Only a keyword `sshd -T` (`effective`, else asked now) does not print is asked about:
+        sshd itself answers, given that one line as `-o` over the live config (read-only, and
+        cached like every `sshd -T`). Shipped profiles print every keyword: no extra call.
+        """
+        try:
+            if effective is None:
+                if not self.installed():
+                    return {}  # check() reports the whole control absent
+                proc = self._sshd(["-T", "-f", self.host.path(MAIN)])
+                if proc.returncode != 0:
+                    return {}  # check() fails every item with sshd's message
+                effective = parse_effective(proc.stdout)
+            unshown = [key for key in self.values if effective_value(key, effective) is None]
+            reasons = {key: self._refusal(key) for key in unshown}
+        except HostError:
+            return {}
+        return {key: why for key, why in reasons.items() if why}
+
+    def _refusal(self, key: str) -> Optional[str]:
+        """Why sshd will not take `key <policy value>`; None when it does (e.g. AllowUsers, unset)."""
+        line = f"{key} {render(key, self.values[key])}"
+        proc = self._sshd(["-T", "-f", self.host.path(MAIN), "-o", line])
+        said = _first_lines(proc.stderr, 1)
+        if proc.returncode != 0:
+            if "Bad configuration option" in said:  # servconf.c: a keyword this OpenSSH does not know
+                return f"this node's OpenSSH does not support {key}: upgrade sshd or drop the item"
+            return f"this node's sshd refuses {line!r} ({said}): upgrade sshd or drop the item"
+        # Taken, yet not printed: servconf.c's sDeprecated/sUnsupported, or an old alias.
+        if effective_value(key, parse_effective(proc.stdout)) is None:
+            return (
+                f"sshd takes {key} but sshd -T never shows it (deprecated, an alias of another keyword,"
+                " or not built in): drop the item or manage the keyword sshd -T shows"
+            )
+        return None
+
     # -- plan ------------------------------------------------------------------------
 
-    def desired_lines(self) -> str:
-        return "".join(f"{key} {render(key, value)}\n" for key, value in self.values.items())
+    def desired_lines(self, refused: Mapping[str, str]) -> str:
+        """Our lines: every item but those this node's sshd will not take (unsupported())."""
+        return "".join(
+            f"{key} {render(key, value)}\n" for key, value in self.values.items() if key not in refused
+        )
 
-    def plan(self) -> Plan:
+    def plan(self, refused: Optional[Mapping[str, str]] = None) -> Plan:
+        """Where our lines go and what they are; `refused`: unsupported() when the caller has it."""
+        lines = self.desired_lines(self.unsupported() if refused is None else refused)
         main = self._main_text() or ""
-        block = _block(self.desired_lines()) + strip_block(main)
+        block = _block(lines) + strip_block(main)
         if block_span(main) is not None:
             return Plan(MAIN, block, f"a managed block already exists at the top of {MAIN}")
-        dropin = HEADER + self.desired_lines()
+        dropin = HEADER + lines
         reader = ConfigReader(self.host, {DROPIN: dropin})
         directives = reader.read(MAIN)
         if DROPIN not in reader.files or not self._main_includes_dropin(reader):

@@ -16,17 +16,21 @@ from typing import Any, Callable, Optional
 import pytest
 
 from k3s_agent.controls import k3s_args
+from k3s_agent.controls.base import ControlSpec
 from k3s_agent.controls.sshd import DROPIN, MAIN, Reloader, SshdControl
+from k3s_agent.engine import Engine
 from k3s_agent.host import Host
 from k3s_agent.model import Finding, Mode, Status
-from k3s_agent.policy.model import ControlPolicy
+from k3s_agent.policy.model import ContestSettings, ControlPolicy, Policy
 from tests.support import sshdroot
+from tests.support.applied import record_apply
 from tests.support.k3s_fixture.journalfile import JOURNAL_REMOTE
 
 pytestmark = pytest.mark.root
 
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin")
 FOREIGN = "etc/ssh/sshd_config.d/50-foreign.conf"
+NO_SUCH = "this node's OpenSSH does not support NoSuchKeyword: upgrade sshd or drop the item"
 
 
 def _answer(ctl: Any, found: Finding, declined: Optional[str], acted: Status) -> None:
@@ -73,6 +77,36 @@ SSHD_CASES = [
         None,
     ),
     (
+        "a keyword at sshd's default that sshd -T does not print (AllowUsers unset)",
+        lambda root: None,
+        {"AllowUsers": ["ops", "root"]},
+        "AllowUsers",
+        None,
+    ),
+    (
+        "a keyword this OpenSSH does not know",
+        lambda root: None,
+        {"NoSuchKeyword": "yes"},
+        "NoSuchKeyword",
+        NO_SUCH,
+    ),
+    (
+        "a keyword sshd takes but sshd -T never shows (an old alias)",
+        lambda root: None,
+        {"ChallengeResponseAuthentication": "no"},
+        "ChallengeResponseAuthentication",
+        "sshd takes ChallengeResponseAuthentication but sshd -T never shows it (deprecated, an alias of"
+        " another keyword, or not built in): drop the item or manage the keyword sshd -T shows",
+    ),
+    (
+        "a keyword this platform's sshd refuses",
+        lambda root: None,
+        {"RDomain": "%D"},
+        "RDomain",
+        "this node's sshd refuses 'RDomain %D' (command-line line 0: setting RDomain not supported on this"
+        " platform.): upgrade sshd or drop the item",
+    ),
+    (
         "an sshd config file too large to read",
         _huge,
         {"MaxAuthTries": 3},
@@ -80,6 +114,19 @@ SSHD_CASES = [
         "not ours to edit",
     ),
 ]
+
+
+def _sshd_control(root: Path, tmp_path_factory: pytest.TempPathFactory, items: dict[str, Any]) -> SshdControl:
+    """The sshd control over a temporary root with the real sshd; reload through a no-op systemctl."""
+    sshdroot.install_sshd(root, sshdroot.host_key(tmp_path_factory.mktemp("hostkey")))
+    sshdroot.add_account(root, "root", 0)
+    sshdroot.add_account(root, "ops", 1000, keys=(sshdroot.ED25519,))
+    fake = tmp_path_factory.mktemp("bin") / "systemctl"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(fake, 0o755)
+    host = Host(root=str(root))
+    policy = ControlPolicy("sshd", Mode.ENFORCE, True, {}, {k: {"value": v} for k, v in items.items()})
+    return SshdControl(policy, host, sshd=SSHD, reload=Reloader(host, systemctl=str(fake), booted=True))
 
 
 @pytest.mark.skipif(SSHD is None, reason="needs openssh-server")
@@ -95,16 +142,8 @@ def test_sshd_declines_exactly_other_files(
     key: str,
     declined: Optional[str],
 ) -> None:
-    sshdroot.install_sshd(root, sshdroot.host_key(tmp_path_factory.mktemp("hostkey")))
-    sshdroot.add_account(root, "root", 0)
-    sshdroot.add_account(root, "ops", 1000, keys=(sshdroot.ED25519,))
+    ctl = _sshd_control(root, tmp_path_factory, items)
     setup(root)
-    fake = tmp_path_factory.mktemp("bin") / "systemctl"
-    fake.write_text("#!/bin/sh\nexit 0\n")
-    os.chmod(fake, 0o755)
-    host = Host(root=str(root))
-    policy = ControlPolicy("sshd", Mode.ENFORCE, True, {}, {k: {"value": v} for k, v in items.items()})
-    ctl = SshdControl(policy, host, sshd=SSHD, reload=Reloader(host, systemctl=str(fake), booted=True))
     before = {
         p: p.read_bytes()
         for p in (root / "etc/ssh/sshd_config.d").iterdir()
@@ -115,6 +154,38 @@ def test_sshd_declines_exactly_other_files(
     if declined is not None:  # declined alone: nothing of ours written either
         assert not (root / DROPIN.lstrip("/")).exists()
         assert "k3s-agentd" not in (root / MAIN.lstrip("/")).read_text()
+
+
+@pytest.mark.skipif(SSHD is None, reason="needs openssh-server")
+def test_engine_never_applies_a_keyword_sshd_does_not_know_and_heals_the_rest(
+    root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    ctl = _sshd_control(root, tmp_path_factory, {"NoSuchKeyword": "yes", "MaxAuthTries": 3})
+    applied = record_apply(ctl)
+    policy = Policy(
+        profile="test",
+        mode=Mode.ENFORCE,
+        interval=60,
+        control_timeout=30.0,
+        contest=ContestSettings(threshold=3, window=600, backoff_max=3600),
+        controls={"sshd": ControlPolicy("sshd", Mode.ENFORCE, True, {}, {})},
+        waivers=(),
+        sources=(),
+    )
+    registry = {"sshd": ControlSpec(name="sshd", build=lambda _p, _h: ctl)}
+    engine = Engine(policy, ctl.host, registry=registry)
+    first, second = engine.run_cycle(), engine.run_cycle()
+    found = {f.key: f for f in first.findings()}
+    assert (found["MaxAuthTries"].status, found["MaxAuthTries"].declined) == (Status.HEALED, None)
+    unknown = found["NoSuchKeyword"]
+    assert (unknown.status, unknown.declined) == (Status.DRIFT, NO_SUCH)
+    assert applied == [["MaxAuthTries"]]  # the second sweep: nothing to heal
+    assert {f.key: f.status for f in second.findings()} == {
+        "NoSuchKeyword": Status.DRIFT,
+        "MaxAuthTries": Status.OK,
+    }
+    written = (root / DROPIN.lstrip("/")).read_text()
+    assert "MaxAuthTries 3" in written and "NoSuchKeyword" not in written
 
 
 # -- k3s_args ------------------------------------------------------------------------------

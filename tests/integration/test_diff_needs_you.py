@@ -20,8 +20,8 @@ import pytest
 from k3s_agent.controls.sysctl import NOT_OURS, PERSIST_FILE
 from k3s_agent.engine import Engine
 from k3s_agent.host import Host
-from k3s_agent.model import Finding
 from k3s_agent.policy.loader import load_policy
+from tests.support.applied import record_apply
 from tests.support.netns import in_netns
 
 pytestmark = pytest.mark.root
@@ -54,15 +54,7 @@ def _engine_sweeps(root: str, policy: str, sweeps: int) -> dict[str, Any]:
     host = Host(root=root)
     events: list[tuple[str, str]] = []
     engine = Engine(load_policy(host, path=policy), host, on_event=lambda e, f: events.append((e, f.key)))
-    control = engine.controls["sysctl"]
-    applied: list[list[str]] = []
-    real_apply = control.apply
-
-    def apply(drift: list[Finding]) -> list[Finding]:
-        applied.append(sorted(f.key for f in drift))
-        return real_apply(drift)
-
-    control.apply = apply  # type: ignore[method-assign]
+    applied = record_apply(engine.controls["sysctl"])
     last = None
     for _ in range(sweeps):
         last = engine.run_cycle()
