@@ -118,6 +118,24 @@ class Judgement:
     by_default: bool = False  # judged on the component's own default: the flag is not set
 
 
+# In an etcd item's values: the node's configured data dir (K3sNode.data_dir), as
+# k3s_agent.k3s.args.DATA_DIR_DEFAULTS spells it; etcd's file names paths K3s made under it.
+DATA_DIR_MARK = "{data_dir}"
+
+
+def on_data_dir(item: dict[str, Any], data_dir: str) -> dict[str, Any]:
+    """The item with DATA_DIR_MARK in its values (a string or a list of them) replaced by data_dir."""
+
+    def put(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace(DATA_DIR_MARK, data_dir.rstrip("/") or "/")
+        if isinstance(value, list):
+            return [put(v) for v in value]
+        return value
+
+    return {field: put(value) for field, value in item.items()}
+
+
 def judge(
     values: Optional[Sequence[str]], item: dict[str, Any], flag: str, default: Optional[str] = None
 ) -> Judgement:
@@ -376,7 +394,9 @@ class K3sArgsControl:
         """A field of the etcd config K3s wrote at its last start: what etcd runs with.
 
         Verify-only (ETCD_REMEDY); a server without embedded etcd is not applicable.
+        DATA_DIR_MARK in the item's values stands for the node's data dir (2.7's CA paths).
         """
+        item = on_data_dir(item, node.data_dir)
         desired = _describe_item(item)
         if node.service.role != "server":
             return self._finding(key, Status.ABSENT, desired=desired, message="etcd runs on servers only")

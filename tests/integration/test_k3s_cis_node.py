@@ -123,6 +123,37 @@ def test_etcd_items_do_not_apply_on_an_agent(make):
     assert found.status is Status.ABSENT and found.message == "etcd runs on servers only"
 
 
+CUSTOM = "/srv/k3s"  # a node started with --data-dir: its CAs live there, not under DATA_DIR
+CUSTOM_TLS = f"{CUSTOM}/server/tls"
+
+
+@pytest.mark.parametrize(
+    ("trusted_ca", "status", "why"),
+    [
+        (f"{CUSTOM_TLS}/etcd/peer-ca.crt", Status.OK, ""),
+        *[
+            (f"{CUSTOM_TLS}/{ca}", Status.DRIFT, f"has forbidden {CUSTOM_TLS}/{ca}")
+            for ca in ("server-ca.crt", "client-ca.crt", "request-header-ca.crt")
+        ],
+        (K8S_CA, Status.OK, ""),  # the default dir's file is not this node's Kubernetes CA
+    ],
+)  # fmt: skip
+def test_etcd_peer_ca_check_follows_the_configured_data_dir(make, trusted_ca, status, why):
+    """2.7 forbids the Kubernetes CAs of the node's own data dir (config.yaml data-dir)."""
+    h = make(config=f"data-dir: {CUSTOM}\n")
+    moved = h.node.path(f"{CUSTOM}/server/db/etcd/config")
+    moved.parent.mkdir(parents=True)
+    h.node.path(ETCD_CONFIG).rename(moved)
+    data = yaml.safe_load(moved.read_text())
+    data[PEER]["trusted-ca-file"] = trusted_ca
+    moved.write_text(yaml.safe_dump(data))
+    found = h.check()[f"etcd:{PEER}.trusted-ca-file"]
+    assert (found.status, found.cis, found.observed) == (status, "2.7", trusted_ca), found.message
+    if status is Status.DRIFT:
+        assert found.message.startswith(f"{CUSTOM}/server/db/etcd/config: {PEER}.trusted-ca-file {why}")
+    assert f"{CUSTOM_TLS}/server-ca.crt" in str(found.desired)
+
+
 # Five levels of ten aliases: a few hundred bytes that write out to megabytes.
 LAUGHS = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]\n" for n in range(1, 6)
