@@ -298,7 +298,10 @@ class K3sArgsControl:
         if items:
             # the config moved under us: apply decides, and says why
             with contextlib.suppress(ConfigError, OSError, HostError):
-                why.update(self._plan(node, items)[0])
+                refused, dropin = self._plan(node, items)
+                why.update(refused)
+                unready = self._not_written(node, dropin, prepare=False)
+                why.update((key, unready) for key in items if unready and key not in why)
         return [dataclasses.replace(f, declined=why[f.key]) if f.key in why else f for f in findings]
 
     def _components(self, node: K3sNode) -> list[str]:
@@ -603,13 +606,9 @@ class K3sArgsControl:
         if not todo or dropin is None:
             return results
         path, text, after = dropin
-        missing = self._prepare_paths(after) if node.service.role == "server" else []
-        if missing:
-            why = "; ".join(missing)
-            return results + [
-                f.with_status(Status.DRIFT, f"{f.message}; {path} not written: {why} (K3s would not start)")
-                for f in todo
-            ]
+        unready = self._not_written(node, dropin, prepare=True)
+        if unready:
+            return results + [f.with_status(Status.DRIFT, f"{f.message}; {unready}") for f in todo]
         try:
             current = self.host.read_text(path)
             saved = None if current == text else self.host.write_atomic(path, text.encode(), mode=0o600)
@@ -632,12 +631,26 @@ class K3sArgsControl:
 
     # -- paths the apiserver needs before K3s may be restarted on our drop-in ----------
 
-    def _prepare_paths(self, after: Configured) -> list[str]:
+    def _not_written(
+        self, node: K3sNode, dropin: Optional[tuple[str, str, Configured]], prepare: bool
+    ) -> Optional[str]:
+        """Why apply leaves the drop-in unwritten (a path the apiserver needs is not ready);
+        None when it writes it. apply prepares the paths; check (prepare=False) only
+        foresees the same decision, writing nothing."""
+        if dropin is None or node.service.role != "server":
+            return None
+        path, _, after = dropin
+        missing = self._prepare_paths(after, prepare)
+        return f"{path} not written: {'; '.join(missing)} (K3s would not start)" if missing else None
+
+    def _prepare_paths(self, after: Configured, prepare: bool = True) -> list[str]:
         """Make every file/dir the apiserver args name ready; what cannot be, as reasons.
 
         kube-apiserver exits at start on a missing --audit-policy-file or
         --admission-control-config-file, and on EventRateLimit without its
         configuration; K3s exits with it. So they must be in place first.
+        prepare=False: the same reasons, foreseen without a write (a managed file
+        the policy has content for, a log dir still to make, count as ready).
         """
         args = k3sargs.configured_component_args("kube-apiserver", after.flags)
         problems = []
@@ -645,22 +658,30 @@ class K3sArgsControl:
         for flag in ("audit-policy-file", "admission-control-config-file"):
             value = _last(args, flag)
             if value:
-                problems += self._ensure_file(flag, value, managed.get(value))
+                problems += self._ensure_file(flag, value, managed.get(value), prepare)
         log = _last(args, "audit-log-path")
         if log and log != "-" and log.startswith("/"):
-            problems += self._ensure_log_dir(os.path.dirname(log) or "/")
+            problems += self._ensure_log_dir(os.path.dirname(log) or "/", prepare)
         plugins = k3sargs.list_members(args.get("enable-admission-plugins", []))
         admission = _last(args, "admission-control-config-file")
         if "EventRateLimit" in plugins and not problems:
-            problems += self._event_rate_limit_ready(admission)
+            problems += self._event_rate_limit_ready(admission, managed.get(admission or ""))
         return problems
 
-    def _ensure_file(self, flag: str, path: str, managed: Optional[tuple[str, Optional[str]]]) -> list[str]:
+    def _ensure_file(
+        self, flag: str, path: str, managed: Optional[tuple[str, Optional[str]]], prepare: bool = True
+    ) -> list[str]:
         if managed is not None:
             kind, content = managed
             check = self._check_file(kind, path, content)
             if check.status is Status.OK:
                 return []
+            if not prepare:  # _write_file's one refusal we can foresee; a failing write we cannot
+                return (
+                    []
+                    if self._content(content) is not None
+                    else [f"--{flag} {path}: {check.message}; {NO_CONTENT}"]
+                )
             written = self._write_file(check, kind, content)
             return [] if written.status is Status.HEALED else [f"--{flag} {path}: {written.message}"]
         try:
@@ -671,19 +692,38 @@ class K3sArgsControl:
             return [f"--{flag} {path} is not a regular file"]
         return _root_only(f"--{flag} {path}", st)
 
-    def _ensure_log_dir(self, folder: str) -> list[str]:
+    def _ensure_log_dir(self, folder: str, prepare: bool = True) -> list[str]:
         try:
-            st = self.host.ensure_dir(folder, mode=0o700)
+            st = self.host.ensure_dir(folder, mode=0o700) if prepare else self._log_dir_stat(folder)
         except (OSError, HostError) as exc:
             return [f"--audit-log-path directory {folder}: {exc}"]
-        return _root_only(f"--audit-log-path directory {folder}", st)
+        return [] if st is None else _root_only(f"--audit-log-path directory {folder}", st)
 
-    def _event_rate_limit_ready(self, admission: Optional[str]) -> list[str]:
-        """EventRateLimit needs its configuration in the admission config (inline or a `path`)."""
+    def _log_dir_stat(self, folder: str) -> Optional[os.stat_result]:
+        """What ensure_dir would answer, without making it: None when it would make it (0700 root)."""
+        try:
+            st = self.host.lstat(folder)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            raise HostError(f"{folder}: exists and is not a directory")  # ensure_dir's refusal
+        return st
+
+    def _event_rate_limit_ready(
+        self, admission: Optional[str], managed: Optional[tuple[str, Optional[str]]] = None
+    ) -> list[str]:
+        """EventRateLimit needs its configuration in the admission config (inline or a `path`).
+
+        A managed admission config is read from the policy's content: what
+        _ensure_file has just put there (apply), or would (check).
+        """
         if not admission:
             return ["EventRateLimit without --admission-control-config-file"]
         try:
-            data = yamlcap.safe_load(self.host.read_text(admission, follow=True) or "")
+            own = self._content(managed[1]) if managed is not None else None
+            data = yamlcap.safe_load(
+                own if own is not None else self.host.read_text(admission, follow=True) or ""
+            )
         except (HostError, yaml.YAMLError) as exc:
             return [f"{admission}: {exc}"]
         plugins = data.get("plugins", []) if isinstance(data, dict) else []

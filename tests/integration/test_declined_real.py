@@ -8,6 +8,7 @@ apply acts (healed, or pending for K3s args it wrote).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -260,3 +261,51 @@ def test_k3s_args_declines_exactly_what_needs_an_operator(
     dropin = h.node.path("/etc/rancher/k3s/config.yaml.d/90-k3s-agentd.yaml")
     _answer(h.control, found, declined, acted or Status.HEALED)
     assert dropin.exists() is (acted is Status.PENDING)
+
+
+DROPIN_NOT_WRITTEN = "/etc/rancher/k3s/config.yaml.d/90-k3s-agentd.yaml not written"
+UNREADY = (
+    f"{DROPIN_NOT_WRITTEN}: --audit-policy-file {AUDIT}: missing; {k3s_args.NO_CONTENT} (K3s would not start)"
+)
+LOGS = "/var/lib/rancher/k3s/server/logs"
+NOT_A_DIR = (
+    f"{DROPIN_NOT_WRITTEN}: --audit-log-path directory {LOGS}: {LOGS}: exists and is not a directory"
+    " (K3s would not start)"
+)
+
+
+def _logs_a_file(node: Any) -> None:
+    shutil.rmtree(node.path(LOGS), ignore_errors=True)
+    node.path(LOGS).write_text("not a directory\n")
+
+
+@pytest.mark.skipif(not JOURNAL_REMOTE, reason="needs systemd-journal-remote")
+@pytest.mark.parametrize(
+    ("options", "setup", "declined"),
+    [
+        # the policy's audit policy is written first, the log dir made: the drop-in too
+        ({"remediate": "config"}, lambda node: shutil.rmtree(node.path(LOGS), ignore_errors=True), None),
+        ({"remediate": "config", "audit_policy_content": None}, lambda node: None, UNREADY),
+        ({"remediate": "config"}, _logs_a_file, NOT_A_DIR),
+    ],
+    ids=["ready once apply prepares it", "a path without content", "a file where the log dir goes"],
+)
+def test_k3s_args_check_foresees_a_path_the_drop_in_would_need(
+    make: Any, options: dict[str, Any], setup: Callable[[Any], None], declined: Optional[str]
+) -> None:
+    """check() declines what apply would not write the drop-in for, with apply's reason; it writes nothing."""
+    h = make(config=VANILLA, options=options)
+    h.start()
+    audit = h.node.path(AUDIT)
+    audit.unlink(missing_ok=True)
+    setup(h.node)
+    logs_before = h.node.path(LOGS).exists()
+    found = h.check()["kube-apiserver:request-timeout"]
+    assert found.status is Status.DRIFT and found.declined == declined
+    assert not audit.exists() and h.node.path(LOGS).exists() is logs_before  # check wrote nothing
+    acted = h.control.apply([dataclasses.replace(found, declined=None)])[0]  # apply's own decision
+    if declined is None:
+        assert acted.status is Status.PENDING, acted.message
+        assert audit.exists() and h.node.path(LOGS).is_dir()
+    else:
+        assert (acted.status, acted.message) == (Status.DRIFT, f"{found.message}; {declined}")
