@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from k3s_agent import hostfs
 from k3s_agent.hostfs import HostError, LinkPolicy
@@ -587,6 +587,15 @@ def proc_pids(proc: str = "/proc") -> list[int]:
     """Pids listed in a proc mount (read once; a process may exit right after)."""
     with os.scandir(proc) as entries:
         return [int(e.name) for e in entries if e.name.isdigit()]
+
+
+def pid_namespace(pid: Union[int, str], proc: str = "/proc") -> Optional[str]:
+    """The PID namespace a process is in ("pid:[4026531836]"), None when it cannot be read
+    (gone, or not ours to inspect). pid "self" is this process."""
+    try:
+        return os.readlink(f"{proc}/{pid}/ns/pid")
+    except OSError:
+        return None
 
 
 def systemd_booted() -> bool:

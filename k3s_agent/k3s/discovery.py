@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import psutil
 
-from k3s_agent.host import READ_LIMIT, Host, HostError, proc_pids, read_capped, systemd_booted
+from k3s_agent.host import READ_LIMIT, Host, HostError, pid_namespace, proc_pids, read_capped, systemd_booted
 from k3s_agent.k3s.unit import UnitFile, load_unit
 
 UNITS = {"server": "k3s.service", "agent": "k3s-agent.service"}
@@ -90,18 +90,28 @@ def scan_processes() -> list[K3sProcess]:
     This is the fallback when systemd cannot name K3s's main PID, and any user
     can start a process named k3s-server: only root's count (real and
     effective uid 0), so a look-alike cannot stand in for K3s in the report.
-    (Rootless K3s is not supported by this scan.)"""
+    (Rootless K3s is not supported by this scan.) A K3s in another PID namespace
+    is a container's (k3d, K3s in Docker, a systemd-nspawn machine), not this
+    node's: only K3s in the agent's own PID namespace counts (systemd services
+    share the host's; containers get their own)."""
     found = []
+    ours = pid_namespace("self")
     for pid in proc_pids():
         try:
             comm = read_capped(f"/proc/{pid}/comm").strip().decode(errors="replace")
         except (OSError, HostError):
             continue
-        if comm in COMMS and _runs_as_root(pid):
+        if comm in COMMS and _runs_as_root(pid) and _in_namespace(pid, ours):
             process = process_by_pid(pid)
             if process is not None:
                 found.append(process)
     return found
+
+
+def _in_namespace(pid: int, ours: Optional[str]) -> bool:
+    """In the PID namespace `ours` (unknown on either side: counted, as before)."""
+    theirs = pid_namespace(pid)
+    return ours is None or theirs is None or theirs == ours
 
 
 def _runs_as_root(pid: int) -> bool:

@@ -312,8 +312,23 @@ def test_cli_rejects_two_formats(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def agentctl(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`k3s-agentctl` on the temp root, with a proc mount of its own: the host's /proc
+    would show whatever K3s (fixture) processes other suites have running, and the
+    runs this module compares would not see the same node."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "k3s_agent.cli", *args[:1], "--root", str(root), *args[1:]]
+    proc = root / "proc"
+    proc.mkdir(exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "k3s_agent.cli",
+        *args[:1],
+        "--root",
+        str(root),
+        "--proc",
+        str(proc),
+        *args[1:],
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
