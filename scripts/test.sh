@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-# The Vagrant suite (two emulated VMs, ~17 min of the ~23 min here) is part
+# The Vagrant suite (two emulated VMs, ~11 min of the ~23 min here) is part
 # of the whole suite; K3S_AGENTD_VAGRANT=0 leaves it out for a quick loop.
 vagrant=${K3S_AGENTD_VAGRANT:-1}
 lists=()
